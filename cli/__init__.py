@@ -1,0 +1,1 @@
+"""The ``coord`` command: a thin click layer over `coordlib.Coordinator`."""

@@ -1,0 +1,90 @@
+"""The ``coord`` group, shared options, and the one place errors become exit codes.
+
+Heavy imports (asyncssh, the coordinator) happen inside commands so that
+``coord --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from coordlib.coordinator import Coordinator
+
+T = TypeVar("T")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class State:
+    """What the group's options say, handed to every command."""
+
+    def __init__(self, config: str | None) -> None:
+        self.config = config
+
+    def coordinator(self) -> Coordinator:
+        """Build the coordinator from the config found by the usual lookup."""
+        from coordlib.coordinator import Coordinator
+
+        return Coordinator.from_path(self.config)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def run(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run one coroutine to completion: the CLI's only event loop."""
+    async def main() -> T:
+        return await factory()
+
+    return asyncio.run(main())
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> None:
+    """Print message on stderr and exit with code."""
+    click.echo(f"coord: {message}", err=True)
+    sys.exit(code)
+
+
+class CoordGroup(click.Group):
+    """A group that turns coordlib errors into one clear line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from coordlib.errors import CoordError
+
+        try:
+            return super().invoke(ctx)
+        except CoordError as exc:
+            fail(f"error: {exc}")
+        except KeyboardInterrupt:
+            fail("interrupted; workers keep running (`coord status`, `coord resume`)", 130)
+
+
+@click.group(cls=CoordGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="coordinator.yml to use (default: $COORD_CONFIG, ./coordinator.yml, ~/.coord/coordinator.yml).",
+)
+@click.pass_context
+def coord(ctx: click.Context, config: str | None) -> None:
+    """Coordinate many Claude Code workers across machines and repos."""
+    ctx.obj = State(config)
+
+
+from . import run_cmds, setup_cmds  # noqa: E402  (commands register themselves on `coord`)
+
+__all__ = ["coord", "main", "run_cmds", "setup_cmds"]
+
+
+def main() -> None:
+    """Entry point of the ``coord`` console script."""
+    coord(prog_name="coord")

@@ -1,0 +1,232 @@
+"""``coord assign``, ``status``, ``watch``, ``wait``, ``log``, ``stop`` and ``resume``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .main import State, coord, pass_state, run
+
+if TYPE_CHECKING:
+    from coordlib.assignment import Assignment
+    from coordlib.coordinator import StatusReport
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@coord.command()
+@click.argument("machine")
+@click.argument("repo")
+@click.argument("issue", type=click.IntRange(min=0))
+@click.option("--model", "-m", help="Model tier (haiku, sonnet, opus) or a full model id.")
+@click.option("--briefing", "-b", help="The briefing text (default: rendered from a template).")
+@click.option(
+    "--briefing-file", "-f", type=click.File("r"), help="Read the briefing from a file (- for stdin)."
+)
+@click.option("--title", "-t", help="The issue's title (names the branch).")
+@click.option("--dry-run", is_flag=True, help="Show what would run; start nothing.")
+@click.option("--force", is_flag=True, help="Dispatch even if the issue is claimed or the machine full.")
+@click.option("--json", "as_json", is_flag=True, help="Print the assignment as JSON.")
+@pass_state
+def assign(
+    state: State,
+    machine: str,
+    repo: str,
+    issue: int,
+    model: str | None,
+    briefing: str | None,
+    briefing_file: Any,
+    title: str | None,
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Start a worker on MACHINE for ISSUE of REPO."""
+    if briefing is not None and briefing_file is not None:
+        raise click.UsageError("give --briefing or --briefing-file, not both")
+    if briefing_file is not None:
+        briefing = briefing_file.read()
+
+    async def go() -> Assignment:
+        async with state.coordinator() as c:
+            return await c.assign(
+                machine, repo, issue, model=model, briefing=briefing, title=title,
+                dry_run=dry_run, force=force,
+            )  # fmt: skip
+
+    a = run(go)
+    if as_json:
+        data = a.to_dict()
+        _echo_json({k: data[k] for k in ("id", "machine", "repo", "issue", "branch", "model",
+                                          "status", "title", "tier", "worktree", "run_dir")}
+                   | ({"argv": a.extra.get("argv")} if dry_run else {}))
+        return
+    if dry_run:
+        click.echo(f"would start {a.id} on {a.machine}: {a.repo}#{a.issue} on branch {a.branch}")
+        click.echo(f"  model   {a.model}")
+        click.echo(f"  worktree {a.worktree}")
+        click.echo(f"  command {' '.join(a.extra.get('argv', []))}")
+        return
+    click.echo(f"{a.id} {a.status} on {a.machine}: {a.repo}#{a.issue} {a.branch} ({a.model})")
+    click.echo(f"  follow it with `coord watch {a.id}`")
+
+
+def _age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = int(time.time() - ts)
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+
+
+def _print_status(report: StatusReport) -> None:
+    for m in report.machines:
+        if m.reachable:
+            click.echo(f"{m.name:<16} up      {m.running} running")
+        else:
+            click.echo(f"{m.name:<16} DOWN    {m.error}")
+    if not report.assignments:
+        click.echo("\nno assignments; start one with `coord assign MACHINE REPO ISSUE`")
+        return
+    click.echo("")
+    header = f"{'ID':<22} {'MACHINE':<12} {'ISSUE':<18} {'STATUS':<9} {'AGE':>5} {'TURNS':>5} {'COST':>8}  NOTE"
+    click.echo(header)
+    for a in report.assignments:
+        cost = f"${a.cost_usd:.4f}" if a.cost_usd is not None else "-"
+        turns = str(a.num_turns) if a.num_turns is not None else "-"
+        if a.is_terminal:
+            note = a.failure_class or a.exit_reason or ""
+            if a.error and a.status != "done":
+                note = f"{note}: {a.error}" if note else a.error
+        else:
+            note = " | ".join(x for x in (a.last_status, a.last_tool and f"[tool] {a.last_tool}") if x)
+        issue = f"{a.repo}#{a.issue}"
+        click.echo(
+            f"{a.id:<22} {a.machine:<12} {issue:<18} {a.status:<9} "
+            f"{_age(a.started_at or a.created_at):>5} {turns:>5} {cost:>8}  {note[:80]}"
+        )
+
+
+@coord.command()
+@click.option("--machine", help="Only this machine.")
+@click.option("--history", is_flag=True, help="Include archived assignments.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
+@pass_state
+def status(state: State, machine: str | None, history: bool, as_json: bool) -> None:
+    """Ask every machine once and show every assignment."""
+    async def go() -> StatusReport:
+        async with state.coordinator() as c:
+            return await c.status(machine=machine, history=history)
+
+    report = run(go)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        _print_status(report)
+
+
+@coord.command()
+@click.argument("id")
+@click.option("--all", "verbose", is_flag=True, help="Show every event, not the filtered view.")
+@pass_state
+def watch(state: State, id: str, verbose: bool) -> None:
+    """Follow a worker's events live until it ends."""
+    from coordlib.stream import format_event
+
+    async def go() -> Assignment:
+        async with state.coordinator() as c:
+            async for event in c.watch(id):
+                line = format_event(event, verbose=verbose)
+                if line is not None:
+                    click.echo(line)
+            return c.get(id)
+
+    a = run(go)
+    click.echo(f"-- {a.id} {a.status}" + (f" ({a.failure_class})" if a.failure_class else ""))
+
+
+@coord.command()
+@click.argument("id")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 2).")
+@click.option("--json", "as_json", is_flag=True, help="Print the assignment as JSON.")
+@pass_state
+def wait(state: State, id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for a worker to end: exit 0 when done, 1 otherwise, 2 on timeout."""
+    from coordlib.errors import WaitTimeout
+
+    async def go() -> Assignment:
+        async with state.coordinator() as c:
+            return await c.wait(id, timeout=timeout)
+
+    try:
+        a = run(go)
+    except WaitTimeout as exc:
+        click.echo(f"coord: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        _echo_json(a.to_dict())
+    else:
+        tail = f" ({a.failure_class})" if a.failure_class else ""
+        click.echo(f"{a.id} {a.status}{tail}")
+    sys.exit(0 if a.status == "done" else 1)
+
+
+@coord.command()
+@click.argument("id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+@click.option("--stderr", is_flag=True, help="Show the worker's stderr instead of its events.")
+@pass_state
+def log(state: State, id: str, follow: bool, stderr: bool) -> None:
+    """Print a worker's raw stream-json output (or its stderr)."""
+    out = click.get_binary_stream("stdout")
+
+    async def go() -> None:
+        async with state.coordinator() as c:
+            async for chunk in c.log(id, follow=follow, stderr=stderr):
+                out.write(chunk)
+                out.flush()
+
+    run(go)
+
+
+@coord.command()
+@click.argument("id")
+@pass_state
+def stop(state: State, id: str) -> None:
+    """Stop a worker: its whole process group is killed, its worktree kept."""
+    async def go() -> Assignment:
+        async with state.coordinator() as c:
+            return await c.stop(id)
+
+    a = run(go)
+    click.echo(f"{a.id} {a.status}")
+
+
+@coord.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what was repaired as JSON.")
+@pass_state
+def resume(state: State, as_json: bool) -> None:
+    """Rebuild the board from what the machines report, and repair it."""
+    from coordlib.coordinator import ResumeReport
+
+    async def go() -> ResumeReport:
+        async with state.coordinator() as c:
+            return await c.resume()
+
+    report = run(go)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    for aid, old, new in report.changed:
+        click.echo(f"{aid}: {old} -> {new}")
+    for m in report.unreachable:
+        click.echo(f"{m.name}: unreachable ({m.error}); its assignments stay as they are")
+    for name, ids in report.orphans.items():
+        click.echo(f"{name}: runs not on the board: {', '.join(ids)}")
+    if not (report.changed or report.unreachable or report.orphans):
+        click.echo("board matches the machines; nothing to repair")

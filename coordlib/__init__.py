@@ -1,0 +1,98 @@
+"""coordlib: coordinate many Claude Code workers across machines and repos.
+
+The public surface is listed in ``__all__``.  Names load lazily so that the
+``coord`` CLI starts fast: importing coordlib does not import asyncssh.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (
+    AssignmentNotFound,
+    AuthError,
+    BoardError,
+    ClaimError,
+    CommandError,
+    CommandTimeout,
+    ConfigError,
+    CoordError,
+    DispatchError,
+    HostKeyError,
+    MachineError,
+    UnreachableError,
+    WaitTimeout,
+)
+
+if TYPE_CHECKING:
+    from .assignment import Assignment, Status
+    from .board import Board
+    from .config import Config, load_config
+    from .coordinator import Coordinator, MachineStatus, ResumeReport, StatusReport
+    from .runtime.local import LocalTransport
+    from .runtime.ssh import SSHTarget, SSHTransport
+    from .runtime.transport import CompletedCommand, Transport
+    from .stream import format_event, parse_line
+
+__all__ = [
+    "Assignment",
+    "AssignmentNotFound",
+    "AuthError",
+    "Board",
+    "BoardError",
+    "ClaimError",
+    "CommandError",
+    "CommandTimeout",
+    "CompletedCommand",
+    "Config",
+    "ConfigError",
+    "CoordError",
+    "Coordinator",
+    "DispatchError",
+    "HostKeyError",
+    "LocalTransport",
+    "MachineError",
+    "MachineStatus",
+    "ResumeReport",
+    "SSHTarget",
+    "SSHTransport",
+    "Status",
+    "StatusReport",
+    "Transport",
+    "UnreachableError",
+    "WaitTimeout",
+    "__version__",
+    "format_event",
+    "load_config",
+    "parse_line",
+]
+
+_LAZY = {
+    "Assignment": ".assignment",
+    "Status": ".assignment",
+    "Board": ".board",
+    "Config": ".config",
+    "load_config": ".config",
+    "Coordinator": ".coordinator",
+    "MachineStatus": ".coordinator",
+    "ResumeReport": ".coordinator",
+    "StatusReport": ".coordinator",
+    "LocalTransport": ".runtime.local",
+    "SSHTarget": ".runtime.ssh",
+    "SSHTransport": ".runtime.ssh",
+    "CompletedCommand": ".runtime.transport",
+    "Transport": ".runtime.transport",
+    "format_event": ".stream",
+    "parse_line": ".stream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coordlib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

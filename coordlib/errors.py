@@ -1,0 +1,143 @@
+"""Every error coordlib raises, as one tree rooted at `CoordError`.
+
+::
+
+    CoordError
+    ├── ConfigError            coordinator.yml is missing or wrong (file:line, key, nearest valid key)
+    ├── BoardError             the board file is unreadable or from a newer schema
+    ├── AssignmentNotFound     no assignment (live or archived) has that id       (also KeyError)
+    ├── ClaimError             the issue already has a live assignment
+    ├── MachineError           something went wrong on or on the way to a machine
+    │   ├── UnreachableError   could not connect (refused, timed out, DNS, connection lost)
+    │   ├── AuthError          the machine refused our credentials (never retried)
+    │   ├── HostKeyError       unknown or changed host key (never retried; `coord trust`)
+    │   ├── CommandError       a remote command exited non-zero (carries argv, exit status,
+    │   │                      stdout, stderr, like subprocess.CalledProcessError)
+    │   ├── CommandTimeout     a remote command ran past its timeout              (also TimeoutError)
+    │   └── DispatchError      a worker could not be started (worktree, tmux, launcher)
+    └── WaitTimeout            `wait` gave up before the assignment ended         (also TimeoutError)
+
+Every message says what happened, where, and what to do about it.  Third-party
+errors (asyncssh, yaml, jinja2, OSError) are converted where they enter, with
+``raise ... from exc`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AssignmentNotFound",
+    "AuthError",
+    "BoardError",
+    "ClaimError",
+    "CommandError",
+    "CommandTimeout",
+    "ConfigError",
+    "CoordError",
+    "DispatchError",
+    "HostKeyError",
+    "MachineError",
+    "UnreachableError",
+    "WaitTimeout",
+]
+
+
+class CoordError(Exception):
+    """Root of every error coordlib raises."""
+
+
+class ConfigError(CoordError, ValueError):
+    """The configuration file is missing, malformed or inconsistent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.hint = hint
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        text = f"{where}{message}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+        self.message = message
+
+
+class BoardError(CoordError):
+    """The board file cannot be read or written."""
+
+
+class AssignmentNotFound(CoordError, KeyError):
+    """No assignment matches the given id."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "assignment not found"
+
+
+class ClaimError(CoordError):
+    """The issue is already claimed by a live assignment."""
+
+
+class MachineError(CoordError):
+    """Something failed on a machine or on the way to it."""
+
+    def __init__(self, message: str, *, machine: str | None = None) -> None:
+        self.machine = machine
+        super().__init__(f"{machine}: {message}" if machine else message)
+
+
+class UnreachableError(MachineError, ConnectionError):
+    """The machine could not be reached."""
+
+
+class AuthError(MachineError, PermissionError):
+    """The machine refused our credentials."""
+
+
+class HostKeyError(MachineError):
+    """The machine's host key is unknown or has changed."""
+
+
+class CommandError(MachineError):
+    """A command on a machine exited with a non-zero status."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int | None,
+        stdout: str,
+        stderr: str,
+        *,
+        machine: str | None = None,
+        what: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        detail = (stderr or stdout).strip().splitlines()
+        tail = detail[-1] if detail else "no output"
+        label = what or (self.argv[0] if self.argv else "command")
+        super().__init__(f"{label} exited with status {returncode}: {tail}", machine=machine)
+
+
+class CommandTimeout(MachineError, TimeoutError):
+    """A command on a machine ran past its timeout."""
+
+
+class DispatchError(MachineError):
+    """A worker could not be started."""
+
+
+class WaitTimeout(CoordError, TimeoutError):
+    """Waiting for an assignment gave up before it ended."""

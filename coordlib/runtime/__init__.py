@@ -1,0 +1,1 @@
+"""Everything that touches a machine: transports, commands and the remote run protocol."""

@@ -1,0 +1,126 @@
+"""Remote commands as values, and the one place where they are quoted.
+
+A command is an argv list.  `LocalTransport` executes it directly; `SSHTransport`
+turns it into the single string an SSH exec request carries with `join`, which
+quotes every word.  User text (titles, briefings) never becomes part of a
+command: briefings travel on stdin into files, titles only reach branch names
+through `slugify`, which keeps ``[a-z0-9-]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = [
+    "LaunchSpec",
+    "branch_name",
+    "encode_env",
+    "join",
+    "quote",
+    "remote_argv",
+    "remote_script",
+    "script_hash",
+    "slugify",
+]
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
+
+
+def quote(word: str) -> str:
+    """Quote one word for a POSIX shell."""
+    if "\0" in word:
+        raise ValueError("a NUL byte cannot be passed in a command argument")
+    return shlex.quote(word)
+
+
+def join(argv: Sequence[str]) -> str:
+    """Quote every word of argv and join them into one shell command line."""
+    return " ".join(quote(word) for word in argv)
+
+
+def slugify(text: str, *, max_length: int = 40) -> str:
+    """Reduce text to ``[a-z0-9-]``: lowercase words joined by single hyphens."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if len(slug) > max_length:
+        slug = slug[:max_length].rsplit("-", 1)[0] if "-" in slug[:max_length] else slug[:max_length]
+    return slug.strip("-")
+
+
+def branch_name(issue: int, title: str) -> str:
+    """Name the branch for an issue: ``issue-<N>-<slug>``."""
+    slug = slugify(title)
+    return f"issue-{issue}-{slug}" if slug else f"issue-{issue}"
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return value if it is safe as a file, tmux and branch name component."""
+    if not _SAFE_ID.fullmatch(value) or ".." in value:
+        raise ValueError(f"unsafe {what}: {value!r}")
+    return value
+
+
+_SCRIPT: str | None = None
+
+
+def remote_script() -> str:
+    """Return the text of the coord-run script that runs on worker machines."""
+    global _SCRIPT
+    if _SCRIPT is None:
+        _SCRIPT = resources.files("coordlib.runtime").joinpath("remote.sh").read_text("utf-8")
+    return _SCRIPT
+
+
+def script_hash() -> str:
+    """Return a short hash that versions the installed launcher."""
+    return hashlib.sha256(remote_script().encode()).hexdigest()[:12]
+
+
+def remote_argv(verb: str, *args: str) -> list[str]:
+    """Build the argv that runs one coord-run verb on a machine."""
+    return ["bash", "-c", remote_script(), "coord-run", verb, *args]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What the launcher needs to start the worker, rendered as a sourced shell file."""
+
+    worktree: str
+    command: Sequence[str]  # the claude command, e.g. ["claude"]
+    args: Sequence[str]  # everything after the prompt
+    stall_ms: int
+    max_runtime_ms: int
+    grace_ms: int
+    poll_seconds: float
+
+    def render(self) -> str:
+        """Return the launch.env text, every value quoted here."""
+        def array(words: Sequence[str]) -> str:
+            return "(" + " ".join(quote(w) for w in words) + ")"
+
+        return (
+            f"COORD_WORKTREE={quote(self.worktree)}\n"
+            f"COORD_CMD={array(self.command)}\n"
+            f"COORD_ARGS={array(self.args)}\n"
+            f"COORD_STALL_MS={int(self.stall_ms)}\n"
+            f"COORD_MAXRT_MS={int(self.max_runtime_ms)}\n"
+            f"COORD_GRACE_MS={int(self.grace_ms)}\n"
+            f"COORD_POLL={quote(format(self.poll_seconds, 'g'))}\n"
+        )
+
+
+def encode_env(env: Mapping[str, str]) -> bytes:
+    """Encode the worker's environment for the launcher's FIFO: NUL-separated, ending ``=END``."""
+    out = bytearray()
+    for name, value in env.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"bad environment variable name {name!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {name} contains a NUL byte")
+        out += f"{name}={value}".encode() + b"\0"
+    out += b"=END\0"
+    return bytes(out)

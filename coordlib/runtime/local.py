@@ -1,0 +1,88 @@
+"""`LocalTransport`: the coordinator's own machine, through asyncio subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from ..errors import CommandTimeout
+from .transport import CompletedCommand, Transport
+
+__all__ = ["LocalTransport"]
+
+
+class LocalTransport(Transport):
+    """Run commands on this machine with no shell in between."""
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float | None = 60.0,
+        check: bool = True,
+        what: str | None = None,
+    ) -> CompletedCommand:
+        """Run argv to completion; raise `CommandError` on failure when check is true."""
+        self.stats["commands"] += 1
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a tmux server started here must outlive us
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+        except TimeoutError:
+            _kill(proc)
+            await proc.wait()
+            raise CommandTimeout(
+                f"{what or argv[0]} did not finish within {timeout:g} s", machine=self.name
+            ) from None
+        except asyncio.CancelledError:
+            _kill(proc)
+            raise
+        assert proc.returncode is not None
+        return self._checked(CompletedCommand(list(argv), proc.returncode, out, err), check, what)
+
+    async def stream(self, argv: Sequence[str]) -> AsyncIterator[bytes]:
+        """Yield argv's stdout in chunks as it arrives; end when the command exits."""
+        self.stats["commands"] += 1
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            while chunk := await proc.stdout.read(65536):
+                yield chunk
+        finally:
+            if proc.returncode is None:
+                _kill(proc)
+            with contextlib.suppress(ProcessLookupError):
+                await proc.wait()
+
+    async def upload(self, data: bytes, path: str, *, mode: int = 0o600) -> None:
+        """Write data to path atomically (a leading ``~/`` means the home dir)."""
+        target = Path(os.path.expanduser(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()

@@ -1,0 +1,311 @@
+# coord-run: the only code of ours that ever runs on a worker machine.
+#
+# It is never installed as a service.  The coordinator sends this text as the
+# argument of `bash -c` with every remote command (so each operation costs one
+# remote command and there is nothing to keep in sync), and `dispatch` saves a
+# copy as $WORKDIR/bin/coord-run-<hash> for the launcher that tmux keeps alive.
+#
+#   dispatch WORKDIR ID REPO_PATH WORKTREE BRANCH BASE SOCKET HASH N_BRIEF N_SPEC N_LAUNCH
+#            stdin: briefing, spec.json, launch.env (byte counts given), then the
+#            worker's environment as NUL-separated NAME=VALUE records ending "=END"
+#   run      RUN_DIR                  the launcher + watchdog (started by dispatch in tmux)
+#   status   WORKDIR SOCKET [ID:OFFSET:MAX ...]   state of every run, framed text on stdout
+#   stop     WORKDIR ID               ask a run to stop and wait for its exit record
+#   tail     WORKDIR ID OFFSET FILE FOLLOW  print FILE from byte OFFSET; FOLLOW=1 keeps
+#            streaming until the run's launcher exits
+#
+# Every argument arrives as a separate, already-quoted word: no user text is
+# ever parsed by a shell here.  Briefings travel on stdin and are read from files.
+set -u
+umask 077
+unset TMUX TMUX_PANE
+
+die() { # die CODE MESSAGE
+    printf 'coord-run: %s\n' "$2" >&2
+    exit "$1"
+}
+
+expand_home() { # print $1 with a leading "~/" replaced by $HOME
+    case $1 in
+        "~") printf '%s' "$HOME" ;;
+        "~/"*) printf '%s/%s' "$HOME" "${1#\~/}" ;;
+        *) printf '%s' "$1" ;;
+    esac
+}
+
+BOOT_ID=unknown
+read -r BOOT_ID 2>/dev/null </proc/sys/kernel/random/boot_id
+
+proc_start() { # print the start time (clock ticks since boot) of pid $1
+    local f
+    read -r -a f </proc/"$1"/stat 2>/dev/null || return 1
+    # field 2 (comm) has no spaces for our processes, so field 22 is index 21
+    printf '%s' "${f[21]}"
+}
+
+launcher_alive() { # launcher_alive RUN_DIR -> status 0 when its launcher still runs
+    local pid boot start
+    read -r pid boot start <"$1/launcher.pid" 2>/dev/null || return 1
+    [ "$boot" = "$BOOT_ID" ] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    [ "$(proc_start "$pid")" = "$start" ]
+}
+
+now_ms() { # set NOW to milliseconds since the epoch, without forking
+    local t=${EPOCHREALTIME/[.,]/}
+    NOW=$((t / 1000))
+}
+
+# ---------------------------------------------------------------- dispatch
+cmd_dispatch() {
+    [ $# -eq 11 ] || die 2 "dispatch: expected 11 arguments, got $#"
+    local workdir id repo wt branch base sock hash nbrief nspec nlaunch
+    workdir=$(expand_home "$1") id=$2 repo=$(expand_home "$3") wt=$(expand_home "$4")
+    branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11}
+    local run="$workdir/runs/$id" bin="$workdir/bin/coord-run-$hash"
+
+    command -v tmux >/dev/null 2>&1 || die 20 "tmux is not installed on this machine (apt-get install tmux)"
+    command -v git >/dev/null 2>&1 || die 20 "git is not installed on this machine (apt-get install git)"
+    git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 ||
+        die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
+    [ -e "$run" ] && die 13 "run directory $run already exists"
+
+    local start=$base
+    if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
+        git -C "$repo" fetch --quiet origin "$base" >&2 ||
+            die 11 "git fetch origin $base failed in $repo"
+        start="origin/$base"
+    fi
+    if git -C "$repo" show-ref --verify --quiet "refs/heads/$branch"; then
+        die 12 "branch $branch already exists in $repo (finish or delete it: git -C $repo branch -D $branch)"
+    fi
+    mkdir -p "$(dirname "$wt")" || die 14 "cannot create $(dirname "$wt")"
+    git -C "$repo" worktree add --quiet -b "$branch" "$wt" "$start" >&2 ||
+        die 12 "git worktree add $wt from $start failed in $repo"
+
+    mkdir -p "$run" "$workdir/bin" || die 14 "cannot create $run"
+    head -c "$nbrief" >"$run/briefing.md" &&
+        head -c "$nspec" >"$run/spec.json" &&
+        head -c "$nlaunch" >"$run/launch.env" &&
+        : >"$run/events.jsonl" && : >"$run/stderr.log" ||
+        die 15 "cannot write the run files in $run (disk full?)"
+    [ "$(wc -c <"$run/briefing.md")" -eq "$nbrief" ] || die 15 "briefing arrived truncated"
+    [ "$(wc -c <"$run/launch.env")" -eq "$nlaunch" ] || die 15 "launch.env arrived truncated (disk full?)"
+
+    if [ ! -x "$bin" ]; then
+        printf '%s' "$BASH_EXECUTION_STRING" >"$bin.tmp.$$" && chmod 700 "$bin.tmp.$$" &&
+            mv -f "$bin.tmp.$$" "$bin" || die 15 "cannot install the launcher at $bin"
+    fi
+
+    mkfifo "$run/env.fifo" || die 15 "cannot create $run/env.fifo"
+    local session="coord-$id" cmd
+    cmd=$(printf 'exec bash %q run %q' "$bin" "$run")
+    tmux -L "$sock" new-session -d -s "$session" -c "$wt" "$cmd" ||
+        { rm -f "$run/env.fifo"; die 16 "tmux could not start session $session"; }
+    # The launcher blocks opening the FIFO until we write into it; the
+    # environment (secrets included) goes from our stdin to its memory and is
+    # never stored on disk or put on a command line.
+    if ! timeout 30 cat >"$run/env.fifo"; then
+        tmux -L "$sock" kill-session -t "=$session" 2>/dev/null
+        die 17 "the launcher did not start within 30 s (see $run/launcher.log)"
+    fi
+    local pid="" _b _s
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        read -r pid _b _s <"$run/launcher.pid" 2>/dev/null && break
+        sleep 0.05
+    done
+    printf '{"ok":true,"launcher_pid":%s,"head":"%s"}\n' "${pid:-null}" \
+        "$(git -C "$wt" rev-parse HEAD 2>/dev/null)"
+}
+
+# ---------------------------------------------------------------- run (launcher)
+kill_group() { # kill_group PID: TERM the worker's process group, KILL it after 5 s
+    kill -TERM -- -"$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null
+    local i
+    for i in $(seq 1 50); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null
+}
+
+write_exit() { # write_exit RUN CODE REASON STARTED
+    local now=$EPOCHREALTIME
+    printf '{"exit_code":%s,"reason":"%s","started_at":%s,"finished_at":%s}\n' \
+        "$2" "$3" "$4" "${now/,/.}" >"$1/exit.json.tmp" && mv -f "$1/exit.json.tmp" "$1/exit.json"
+}
+
+cmd_run() {
+    local run=$1
+    exec 2>>"$run/launcher.log"
+    printf '%s %s %s\n' "$$" "$BOOT_ID" "$(proc_start $$)" >"$run/launcher.pid"
+    local started=$EPOCHREALTIME
+    started=${started/,/.}
+
+    # launch.env is written by the coordinator with every value quoted by it.
+    # shellcheck disable=SC1091
+    . "$run/launch.env" || { write_exit "$run" 126 crashed "$started"; exit 126; }
+
+    # Receive the worker's environment from the coordinator (see dispatch).
+    local -a wenv=()
+    local rec complete=0
+    if exec 3<"$run/env.fifo"; then
+        while IFS= read -r -d '' -t 60 rec <&3; do
+            if [ "$rec" = "=END" ]; then complete=1; break; fi
+            wenv+=("$rec")
+        done
+        exec 3<&-
+    fi
+    rm -f "$run/env.fifo"
+    if [ "$complete" != 1 ]; then
+        echo "environment stream incomplete; not starting the worker" >&2
+        write_exit "$run" 125 crashed "$started"
+        exit 125
+    fi
+
+    local stop_req=0
+    trap 'stop_req=1' TERM INT HUP
+
+    (
+        # A clean, stated environment: a few basics kept, then the machine's env.
+        keep=()
+        for v in HOME USER LOGNAME PATH SHELL LANG LC_ALL TZ TMPDIR; do
+            [ -n "${!v+x}" ] && keep+=("$v=${!v}")
+        done
+        while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
+        for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
+        cd "$(expand_home "$COORD_WORKTREE")" || exit 127
+        exec setsid "${COORD_CMD[@]}" -p "$(cat "$run/briefing.md")" "${COORD_ARGS[@]}" \
+            </dev/null >>"$run/events.jsonl" 2>>"$run/stderr.log"
+    ) &
+    local wpid=$!
+    unset wenv
+    printf '%s\n' "$wpid" >"$run/worker.pid"
+
+    local reason=exited last_size=-1 size last_change result_at=0 start_ms NOW
+    now_ms
+    start_ms=$NOW last_change=$NOW
+    while kill -0 "$wpid" 2>/dev/null; do
+        now_ms
+        if [ "$stop_req" = 1 ] || [ -e "$run/stop" ]; then
+            reason=stopped
+            kill_group "$wpid"
+            break
+        fi
+        size=$(stat -c %s "$run/events.jsonl" 2>/dev/null || echo 0)
+        if [ "$size" != "$last_size" ]; then
+            last_size=$size last_change=$NOW
+            if [ "$result_at" = 0 ] && tail -n 1 "$run/events.jsonl" | grep -q '"type":"result"'; then
+                result_at=$NOW
+            fi
+        fi
+        if [ "$result_at" != 0 ] && ((NOW - result_at >= COORD_GRACE_MS)); then
+            reason=result_grace_kill
+        elif ((NOW - last_change >= COORD_STALL_MS)); then
+            reason=stalled
+        elif ((NOW - start_ms >= COORD_MAXRT_MS)); then
+            reason=timed_out
+        fi
+        if [ "$reason" != exited ]; then
+            kill_group "$wpid"
+            break
+        fi
+        sleep "$COORD_POLL"
+    done
+    wait "$wpid"
+    local rc=$?
+    write_exit "$run" "$rc" "$reason" "$started" || echo "cannot write exit.json (disk full?)" >&2
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------- status
+cmd_status() {
+    local workdir sock
+    workdir=$(expand_home "$1") sock=$2
+    shift 2
+    local -A want=() maxb=()
+    local spec
+    for spec in "$@"; do
+        IFS=: read -r sid soff smax <<<"$spec"
+        want[$sid]=$soff maxb[$sid]=$smax
+    done
+    printf 'coord-probe 1 boot=%s now=%s\n' "$BOOT_ID" "${EPOCHREALTIME/,/.}"
+    if command -v tmux >/dev/null 2>&1; then
+        tmux -L "$sock" list-sessions -F 'tmux #{session_name}' 2>/dev/null
+    fi
+    local d id size alive ex off n
+    for d in "$workdir"/runs/*/; do
+        [ -d "$d" ] || continue
+        d=${d%/}
+        id=${d##*/}
+        ex=""
+        [ -f "$d/exit.json" ] && IFS= read -r ex <"$d/exit.json"
+        alive=0
+        [ -z "$ex" ] && launcher_alive "$d" && alive=1
+        size=-1
+        if [ -n "${want[$id]+x}" ] || [ "$alive" = 1 ]; then
+            size=$(stat -c %s "$d/events.jsonl" 2>/dev/null || echo -1)
+        fi
+        printf 'run %s alive=%s size=%s\n' "$id" "$alive" "$size"
+        printf 'exit %s\n' "$ex"
+        if [ -n "${want[$id]+x}" ]; then
+            off=${want[$id]} n=$((size - off))
+            ((n < 0)) && n=0
+            ((n > maxb[$id])) && n=${maxb[$id]}
+            printf 'events %s %s\n' "$off" "$n"
+            if ((n > 0)); then
+                tail -c +"$((off + 1))" "$d/events.jsonl" | head -c "$n"
+            fi
+            printf '\n'
+            unset "want[$id]"
+        fi
+    done
+    for id in "${!want[@]}"; do
+        printf 'missing %s\n' "$id"
+    done
+    printf 'end\n'
+}
+
+# ---------------------------------------------------------------- stop
+cmd_stop() {
+    local workdir id run pid _rest
+    workdir=$(expand_home "$1") id=$2
+    run="$workdir/runs/$id"
+    [ -d "$run" ] || die 3 "no run $id on this machine"
+    : >"$run/stop"
+    if launcher_alive "$run"; then
+        read -r pid _rest <"$run/launcher.pid"
+        kill -TERM "$pid" 2>/dev/null
+        for _ in $(seq 1 150); do
+            [ -f "$run/exit.json" ] && break
+            sleep 0.1
+        done
+    fi
+    cat "$run/exit.json" 2>/dev/null || echo '{}'
+}
+
+# ---------------------------------------------------------------- tail
+cmd_tail() {
+    local workdir id off file follow run pid _rest
+    workdir=$(expand_home "$1") id=$2 off=$3 file=${4:-events.jsonl} follow=${5:-1}
+    run="$workdir/runs/$id"
+    [ -d "$run" ] || die 3 "no run $id on this machine"
+    case $file in events.jsonl | stderr.log | launcher.log) ;; *) die 2 "tail: bad file $file" ;; esac
+    [ -e "$run/$file" ] || : >>"$run/$file"
+    if [ "$follow" = 1 ] && launcher_alive "$run"; then
+        read -r pid _rest <"$run/launcher.pid"
+        exec tail -c +"$((off + 1))" -s 0.2 -F --pid="$pid" "$run/$file" 2>/dev/null
+    fi
+    exec tail -c +"$((off + 1))" "$run/$file"
+}
+
+verb=${1:-}
+shift || true
+case $verb in
+    dispatch) cmd_dispatch "$@" ;;
+    run) cmd_run "$@" ;;
+    status) cmd_status "$@" ;;
+    stop) cmd_stop "$@" ;;
+    tail) cmd_tail "$@" ;;
+    *) die 2 "unknown verb '$verb' (expected dispatch, run, status, stop or tail)" ;;
+esac
