@@ -1,0 +1,5 @@
+"""Allow ``python -m cli``."""
+
+from .main import main
+
+main()
