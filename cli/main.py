@@ -40,6 +40,7 @@ pass_state = click.make_pass_decorator(State)
 
 def run(factory: Callable[[], Awaitable[T]]) -> T:
     """Run one coroutine to completion: the CLI's only event loop."""
+
     async def main() -> T:
         return await factory()
 
@@ -72,7 +73,8 @@ class CoordGroup(click.Group):
     "-c",
     type=click.Path(dir_okay=False),
     default=None,
-    help="coordinator.yml to use (default: $COORD_CONFIG, ./coordinator.yml, ~/.coord/coordinator.yml).",
+    help="coordinator.yml to use "
+    "(default: $COORD_CONFIG, ./coordinator.yml, ~/.coord/coordinator.yml).",
 )
 @click.pass_context
 def coord(ctx: click.Context, config: str | None) -> None:

@@ -27,11 +27,16 @@ def _echo_json(data: Any) -> None:
 @click.option("--model", "-m", help="Model tier (haiku, sonnet, opus) or a full model id.")
 @click.option("--briefing", "-b", help="The briefing text (default: rendered from a template).")
 @click.option(
-    "--briefing-file", "-f", type=click.File("r"), help="Read the briefing from a file (- for stdin)."
+    "--briefing-file",
+    "-f",
+    type=click.File("r"),
+    help="Read the briefing from a file (- for stdin).",
 )
 @click.option("--title", "-t", help="The issue's title (names the branch).")
 @click.option("--dry-run", is_flag=True, help="Show what would run; start nothing.")
-@click.option("--force", is_flag=True, help="Dispatch even if the issue is claimed or the machine full.")
+@click.option(
+    "--force", is_flag=True, help="Dispatch even if the issue is claimed or the machine full."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the assignment as JSON.")
 @pass_state
 def assign(
@@ -63,9 +68,25 @@ def assign(
     a = run(go)
     if as_json:
         data = a.to_dict()
-        _echo_json({k: data[k] for k in ("id", "machine", "repo", "issue", "branch", "model",
-                                          "status", "title", "tier", "worktree", "run_dir")}
-                   | ({"argv": a.extra.get("argv")} if dry_run else {}))
+        _echo_json(
+            {
+                k: data[k]
+                for k in (
+                    "id",
+                    "machine",
+                    "repo",
+                    "issue",
+                    "branch",
+                    "model",
+                    "status",
+                    "title",
+                    "tier",
+                    "worktree",
+                    "run_dir",
+                )
+            }
+            | ({"argv": a.extra.get("argv")} if dry_run else {})
+        )
         return
     if dry_run:
         click.echo(f"would start {a.id} on {a.machine}: {a.repo}#{a.issue} on branch {a.branch}")
@@ -94,8 +115,10 @@ def _print_status(report: StatusReport) -> None:
         click.echo("\nno assignments; start one with `coord assign MACHINE REPO ISSUE`")
         return
     click.echo("")
-    header = f"{'ID':<22} {'MACHINE':<12} {'ISSUE':<18} {'STATUS':<9} {'AGE':>5} {'TURNS':>5} {'COST':>8}  NOTE"
-    click.echo(header)
+    click.echo(
+        f"{'ID':<22} {'MACHINE':<12} {'ISSUE':<18} {'STATUS':<9} "
+        f"{'AGE':>5} {'TURNS':>5} {'COST':>8}  NOTE"
+    )
     for a in report.assignments:
         cost = f"${a.cost_usd:.4f}" if a.cost_usd is not None else "-"
         turns = str(a.num_turns) if a.num_turns is not None else "-"
@@ -104,7 +127,9 @@ def _print_status(report: StatusReport) -> None:
             if a.error and a.status != "done":
                 note = f"{note}: {a.error}" if note else a.error
         else:
-            note = " | ".join(x for x in (a.last_status, a.last_tool and f"[tool] {a.last_tool}") if x)
+            note = " | ".join(
+                x for x in (a.last_status, a.last_tool and f"[tool] {a.last_tool}") if x
+            )
         issue = f"{a.repo}#{a.issue}"
         click.echo(
             f"{a.id:<22} {a.machine:<12} {issue:<18} {a.status:<9} "
@@ -119,6 +144,7 @@ def _print_status(report: StatusReport) -> None:
 @pass_state
 def status(state: State, machine: str | None, history: bool, as_json: bool) -> None:
     """Ask every machine once and show every assignment."""
+
     async def go() -> StatusReport:
         async with state.coordinator() as c:
             return await c.status(machine=machine, history=history)
@@ -152,7 +178,9 @@ def watch(state: State, id: str, verbose: bool) -> None:
 
 @coord.command()
 @click.argument("id")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 2).")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up after this many seconds (exit 2)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the assignment as JSON.")
 @pass_state
 def wait(state: State, id: str, timeout: float | None, as_json: bool) -> None:
@@ -199,6 +227,7 @@ def log(state: State, id: str, follow: bool, stderr: bool) -> None:
 @pass_state
 def stop(state: State, id: str) -> None:
     """Stop a worker: its whole process group is killed, its worktree kept."""
+
     async def go() -> Assignment:
         async with state.coordinator() as c:
             return await c.stop(id)

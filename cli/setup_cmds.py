@@ -104,7 +104,7 @@ def trust(state: State, machine: str, yes: bool, replace: bool) -> None:
     if info.state == "changed":
         click.echo("WARNING: this is NOT the key recorded for it before.", err=True)
         if not replace:
-            fail(f"refusing to replace the recorded key; pass --replace if you know why it changed")
+            fail("refusing to replace the recorded key; pass --replace if you know why it changed")
     if not yes and not click.confirm("Trust this key?", default=False):
         fail("not trusted")
     path = trust_host_key(target, info, replace=replace)

@@ -25,7 +25,6 @@ from .board import Board
 from .briefings import render_briefing
 from .config import Config, find_config, is_secret_name, load_config, resolve_env
 from .errors import (
-    AssignmentNotFound,
     ClaimError,
     CommandError,
     CoordError,
@@ -192,7 +191,9 @@ class Coordinator:
         """Return where machine is reached over SSH (for `coord trust`)."""
         m = self.config.machine(machine)
         if m.is_local:
-            raise MachineError("is the local machine: there is no host key to trust", machine=m.name)
+            raise MachineError(
+                "is the local machine: there is no host key to trust", machine=m.name
+            )
         return SSHTarget(
             name=m.name,
             host=m.host,
@@ -270,11 +271,15 @@ class Coordinator:
             worktree=worktree,
             command=m.claude_argv(),
             args=[
-                "--output-format", "stream-json", "--verbose",
-                "--model", model_id,
-                "--allowedTools", w.allowed_tools,
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--model",
+                model_id,
+                "--allowedTools",
+                w.allowed_tools,
                 *w.extra_args,
-            ],  # fmt: skip
+            ],
             stall_ms=int(w.stall_timeout * 1000),
             max_runtime_ms=int(w.max_runtime * 1000),
             grace_ms=int(w.result_grace * 1000),
@@ -411,9 +416,7 @@ class Coordinator:
         return Assignment.from_dict(row)
 
     # ------------------------------------------------------------ status
-    async def status(
-        self, *, machine: str | None = None, history: bool = False
-    ) -> StatusReport:
+    async def status(self, *, machine: str | None = None, history: bool = False) -> StatusReport:
         """Ask every machine (or one) once, reconcile the board, and report."""
         names = [machine] if machine else list(self.config.machines)
         if machine:
@@ -442,9 +445,7 @@ class Coordinator:
         if history:
             rows = [Assignment.from_dict(r) for r in self.board.history()] + rows
         for ms in machines:
-            ms.running = sum(
-                1 for a in rows if a.machine == ms.name and a.status == Status.RUNNING
-            )
+            ms.running = sum(1 for a in rows if a.machine == ms.name and a.status == Status.RUNNING)
         if machine:
             rows = [a for a in rows if a.machine == machine]
         return StatusReport(machines=machines, assignments=rows, changed=changed)
@@ -487,9 +488,13 @@ class Coordinator:
             }
         fields, progress = self._fold(a, run)
         if run.exit is not None:
-            if run.events is not None and run.events_offset is not None:
-                if run.events_offset + len(run.events) < run.size:
-                    return fields  # more events to read before the result can be trusted
+            unread = (
+                run.events is not None
+                and run.events_offset is not None
+                and (run.events_offset + len(run.events) < run.size)
+            )
+            if unread:
+                return fields  # more events to read before the result can be trusted
             reason = run.exit.get("reason")
             code = run.exit.get("exit_code")
             status, fclass = classify(
@@ -539,7 +544,7 @@ class Coordinator:
                     progress.result = event
         last_msg = a.extra.get("last_message_id")
         if isinstance(last_msg, str):
-            progress._message_ids.add(last_msg)  # noqa: SLF001 - resume the turn count
+            progress._message_ids.add(last_msg)
         fields: dict[str, Any] = {}
         if not run.events or run.events_offset is None:
             return fields, progress
@@ -583,7 +588,9 @@ class Coordinator:
             return False  # this process is not dispatching it right now
         return isinstance(pid, int) and _pid_alive(pid)
 
-    def _apply(self, updates: Mapping[str, tuple[int, dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    def _apply(
+        self, updates: Mapping[str, tuple[int, dict[str, Any]]]
+    ) -> list[tuple[str, str, str]]:
         """Write reconciled fields in one transaction, skipping rows others moved on."""
         changed: list[tuple[str, str, str]] = []
         if not updates:
@@ -661,9 +668,7 @@ class Coordinator:
             await asyncio.sleep(0.25)
         return self.get(a.id)
 
-    async def wait(
-        self, id: str, *, timeout: float | None = None, poll: float = 0.5
-    ) -> Assignment:
+    async def wait(self, id: str, *, timeout: float | None = None, poll: float = 0.5) -> Assignment:
         """Wait until the assignment ends and return it; raise `WaitTimeout` past timeout."""
         a = self.get(id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -718,9 +723,7 @@ class Coordinator:
         report = await self.status()
         unreachable = [m for m in report.machines if not m.reachable]
         down = {m.name for m in unreachable}
-        still = [
-            a.id for a in report.assignments if not a.is_terminal and a.machine in down
-        ]
+        still = [a.id for a in report.assignments if not a.is_terminal and a.machine in down]
         orphans = {m.name: m.orphans for m in report.machines if m.orphans}
         return ResumeReport(
             changed=report.changed, unreachable=unreachable, orphans=orphans, still_running=still
@@ -756,4 +759,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

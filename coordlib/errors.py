@@ -3,9 +3,9 @@
 ::
 
     CoordError
-    ├── ConfigError            coordinator.yml is missing or wrong (file:line, key, nearest valid key)
+    ├── ConfigError            coordinator.yml is missing or wrong (file:line, key, nearest)
     ├── BoardError             the board file is unreadable or from a newer schema
-    ├── AssignmentNotFound     no assignment (live or archived) has that id       (also KeyError)
+    ├── AssignmentNotFound     no assignment (live or archived) has that id  (also KeyError)
     ├── ClaimError             the issue already has a live assignment
     ├── MachineError           something went wrong on or on the way to a machine
     │   ├── UnreachableError   could not connect (refused, timed out, DNS, connection lost)
@@ -13,9 +13,9 @@
     │   ├── HostKeyError       unknown or changed host key (never retried; `coord trust`)
     │   ├── CommandError       a remote command exited non-zero (carries argv, exit status,
     │   │                      stdout, stderr, like subprocess.CalledProcessError)
-    │   ├── CommandTimeout     a remote command ran past its timeout              (also TimeoutError)
+    │   ├── CommandTimeout     a remote command ran past its timeout  (also TimeoutError)
     │   └── DispatchError      a worker could not be started (worktree, tmux, launcher)
-    └── WaitTimeout            `wait` gave up before the assignment ended         (also TimeoutError)
+    └── WaitTimeout            `wait` gave up before the assignment ended  (also TimeoutError)
 
 Every message says what happened, where, and what to do about it.  Third-party
 errors (asyncssh, yaml, jinja2, OSError) are converted where they enter, with

@@ -28,7 +28,9 @@ def tmux_socket() -> Iterator[str]:
     subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True, check=False)
 
 
-def ssh_machine(server: SSHServer, name: str, workdir: Path, socket: str, **extra: Any) -> dict[str, Any]:
+def ssh_machine(
+    server: SSHServer, name: str, workdir: Path, socket: str, **extra: Any
+) -> dict[str, Any]:
     """Describe a machine reached through server, as coordinator.yml says it."""
     return {
         "name": name,
@@ -109,11 +111,22 @@ def setup(tmp_path: Path, tmux_socket: str) -> Setup:
 @pytest.fixture
 def run_coord() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the real `coord` CLI in a subprocess."""
-    def run(*args: str, config: Path, timeout: float = 120, env: dict[str, str] | None = None,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+
+    def run(
+        *args: str,
+        config: Path,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "cli", "--config", str(config), *args],
-            capture_output=True, text=True, timeout=timeout, env=full_env, check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            check=check,
         )
+
     return run

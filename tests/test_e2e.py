@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coordlib import Coordinator, Status
+from coordlib import Status
 from coordlib.stream import Result, ToolUse, format_event
 from coordlib.testing import SSHServer
 from coordlib.testing.gitrepo import git
@@ -185,7 +185,9 @@ def test_metacharacters_in_title_and_briefing_never_execute(
     a, done = arun(go())
     assert done.status == Status.DONE
     assert not marker.exists()
-    assert a.branch.startswith("issue-66-") and set(a.branch) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    assert a.branch.startswith("issue-66-") and set(a.branch) <= set(
+        "abcdefghijklmnopqrstuvwxyz0123456789-"
+    )
     run_dir = setup.root / f"wd-{name}" / "runs" / a.id
     assert (run_dir / "briefing.md").read_text() == evil + "\nmore\n"
     spec = json.loads((run_dir / "spec.json").read_text())

@@ -33,19 +33,21 @@ def _environment(user_dir: Path | None) -> jinja2.Environment:
     )
 
 
-def render_briefing(
-    kind: str, context: Mapping[str, Any], *, user_dir: Path | None = None
-) -> str:
+def render_briefing(kind: str, context: Mapping[str, Any], *, user_dir: Path | None = None) -> str:
     """Render the briefing template ``<kind>.md.j2`` with context."""
     name = f"{kind}.md.j2"
     try:
         template = _environment(user_dir).get_template(name)
         return template.render(**context)
     except jinja2.TemplateNotFound as exc:
-        raise ConfigError(f"no briefing template {name}", path=str(user_dir) if user_dir else None) from exc
+        raise ConfigError(
+            f"no briefing template {name}", path=str(user_dir) if user_dir else None
+        ) from exc
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(
-            f"briefing template syntax error: {exc.message}", path=exc.filename or name, line=exc.lineno
+            f"briefing template syntax error: {exc.message}",
+            path=exc.filename or name,
+            line=exc.lineno,
         ) from exc
     except jinja2.UndefinedError as exc:
         raise ConfigError(

@@ -47,7 +47,9 @@ def slugify(text: str, *, max_length: int = 40) -> str:
     """Reduce text to ``[a-z0-9-]``: lowercase words joined by single hyphens."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     if len(slug) > max_length:
-        slug = slug[:max_length].rsplit("-", 1)[0] if "-" in slug[:max_length] else slug[:max_length]
+        slug = (
+            slug[:max_length].rsplit("-", 1)[0] if "-" in slug[:max_length] else slug[:max_length]
+        )
     return slug.strip("-")
 
 
@@ -99,6 +101,7 @@ class LaunchSpec:
 
     def render(self) -> str:
         """Return the launch.env text, every value quoted here."""
+
         def array(words: Sequence[str]) -> str:
             return "(" + " ".join(quote(w) for w in words) + ")"
 

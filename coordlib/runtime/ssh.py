@@ -101,7 +101,7 @@ class SSHTransport(Transport):
                     reraise=True,
                 ):
                     with attempt:
-                        self._conn = await self._open()
+                        conn = await self._open()
             except asyncssh.HostKeyNotVerifiable as exc:
                 raise self._host_key_error() from exc
             except asyncssh.PermissionDenied as exc:
@@ -113,11 +113,11 @@ class SSHTransport(Transport):
                 ) from exc
             except (*_TRANSIENT, asyncssh.Error) as exc:
                 raise UnreachableError(
-                    f"cannot connect to {self.target.host}:{self.target.port}: "
-                    f"{_describe(exc)}",
+                    f"cannot connect to {self.target.host}:{self.target.port}: {_describe(exc)}",
                     machine=self.name,
                 ) from exc
-            return self._conn
+            self._conn = conn
+            return conn
 
     async def _open(self) -> asyncssh.SSHClientConnection:
         t = self.target
@@ -160,10 +160,6 @@ class SSHTransport(Transport):
             conn.close()
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
-
-    async def _session_conn(self) -> asyncssh.SSHClientConnection:
-        conn = await self.connect()
-        return conn
 
     # ------------------------------------------------------------ commands
     async def run(
@@ -273,7 +269,7 @@ class SSHTransport(Transport):
 
 
 def _is_closed(conn: asyncssh.SSHClientConnection) -> bool:
-    return conn._transport is None or conn._transport.is_closing()  # noqa: SLF001
+    return conn._transport is None or conn._transport.is_closing()
 
 
 def _as_bytes(data: Any) -> bytes:
@@ -313,7 +309,7 @@ async def fetch_host_key(target: SSHTarget) -> HostKeyInfo:
         key = await asyncio.wait_for(
             asyncssh.get_server_host_key(target.host, target.port), target.connect_timeout
         )
-    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
         raise UnreachableError(
             f"cannot reach {target.host}:{target.port}: {_describe(exc)}", machine=target.name
         ) from exc

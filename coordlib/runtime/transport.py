@@ -67,13 +67,13 @@ class Transport(abc.ABC):
     async def upload(self, data: bytes, path: str, *, mode: int = 0o600) -> None:
         """Write data to path on the machine (a leading ``~/`` means the home dir)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - a no-op is right for most transports
         """Release connections; the transport may be used again afterwards."""
 
     def _checked(self, result: CompletedCommand, check: bool, what: str | None) -> CompletedCommand:
         if check and result.returncode != 0:
             raise CommandError(
-                result.argv[:2] + ["…"] if _is_script(result.argv) else result.argv,
+                [*result.argv[:2], "…"] if _is_script(result.argv) else list(result.argv),
                 result.returncode,
                 result.out,
                 result.err,

@@ -37,7 +37,11 @@ class GitRepo:
 
 
 def make_git_repo(
-    path: Path, *, files: dict[str, str] | None = None, with_origin: bool = True, branch: str = "main"
+    path: Path,
+    *,
+    files: dict[str, str] | None = None,
+    with_origin: bool = True,
+    branch: str = "main",
 ) -> GitRepo:
     """Create a repo at path with one commit (and a bare origin beside it, pushed)."""
     path.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SSHServer", "SSHDUnavailable", "free_port", "start_sshd"]
+__all__ = ["SSHDUnavailable", "SSHServer", "free_port", "start_sshd"]
 
 SSHD = "/usr/sbin/sshd"
 
@@ -66,9 +66,10 @@ class SSHServer:
                     f"sshd exited with {self.proc.returncode}: "
                     f"{(self.dir / 'sshd.log').read_text()[-2000:]}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.host, self.port), timeout=0.5
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.5) as s,
+            ):
                 if s.recv(4).startswith(b"SSH-"):
                     return
             time.sleep(0.05)
@@ -121,9 +122,10 @@ def start_sshd(
     authorized = directory / "authorized_keys"
     authorized.write_text(Path(f"{client_key}.pub").read_text())
     port = port or free_port()
-    user = os.environ.get("USER") or subprocess.run(
-        ["id", "-un"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    user = (
+        os.environ.get("USER")
+        or subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    )
     lines = [
         f"ListenAddress 127.0.0.1:{port}",
         f"HostKey {host_key}",

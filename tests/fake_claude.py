@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""A scripted stand-in for ``claude -p``: real stream-json shapes, real file writes and commits.
+
+Accepts ``-p PROMPT --output-format stream-json --verbose --model MODEL --allowedTools TOOLS
+[--resume ID]`` and ignores anything else.  FAKE_CLAUDE_SCENARIO picks the behaviour:
+
+    ok            init, STATUS, Write FAKE_CLAUDE_FILE, Bash git add + commit, STATUS, result
+    events        FAKE_CLAUDE_EVENTS "STATUS: tick n" lines at FAKE_CLAUDE_RATE per second,
+                  each carrying top-level "ts" and "seq", then a result
+    stall         init, one STATUS line, then silence forever
+    linger        ok, then stays alive after its result (as the real CLI can)
+    fail          init, then exit 3 with a message on stderr and no result
+    error_result  api_retry events, then result subtype "success" with is_error and 529, exit 1
+    slow          ok, but sleeps FAKE_CLAUDE_DELAY seconds before the result
+    env           ok, but the written file reports, for each name in FAKE_CLAUDE_REPORT_ENV,
+                  whether it is set and the sha256 of its value (never the value)
+
+FAKE_CLAUDE_ARGV_LOG, when set, names a file that gets one JSON line with the full argv per
+run.  Stdin is never read.  Standard library only: it runs wherever the worker runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+VERSION = "fake-1"
+TOOLS = [
+    "Task", "Bash", "Glob", "Grep", "ExitPlanMode", "Read", "Edit", "MultiEdit", "Write",
+    "NotebookEdit", "WebFetch", "TodoWrite", "WebSearch", "BashOutput", "KillShell",
+]  # fmt: skip
+# Flags of the real CLI that take a value, so their value is not mistaken for the prompt.
+VALUE_FLAGS = {
+    "--output-format", "--input-format", "--model", "--fallback-model", "--allowedTools",
+    "--allowed-tools", "--disallowedTools", "--disallowed-tools", "--resume", "-r",
+    "--max-turns", "--permission-mode", "--append-system-prompt", "--system-prompt",
+    "--session-id", "--add-dir", "--mcp-config", "--settings", "--setting-sources",
+}  # fmt: skip
+GIT_IDENTITY = ["-c", "user.name=coord-worker", "-c", "user.email=worker@coord.invalid"]
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """Read the flags coordlib passes; ignore the rest."""
+    opts: dict[str, Any] = {"prompt": None, "verbose": False}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=")
+        if arg == "--verbose":
+            opts["verbose"] = True
+        elif name in VALUE_FLAGS:
+            if not eq:
+                i += 1
+                inline = argv[i] if i < len(argv) else ""
+            opts[name.lstrip("-")] = inline
+        elif not arg.startswith("-") and opts["prompt"] is None:
+            opts["prompt"] = arg
+        i += 1
+    return opts
+
+
+class Session:
+    """Write one run's stream-json, mimicking the real CLI's shapes."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.session_id = opts.get("resume") or str(uuid.uuid4())
+        self.model = opts.get("model") or "claude-fake-model"
+        self.prompt = opts["prompt"]
+        self.started = time.monotonic()
+        self.turns = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def emit(self, event: dict[str, Any]) -> None:
+        event.setdefault("session_id", self.session_id)
+        event.setdefault("uuid", str(uuid.uuid4()))
+        line = json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n"
+        try:
+            sys.stdout.buffer.write(line.encode("utf-8"))
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            os._exit(1)  # the reader is gone; die quietly, as the real CLI does
+
+    def init(self) -> None:
+        self.emit(
+            {
+                "type": "system",
+                "subtype": "init",
+                "cwd": os.getcwd(),
+                "session_id": self.session_id,
+                "tools": TOOLS,
+                "mcp_servers": [],
+                "model": self.model,
+                "permissionMode": "default",
+                "apiKeySource": "ANTHROPIC_API_KEY",
+                "claude_code_version": VERSION,
+                "output_style": "default",
+            }
+        )
+
+    def message(self, *blocks: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        """Emit one assistant message, one event per content block, as the real CLI does."""
+        self.turns += 1
+        self.input_tokens += 100
+        self.output_tokens += 20 * len(blocks)
+        message_id = "msg_fake_" + uuid.uuid4().hex[:24]
+        for block in blocks:
+            event = {
+                "type": "assistant",
+                "message": {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [block],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": self.usage(100, 20),
+                },
+                "parent_tool_use_id": None,
+            }
+            event.update(extra or {})
+            self.emit(event)
+
+    def tool(
+        self,
+        name: str,
+        tool_input: dict[str, Any],
+        run: Callable[[], tuple[str, bool]],
+        *,
+        say: str | None = None,
+    ) -> None:
+        """Emit a tool_use (after the text say, in the same message), run it, emit its result."""
+        tool_use_id = "toolu_fake_" + uuid.uuid4().hex[:20]
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": say}] if say else []
+        blocks.append({"type": "tool_use", "id": tool_use_id, "name": name, "input": tool_input})
+        self.message(*blocks)
+        text, is_error = run()
+        self.emit(
+            {
+                "type": "user",
+                "message": {
+                    "role": "user",
+                    "content": [
+                        {
+                            "tool_use_id": tool_use_id,
+                            "type": "tool_result",
+                            "content": text,
+                            "is_error": is_error,
+                        }
+                    ],
+                },
+                "parent_tool_use_id": None,
+            }
+        )
+
+    def usage(self, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+        return {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
+
+    def result(self, text: str, *, is_error: bool = False, status: int | None = None) -> None:
+        duration_ms = int((time.monotonic() - self.started) * 1000)
+        # Priced like the real CLI: from the token counts (here $3 / $15 per million).
+        cost = (self.input_tokens * 3 + self.output_tokens * 15) / 1_000_000
+        self.emit(
+            {
+                "type": "result",
+                "subtype": "success",
+                "is_error": is_error,
+                "api_error_status": status,
+                "duration_ms": duration_ms,
+                "duration_api_ms": duration_ms,
+                "num_turns": self.turns,
+                "result": text,
+                "session_id": self.session_id,
+                "total_cost_usd": cost,
+                "usage": self.usage(self.input_tokens, self.output_tokens),
+                "modelUsage": {},
+                "permission_denials": [],
+            }
+        )
+
+    def status(self, text: str, extra: dict[str, Any] | None = None) -> None:
+        self.message({"type": "text", "text": f"STATUS: {text}"}, extra=extra)
+
+
+def first_line(prompt: str, limit: int = 60) -> str:
+    line = next((ln.strip() for ln in prompt.splitlines() if ln.strip()), "work")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def write_file(path: str, content: str) -> tuple[str, bool]:
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(content)
+    except OSError as exc:
+        return f"Error writing file: {exc}", True
+    return f"File created successfully at: {path}", False
+
+
+def commit(message: str) -> tuple[str, bool]:
+    output = []
+    for argv in (["git", "add", "-A"], ["git", *GIT_IDENTITY, "commit", "-m", message]):
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+        output.append(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            return f"Error: exit code {proc.returncode}\n" + "".join(output).strip(), True
+    return "".join(output).strip(), False
+
+
+def shell_quote(text: str) -> str:
+    """Quote as a model writes it: double quotes, with the shell's specials escaped."""
+    for special in ("\\", '"', "$", "`"):
+        text = text.replace(special, "\\" + special)
+    return f'"{text}"'
+
+
+def env_report() -> str:
+    names = [n.strip() for n in os.environ.get("FAKE_CLAUDE_REPORT_ENV", "").split(",")]
+    report = {}
+    for name in filter(None, names):
+        value = os.environ.get(name)
+        digest = None if value is None else hashlib.sha256(value.encode()).hexdigest()
+        report[name] = {"set": value is not None, "sha256": digest}
+    return json.dumps(report, indent=2, sort_keys=True) + "\n"
+
+
+def work(session: Session, *, content: str | None = None, delay: float = 0.0) -> None:
+    """Run the `ok` flow: report, write a file, commit it, report, and finish."""
+    title = first_line(session.prompt)
+    path = os.path.join(os.getcwd(), os.environ.get("FAKE_CLAUDE_FILE", "fake_claude_output.txt"))
+    if content is None:
+        content = f"fake claude was here\nprompt: {title}\n"
+    session.tool(
+        "Write",
+        {"file_path": path, "content": content},
+        lambda: write_file(path, content),
+        say="STATUS: reading the issue",
+    )
+    message = f"coord: {title}"
+    command = f"git add -A && git commit -m {shell_quote(message)}"
+    session.tool(
+        "Bash",
+        {"command": command, "description": "Commit the change"},
+        lambda: commit(message),
+    )
+    session.status("done")
+    if delay:
+        time.sleep(delay)
+    session.result(f"Wrote {os.path.basename(path)} and committed it.")
+
+
+def sleep_forever() -> int:
+    while True:
+        time.sleep(3600)
+
+
+def ok(session: Session) -> int:
+    work(session)
+    return 0
+
+
+def events(session: Session) -> int:
+    count = int(os.environ.get("FAKE_CLAUDE_EVENTS", "100"))
+    rate = float(os.environ.get("FAKE_CLAUDE_RATE", "50"))
+    start = time.monotonic()
+    for seq in range(1, count + 1):
+        # Sleep to an absolute schedule so the rate holds however long each write takes.
+        time.sleep(max(0.0, start + (seq - 1) / rate - time.monotonic()))
+        session.status(f"tick {seq}", extra={"ts": time.time(), "seq": seq})
+    session.result(f"Emitted {count} events.")
+    return 0
+
+
+def stall(session: Session) -> int:
+    session.status("about to stall")
+    return sleep_forever()
+
+
+def linger(session: Session) -> int:
+    work(session)
+    return sleep_forever()
+
+
+def fail(session: Session) -> int:
+    sys.stderr.write("fake claude: simulated crash (FAKE_CLAUDE_SCENARIO=fail)\n")
+    return 3
+
+
+def error_result(session: Session) -> int:
+    retries = int(os.environ.get("CLAUDE_CODE_MAX_RETRIES", "3"))
+    for attempt in range(1, retries + 1):
+        session.emit(
+            {
+                "type": "system",
+                "subtype": "api_retry",
+                "attempt": attempt,
+                "max_retries": retries,
+                "retry_delay_ms": 500.0 * 2 ** (attempt - 1),
+                "error_status": 529,
+                "error": "overloaded",
+            }
+        )
+    session.turns = 1
+    session.result("API Error: Repeated 529 Overloaded errors", is_error=True, status=529)
+    return 1
+
+
+def slow(session: Session) -> int:
+    work(session, delay=float(os.environ.get("FAKE_CLAUDE_DELAY", "2")))
+    return 0
+
+
+def env(session: Session) -> int:
+    work(session, content=env_report())
+    return 0
+
+
+SCENARIOS = {
+    "ok": ok,
+    "events": events,
+    "stall": stall,
+    "linger": linger,
+    "fail": fail,
+    "error_result": error_result,
+    "slow": slow,
+    "env": env,
+}
+
+
+def main(argv: list[str]) -> int:
+    log = os.environ.get("FAKE_CLAUDE_ARGV_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps([sys.argv[0], *argv]) + "\n")
+    opts = parse_args(argv)
+    # The same refusals as the real CLI, so a wrong command line fails here too.
+    if not opts["prompt"]:
+        sys.stderr.write(
+            "Error: Input must be provided either through stdin or as a prompt argument "
+            "when using --print\n"
+        )
+        return 1
+    if opts.get("output-format") == "stream-json" and not opts["verbose"]:
+        sys.stderr.write(
+            "Error: When using --print, --output-format=stream-json requires --verbose\n"
+        )
+        return 1
+    scenario = os.environ.get("FAKE_CLAUDE_SCENARIO", "ok")
+    if scenario not in SCENARIOS:
+        sys.stderr.write(f"fake claude: unknown FAKE_CLAUDE_SCENARIO {scenario!r}\n")
+        return 2
+    session = Session(opts)
+    session.init()
+    return SCENARIOS[scenario](session)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,730 @@
+"""Tests for reading coordinator.yml: the happy path, every kind of mistake, lookup and init."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coordlib.config import (
+    Config,
+    MachineConfig,
+    ModelsConfig,
+    discover_repos,
+    find_config,
+    is_secret_name,
+    load_config,
+    parse_config,
+    parse_duration,
+    render_init_config,
+    resolve_env,
+)
+from coordlib.errors import ConfigError
+
+FULL = """\
+# everything, in the less common shapes: mapping-form repos and machines, string durations
+repos:
+  api:
+    github: acme/api
+    forge: github
+    default_branch: trunk
+    build_command: make
+    test_command: make test
+    url: git@github.com:acme/api.git
+  web:
+    depends_on: [api]
+  docs: ~
+
+machines:
+  laptop:
+    host: localhost
+    max_workers: 1
+  gpu-box:
+    host: 10.0.0.7
+    port: 2222
+    user: me
+    identity_file: /keys/id_ed25519
+    known_hosts: /keys/known_hosts
+    capabilities: [gpu, 4090]
+    repos: [api, web]
+    repo_paths: {api: /srv/api}
+    workdir: /scratch/coord
+    claude_command: npx claude --verbose
+    env:
+      ANTHROPIC_API_KEY: ${ANTHROPIC_API_KEY}
+      GITHUB_TOKEN: $GH_TOKEN
+      DEBUG: yes
+      THREADS: 8
+    max_workers: 6
+    tmux_socket: coord-gpu
+
+concurrency:
+  max_workers: 12
+  stagger_seconds: 2s
+  backoff_base: 1.5
+  max_retries: 5
+  auto_reassign: true
+  stale_threshold: 15m
+
+models:
+  default: opus
+  escalation: [sonnet, opus]
+  labels: {hard: opus, chore: haiku, pinned: claude-opus-4-1}
+  ids: {opus: claude-opus-4-1, fast: claude-haiku-4-5}
+
+worker:
+  stall_timeout: 5m
+  max_runtime: 1h30m
+  result_grace: 45s
+  poll_interval: 0.5
+  allowed_tools: [Read, Edit]
+  extra_args: [--max-turns, 30]
+
+board:
+  path: state/board.json
+  keep_finished: 50
+
+github: {api_url: https://api.github.com}
+reviews: {required: 1}
+smoke_tests: {}
+hooks: {on_merge: [notify]}
+forge: {kind: local}
+briefings: {dir: briefings}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "coordinator.yml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_reads_every_section(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL))
+
+    assert config.path == tmp_path / "coordinator.yml"
+    assert list(config.repos) == ["api", "web", "docs"]
+    api = config.repo("api")
+    assert (api.github, api.forge, api.default_branch) == ("acme/api", "github", "trunk")
+    assert (api.build_command, api.test_command) == ("make", "make test")
+    assert config.repo("web").depends_on == ("api",)
+    assert config.repo("docs").default_branch == "main"
+
+    assert list(config.machines) == ["laptop", "gpu-box"]
+    laptop, gpu = config.machine("laptop"), config.machine("gpu-box")
+    assert laptop.is_local and not gpu.is_local
+    assert laptop.repo_path("api") == "~/src/api"
+    assert (gpu.host, gpu.port, gpu.user) == ("10.0.0.7", 2222, "me")
+    assert gpu.capabilities == ("gpu", "4090")
+    assert gpu.repos == ("api", "web")
+    assert gpu.repo_path("api") == "/srv/api"
+    assert gpu.repo_path("web") == "~/src/web"
+    assert gpu.workdir == "/scratch/coord"
+    assert gpu.claude_argv() == ["npx", "claude", "--verbose"]
+    assert dict(gpu.env) == {
+        "ANTHROPIC_API_KEY": "${ANTHROPIC_API_KEY}",
+        "GITHUB_TOKEN": "$GH_TOKEN",
+        "DEBUG": "yes",  # as written, not YAML 1.1's True
+        "THREADS": "8",
+    }
+    assert (gpu.max_workers, gpu.tmux_socket) == (6, "coord-gpu")
+
+    c = config.concurrency
+    assert (c.max_workers, c.stagger_seconds, c.backoff_base) == (12, 2.0, 1.5)
+    assert (c.max_retries, c.auto_reassign, c.stale_threshold) == (5, True, 900.0)
+
+    m = config.models
+    assert (m.default, m.escalation) == ("opus", ("sonnet", "opus"))
+    assert m.resolve("opus") == ("opus", "claude-opus-4-1")
+    assert m.resolve("fast") == ("fast", "claude-haiku-4-5")
+    assert m.resolve("sonnet") == ("sonnet", "claude-sonnet-4-5")
+    assert dict(m.labels) == {"hard": "opus", "chore": "haiku", "pinned": "claude-opus-4-1"}
+
+    w = config.worker
+    assert (w.stall_timeout, w.max_runtime, w.result_grace, w.poll_interval) == (
+        300.0,
+        5400.0,
+        45.0,
+        0.5,
+    )
+    assert w.allowed_tools == "Read,Edit"
+    assert w.extra_args == ("--max-turns", "30")
+
+    assert config.board.path == tmp_path / "state" / "board.json"
+    assert config.board.keep_finished == 50
+    assert set(config.extra) == {"github", "reviews", "smoke_tests", "hooks", "forge", "briefings"}
+    assert config.extra["hooks"] == {"on_merge": ["notify"]}
+
+
+def test_to_dict_round_trips_through_yaml(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL))
+    data = config.to_dict()
+    json.dumps(data)  # JSON-ready
+    assert data["board"]["path"] == str(tmp_path / "state" / "board.json")
+
+    data.pop("path")
+    data.update(data.pop("extra"))
+    again = parse_config(yaml.safe_dump(data, sort_keys=False), base_dir=tmp_path)
+    assert again == dataclasses.replace(config, path=None)
+
+
+def test_empty_file_gives_the_local_default(tmp_path: Path) -> None:
+    for text in ("", "# nothing here\n# at all\n", "machines:\n"):
+        config = parse_config(text, base_dir=tmp_path)
+        assert list(config.machines) == ["local"]
+        assert config.machine("local") == MachineConfig(name="local", host="localhost")
+        assert config.repos == {}
+        assert config.board.path == tmp_path / ".coord" / "board.json"
+    assert Config().machine("local").is_local
+
+
+def test_list_forms_anchors_and_bare_repo_names() -> None:
+    config = parse_config(
+        """
+repos: [api, {name: web, default_branch: "no"}]
+machines:
+  - &base {name: a, host: a.example, max_workers: 3, env: {TZ: UTC}}
+  - <<: *base
+    name: b
+    host: b.example
+"""
+    )
+    assert list(config.repos) == ["api", "web"]
+    assert config.repo("web").default_branch == "no"
+    b = config.machine("b")
+    assert (b.host, b.max_workers, dict(b.env)) == ("b.example", 3, {"TZ": "UTC"})
+    assert config.machine("a").host == "a.example"
+    assert not MachineConfig(name="x", host="127.0.0.1").is_local
+
+
+def test_tilde_is_expanded_for_keys_but_not_for_the_remote_workdir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    machine = parse_config(
+        "machines: [{name: m, host: h, identity_file: ~/.ssh/id, known_hosts: ~/kh,"
+        " workdir: ~/.coord}]"
+    ).machine("m")
+    assert machine.identity_file == f"{tmp_path}/.ssh/id"
+    assert machine.known_hosts == f"{tmp_path}/kh"
+    assert machine.workdir == "~/.coord"
+
+
+# Each case: file text, the line the error must point at, the key it must name, and other
+# fragments the message must contain.
+BAD = [
+    pytest.param(
+        "repos: []\nmachnes:\n  - {name: a, host: h}\n",
+        2,
+        "machnes",
+        ["unknown key", "did you mean 'machines'"],
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    max_wrokers: 3\n",
+        4,
+        "machines[0].max_wrokers",
+        ["did you mean 'max_workers'"],
+        id="unknown-machine-key",
+    ),
+    pytest.param(
+        "repos: [api, web]\nmachines:\n  - name: a\n    host: h\n    repos: [web, apii]\n",
+        5,
+        "machines[0].repos[1]",
+        ["unknown repo 'apii'", "did you mean 'api'"],
+        id="machine-unknown-repo",
+    ),
+    pytest.param(
+        "repos: [api]\nmachines:\n  a:\n    host: h\n    repo_paths:\n      ap: /x\n",
+        6,
+        "machines.a.repo_paths.ap",
+        ["unknown repo 'ap'", "did you mean 'api'"],
+        id="repo-paths-unknown-repo",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h1\n  - name: a\n    host: h2\n",
+        4,
+        "machines[1].name",
+        ["listed twice", "first listed on line 2"],
+        id="duplicate-machine",
+    ),
+    pytest.param(
+        "machines:\n  a: {host: h1}\n  a: {host: h2}\n",
+        3,
+        "machines.a",
+        ["given twice (also on line 2)"],
+        id="duplicate-mapping-key",
+    ),
+    pytest.param(
+        "repos:\n  - name: a\n    depends_on: [b]\n  - name: b\n    depends_on: [c]\n"
+        "  - name: c\n    depends_on: [a]\n",
+        7,
+        "repos[2].depends_on[0]",
+        ["dependency cycle: a -> b -> c -> a"],
+        id="dependency-cycle",
+    ),
+    pytest.param(
+        "repos:\n  - name: a\n    depends_on: [a]\n",
+        3,
+        "repos[0].depends_on[0]",
+        ["dependency cycle: a -> a"],
+        id="self-dependency",
+    ),
+    pytest.param(
+        "repos:\n  - name: api\n  - name: web\n    depends_on: [apu]\n",
+        4,
+        "repos[1].depends_on[0]",
+        ["unknown repo 'apu'", "did you mean 'api'"],
+        id="unknown-depends-on",
+    ),
+    pytest.param(
+        "worker:\n  poll_interval: 1\n  stall_timeout: 10 minutes\n",
+        3,
+        "worker.stall_timeout",
+        ["expected a duration above zero", "'10 minutes'", "10m"],
+        id="bad-duration",
+    ),
+    pytest.param(
+        "worker:\n  max_runtime: 0\n",
+        2,
+        "worker.max_runtime",
+        ["above zero", "got 0 (an integer)"],
+        id="zero-duration",
+    ),
+    pytest.param(
+        "machines:\n  - name: gpu\n    host: h\n    env:\n      TZ: UTC\n"
+        "      ANTHROPIC_API_KEY: sk-ant-123\n",
+        6,
+        "machines[0].env.ANTHROPIC_API_KEY",
+        [
+            "secrets never live in coordinator.yml",
+            "ANTHROPIC_API_KEY: ${ANTHROPIC_API_KEY}",
+            "export ANTHROPIC_API_KEY=",
+        ],
+        id="literal-secret",
+    ),
+    pytest.param(
+        "machines:\n  - name: gpu\n    host: h\n    env: {db_password: '${HOME}x'}\n",
+        4,
+        "machines[0].env.db_password",
+        ["secrets never live"],
+        id="embedded-secret",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    env:\n      1BAD: x\n    host: h\n",
+        4,
+        "machines[0].env.1BAD",
+        ["not an environment variable name"],
+        id="bad-env-name",
+    ),
+    pytest.param(
+        "repos: [api]\nmachines:\n  - name: a\n    host: h\n   port: 22\n",
+        5,
+        None,
+        ["YAML syntax error"],
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    env: {A_KEY: ${A_KEY}}\n",
+        4,
+        None,
+        ['{KEY: "${KEY}"}'],
+        id="yaml-unquoted-reference-in-flow-mapping",
+    ),
+    pytest.param(
+        'repos:\n  - name: "api\n', 3, None, ["YAML syntax error"], id="yaml-unclosed-quote"
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    port: 70000\n",
+        4,
+        "machines[0].port",
+        ["expected an integer from 1 to 65535", "got 70000"],
+        id="port-out-of-range",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    port: abc\n",
+        4,
+        "machines[0].port",
+        ["expected an integer from 1 to 65535", "got 'abc' (a string)"],
+        id="port-not-int",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    max_workers: 0\n",
+        4,
+        "machines[0].max_workers",
+        ["of at least 1", "got 0"],
+        id="max-workers-zero",
+    ),
+    pytest.param(
+        "# repos\nrepos: 5\n",
+        2,
+        "repos",
+        ["expected a list of repos", "got 5 (an integer)"],
+        id="repos-wrong-type",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    capabilities: gpu\n",
+        4,
+        "machines[0].capabilities",
+        ["expected a list of capabilities", "write [gpu]"],
+        id="capabilities-not-list",
+    ),
+    pytest.param(
+        "concurrency:\n  auto_reassign: maybe\n",
+        2,
+        "concurrency.auto_reassign",
+        ["expected true or false", "'maybe'"],
+        id="bool-wrong-type",
+    ),
+    pytest.param(
+        "models:\n  default: opsu\n",
+        2,
+        "models.default",
+        ["unknown model tier 'opsu'", "did you mean 'opus'"],
+        id="unknown-default-tier",
+    ),
+    pytest.param(
+        "models:\n  escalation:\n    - haiku\n    - claude-opus-4-5\n",
+        4,
+        "models.escalation[1]",
+        ["unknown model tier 'claude-opus-4-5'", "models.ids"],
+        id="escalation-full-id",
+    ),
+    pytest.param(
+        "models:\n  labels:\n    hard: opuss\n",
+        3,
+        "models.labels.hard",
+        ["did you mean 'opus'"],
+        id="label-unknown-tier",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    user: me\n",
+        2,
+        "machines[0].host",
+        ["missing; every machine needs one"],
+        id="missing-host",
+    ),
+    pytest.param(
+        "machines:\n  - host: h\n",
+        2,
+        "machines[0].name",
+        ["missing; every machine needs one"],
+        id="missing-name",
+    ),
+    pytest.param(
+        "machines:\n  - name: gpu box\n    host: h\n",
+        2,
+        "machines[0].name",
+        ["'gpu box' is not a valid name"],
+        id="bad-machine-name",
+    ),
+    pytest.param(
+        "machines:\n  a:\n    name: b\n    host: h\n",
+        3,
+        "machines.a.name",
+        ["'b' differs from 'a'"],
+        id="mapping-name-mismatch",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    tmux_socket: co.ord\n",
+        4,
+        "machines[0].tmux_socket",
+        ["'co.ord' is not a valid name"],
+        id="bad-socket",
+    ),
+    pytest.param(
+        "machines:\n  - name: a\n    host: h\n    claude_command: 'claude \"x'\n",
+        4,
+        "machines[0].claude_command",
+        ["cannot be split"],
+        id="unbalanced-quotes",
+    ),
+    pytest.param("machines: []\n", 1, "machines", ["is empty"], id="no-machines"),
+    pytest.param(
+        "concurrency:\n  max_workers: 4\n  zzz: 1\n",
+        3,
+        "concurrency.zzz",
+        ["unknown key", "valid keys here: max_workers, stagger_seconds"],
+        id="unknown-key-without-close-match",
+    ),
+    pytest.param(
+        "repos:\n  - name: api\n    forge: gitlab\n",
+        3,
+        "repos[0].forge",
+        ["expected local or github"],
+        id="bad-forge",
+    ),
+    pytest.param(
+        "repos:\n  - name: api\n    forge: github\n",
+        3,
+        "repos[0].forge",
+        ["github: owner/name"],
+        id="github-forge-without-slug",
+    ),
+    pytest.param(
+        "repos:\n  - name: api\n    github: acme\n",
+        3,
+        "repos[0].github",
+        ["expected owner/name"],
+        id="bad-github-slug",
+    ),
+    pytest.param(
+        "repos:\n  - name: api\n  - name: api\n",
+        3,
+        "repos[1].name",
+        ["listed twice"],
+        id="duplicate-repo",
+    ),
+    pytest.param(
+        "hooks: [a, b]\n", 1, "hooks", ["expected a mapping"], id="raw-section-not-mapping"
+    ),
+    pytest.param("- a\n- b\n", 1, None, ["expected a mapping of sections"], id="top-level-list"),
+    pytest.param(
+        "board:\n  keep_finished: -1\n",
+        2,
+        "board.keep_finished",
+        ["of at least 0"],
+        id="negative-keep",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragments"), BAD)
+def test_bad_config_names_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str | None, fragments: list[str]
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    error = caught.value
+    message = str(error)
+    assert message.startswith(f"{path}:{line}: "), message
+    assert error.line == line
+    if key is not None:
+        assert error.key == key
+        assert f"{key}:" in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_yaml_syntax_error_keeps_its_cause(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "a: [1, 2\n"))
+    assert isinstance(caught.value.__cause__, yaml.YAMLError)
+
+
+def test_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="coord init"):
+        load_config(tmp_path / "nope.yml")
+
+
+def test_unknown_machine_and_repo_lookups_suggest_the_nearest() -> None:
+    config = parse_config("repos: [api, web]\nmachines: [{name: gpu-box, host: h}]")
+    with pytest.raises(ConfigError, match="did you mean 'gpu-box'") as caught:
+        config.machine("gpu-bx")
+    assert "gpu-box" in (caught.value.hint or "")
+    with pytest.raises(ConfigError, match=r"did you mean 'web'.*api, web"):
+        config.repo("wbe")
+
+
+def test_model_resolution() -> None:
+    models = ModelsConfig()
+    assert models.resolve("haiku") == ("haiku", "claude-haiku-4-5")
+    assert models.resolve("claude-sonnet-4-5-20250929") == ("", "claude-sonnet-4-5-20250929")
+    assert models.resolve("us.anthropic/claude") == ("", "us.anthropic/claude")
+    assert models.resolve("my-custom-model") == ("", "my-custom-model")
+    with pytest.raises(ConfigError, match=r"unknown model tier 'sonet'.*did you mean 'sonnet'"):
+        models.resolve("sonet")
+
+
+def test_durations() -> None:
+    assert parse_duration("90") == 90.0
+    assert parse_duration("90s") == 90.0
+    assert parse_duration("10m") == 600.0
+    assert parse_duration("2h") == 7200.0
+    assert parse_duration("1h30m") == 5400.0
+    assert parse_duration("1h 30m") == 5400.0
+    assert parse_duration("1.5h") == 5400.0
+    assert parse_duration("1d") == 86400.0
+    for bad in ("10 minutes", "", "h", "1x", "-5s", "inf"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_secret_names() -> None:
+    for name in ("ANTHROPIC_API_KEY", "GITHUB_TOKEN", "db_password", "MY_SECRET", "apikey"):
+        assert is_secret_name(name), name
+    for name in ("PATH", "TZ", "HTTP_PROXY", "CLAUDE_CODE_MAX_OUTPUT"):
+        assert not is_secret_name(name), name
+
+
+def test_secret_may_refer_to_a_differently_named_variable_or_be_empty() -> None:
+    env = (
+        parse_config(
+            "machines: [{name: a, host: h, env: {ANTHROPIC_API_KEY: $WORK_KEY, GH_TOKEN: ''}}]"
+        )
+        .machine("a")
+        .env
+    )
+    assert dict(env) == {"ANTHROPIC_API_KEY": "$WORK_KEY", "GH_TOKEN": ""}
+
+
+# --- resolve_env ----------------------------------------------------------------------------
+
+
+def test_resolve_env_substitutes_whole_and_embedded_references() -> None:
+    env = {
+        "ANTHROPIC_API_KEY": "${ANTHROPIC_API_KEY}",
+        "GH_TOKEN": "$TOKEN",
+        "PROXY": "http://${PROXY_HOST}:8080/$PROXY_PATH",
+        "PRICE": "$$5",
+        "PLAIN": "x",
+    }
+    environ = {
+        "ANTHROPIC_API_KEY": "sk-ant-s3cret",
+        "TOKEN": "ghp_1",
+        "PROXY_HOST": "proxy",
+        "PROXY_PATH": "p",
+    }
+    assert resolve_env(env, environ, machine="gpu") == {
+        "ANTHROPIC_API_KEY": "sk-ant-s3cret",
+        "GH_TOKEN": "ghp_1",
+        "PROXY": "http://proxy:8080/p",
+        "PRICE": "$5",
+        "PLAIN": "x",
+    }
+
+
+def test_resolve_env_names_machine_and_missing_variables() -> None:
+    env = {"ANTHROPIC_API_KEY": "${ANTHROPIC_API_KEY}", "B": "$OTHER-${ANTHROPIC_API_KEY}"}
+    with pytest.raises(ConfigError) as caught:
+        resolve_env(env, {}, machine="gpu-box")
+    message = str(caught.value)
+    assert "'gpu-box'" in message
+    assert "ANTHROPIC_API_KEY, OTHER" in message
+    assert "export ANTHROPIC_API_KEY=… export OTHER=…" in message
+
+
+def test_to_dict_never_holds_the_secret_value() -> None:
+    secret = "sk-ant-api03-very-secret"
+    config = parse_config(
+        "machines:\n  - name: gpu\n    host: h\n    env:\n"
+        "      ANTHROPIC_API_KEY: ${ANTHROPIC_API_KEY}\n"
+    )
+    environ = {"ANTHROPIC_API_KEY": secret}
+    resolved = resolve_env(config.machine("gpu").env, environ, machine="gpu")
+    assert resolved["ANTHROPIC_API_KEY"] == secret
+    dumped = json.dumps(config.to_dict())
+    assert secret not in dumped
+    assert "${ANTHROPIC_API_KEY}" in dumped
+    assert secret not in repr(config)
+
+
+# --- find_config ----------------------------------------------------------------------------
+
+
+def test_find_config_precedence(tmp_path: Path) -> None:
+    cwd, home = tmp_path / "project", tmp_path / "home"
+    (home / ".coord").mkdir(parents=True)
+    cwd.mkdir()
+    in_home = home / ".coord" / "coordinator.yml"
+    in_cwd = cwd / "coordinator.yml"
+    from_env = tmp_path / "env.yml"
+    explicit = tmp_path / "explicit.yml"
+    for path in (in_home, in_cwd, from_env, explicit):
+        path.write_text("")
+    environ = {"COORD_CONFIG": str(from_env)}
+
+    assert find_config(explicit, environ=environ, cwd=cwd, home=home) == explicit
+    assert find_config("../explicit.yml", environ=environ, cwd=cwd, home=home) == explicit
+    assert find_config(environ=environ, cwd=cwd, home=home) == from_env
+    assert find_config(environ={"COORD_CONFIG": ""}, cwd=cwd, home=home) == in_cwd
+    assert find_config(environ={}, cwd=cwd, home=home) == in_cwd
+    in_cwd.unlink()
+    assert find_config(environ={}, cwd=cwd, home=home) == in_home
+    assert find_config("~/.coord", environ={}, cwd=cwd, home=home) == in_home
+
+
+def test_find_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.yml does not exist"):
+        find_config(tmp_path / "missing.yml", environ={}, cwd=tmp_path, home=tmp_path)
+    with pytest.raises(ConfigError, match=r"COORD_CONFIG points at .*gone\.yml"):
+        find_config(environ={"COORD_CONFIG": "gone.yml"}, cwd=tmp_path, home=tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        find_config(environ={}, cwd=tmp_path / "p", home=tmp_path / "h")
+    message = str(caught.value)
+    assert str(tmp_path / "p" / "coordinator.yml") in message
+    assert str(tmp_path / "h" / ".coord" / "coordinator.yml") in message
+    assert "COORD_CONFIG" in message
+    assert "coord init" in message
+
+
+# --- discover_repos and render_init_config ----------------------------------------------------
+
+
+def git_init(path: Path, branch: str) -> Path:
+    path.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", branch, str(path)], check=True)
+    return path
+
+
+def test_discover_and_render_init_config(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    alpha = git_init(src / "alpha", "trunk")
+    beta = git_init(src / "my beta!", "trunk")
+    (src / "notes").mkdir()
+    (src / "README").write_text("not a repo")
+    worktree = src / "gamma"
+    worktree.mkdir()
+    (worktree / ".git").write_text("gitdir: /elsewhere\n")  # linked worktrees have a .git file
+
+    found = discover_repos([src, alpha, src])
+    assert found == [alpha, worktree, beta] == sorted(found)
+    assert discover_repos([alpha]) == [alpha]
+
+    text = render_init_config([alpha, beta], machine_name="laptop")
+    config = parse_config(text, path=tmp_path / "coordinator.yml")
+    assert list(config.repos) == ["alpha", "my-beta"]
+    assert config.repo("alpha").default_branch == "trunk"
+    assert config.repo("my-beta").default_branch == "trunk"
+    machine = config.machine("laptop")
+    assert machine.is_local
+    assert machine.repo_path("alpha") == str(alpha)
+    assert machine.repo_path("my-beta") == str(beta)
+    assert config.board.path == tmp_path / ".coord" / "board.json"
+    for knob in ("models", "stall_timeout", "identity_file", "user:", "host:"):
+        assert knob in text
+
+
+def test_init_config_falls_back_to_main_and_handles_no_repos(tmp_path: Path) -> None:
+    not_a_repo = tmp_path / "plain"
+    not_a_repo.mkdir()
+    config = parse_config(render_init_config([not_a_repo]))
+    assert config.repo("plain").default_branch == "main"
+    empty = parse_config(render_init_config([]))
+    assert empty.repos == {}
+    assert list(empty.machines) == ["local"]
+    with pytest.raises(ConfigError, match="not a valid machine name"):
+        render_init_config([], machine_name="my laptop")
+
+
+def test_init_config_ssh_example_parses_once_uncommented(tmp_path: Path) -> None:
+    text = render_init_config([git_init(tmp_path / "api", "main")])
+    start = text.index("  # A machine reached over SSH")
+    end = text.index("\n\n", start)
+    example = text[start:end].splitlines()[1:]
+    uncommented = "\n".join(line.replace("  # ", "  ", 1) for line in example)
+    config = parse_config(text[:start] + uncommented + text[end:])
+    gpu = config.machine("gpu-box")
+    assert (gpu.host, gpu.user, gpu.port, gpu.max_workers) == ("gpu-box.example.com", "me", 22, 4)
+    assert gpu.identity_file is not None and gpu.identity_file.endswith("/.ssh/id_ed25519")
+    assert dict(gpu.env) == {"ANTHROPIC_API_KEY": "${ANTHROPIC_API_KEY}"}
+
+
+def test_discover_repos_rejects_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a directory"):
+        discover_repos([tmp_path / "nope"])
