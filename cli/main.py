@@ -6,7 +6,6 @@ Heavy imports (asyncssh, the coordinator) happen inside commands so that
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +39,8 @@ pass_state = click.make_pass_decorator(State)
 
 def run(factory: Callable[[], Awaitable[T]]) -> T:
     """Run one coroutine to completion: the CLI's only event loop."""
+
+    import asyncio
 
     async def main() -> T:
         return await factory()
@@ -82,9 +83,9 @@ def coord(ctx: click.Context, config: str | None) -> None:
     ctx.obj = State(config)
 
 
-from . import run_cmds, setup_cmds  # noqa: E402  (commands register themselves on `coord`)
+from . import demo_cmd, run_cmds, setup_cmds  # noqa: E402  (commands register on `coord`)
 
-__all__ = ["coord", "main", "run_cmds", "setup_cmds"]
+__all__ = ["coord", "demo_cmd", "main", "run_cmds", "setup_cmds"]
 
 
 def main() -> None:

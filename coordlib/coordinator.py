@@ -45,7 +45,7 @@ from .runtime.local import LocalTransport
 from .runtime.probe import MachineProbe, RunProbe, parse_probe
 from .runtime.ssh import SSHTarget, SSHTransport
 from .runtime.transport import Transport
-from .stream import Event, Result, RunProgress, classify, parse_line
+from .stream import Event, Init, Result, RunProgress, classify, parse_line
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
@@ -332,6 +332,12 @@ class Coordinator:
                     f"issue {a.repo}#{a.issue} already has live assignment {c.id} "
                     f"({c.status} on {c.machine}); stop it with `coord stop {c.id}` "
                     f"or pass --force"
+                )
+            cap = self.config.concurrency.max_workers
+            if len(live) >= cap and not force:
+                raise DispatchError(
+                    f"{len(live)} workers are live, the limit of concurrency.max_workers ({cap}); "
+                    f"wait for one to end or raise the limit in {self.config.path}"
                 )
             busy = sum(1 for x in live if x.machine == m.name)
             if busy >= m.max_workers and not force:
@@ -653,8 +659,11 @@ class Coordinator:
     async def watch(self, id: str, *, offset: int = 0) -> AsyncIterator[Event]:
         """Yield the run's parsed events until it ends, then record its outcome."""
         a = self.get(id)
+        cwd: str | None = None
         async for line in self.watch_lines(a.id, offset=offset):
-            for event in parse_line(line):
+            for event in parse_line(line, cwd=cwd):
+                if isinstance(event, Init) and event.cwd:
+                    cwd = event.cwd  # tool paths are then shown relative to the worktree
                 yield event
         await self._settle(a)
 

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
+import coordlib.testing
 from coordlib.testing import GitRepo, SSHServer, make_git_repo
 
 pytest_plugins = ["coordlib.testing.plugin"]
 
-FAKE_CLAUDE = Path(__file__).with_name("fake_claude.py")
+FAKE_CLAUDE = Path(coordlib.testing.__file__).with_name("fake_claude.py")
 
 
 @pytest.fixture

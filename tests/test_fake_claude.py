@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import coordlib.testing
 from coordlib.assignment import Status
 from coordlib.stream import (
     ApiRetry,
@@ -30,7 +31,7 @@ from coordlib.stream import (
     parse_lines,
 )
 
-FAKE = Path(__file__).with_name("fake_claude.py")
+FAKE = Path(coordlib.testing.__file__).with_name("fake_claude.py")
 TITLE = "Fix issue 7: expired tokens pass the check"
 PROMPT = f"{TITLE}\n\nThe middleware accepts expired tokens."
 MODEL = "claude-sonnet-4-5-20250929"

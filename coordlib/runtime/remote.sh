@@ -70,6 +70,12 @@ cmd_dispatch() {
         die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
     [ -e "$run" ] && die 13 "run directory $run already exists"
 
+    # Concurrent dispatches to one repo would race on git's own lock files.
+    mkdir -p "$workdir/locks" || die 14 "cannot create $workdir/locks"
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
+        flock -w 120 9 || die 18 "another dispatch has held the lock on $repo for 120 s"
+    fi
     local start=$base
     if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
         git -C "$repo" fetch --quiet origin "$base" >&2 ||
@@ -82,6 +88,7 @@ cmd_dispatch() {
     mkdir -p "$(dirname "$wt")" || die 14 "cannot create $(dirname "$wt")"
     git -C "$repo" worktree add --quiet -b "$branch" "$wt" "$start" >&2 ||
         die 12 "git worktree add $wt from $start failed in $repo"
+    exec 9>&-
 
     mkdir -p "$run" "$workdir/bin" || die 14 "cannot create $run"
     head -c "$nbrief" >"$run/briefing.md" &&
