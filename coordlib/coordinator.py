@@ -440,7 +440,10 @@ class Coordinator:
                 continue
             ms = MachineStatus(name, reachable=True)
             known = {a.id for a in rows if a.machine == name}
-            ms.orphans = sorted(set(outcome.runs) - known - self._history_ids())
+            unknown = set(outcome.runs) - known
+            if unknown:  # reading the history costs; only when a run is not live
+                unknown -= self._history_ids()
+            ms.orphans = sorted(unknown)
             for a in (x for x in live if x.machine == name):
                 change = self._reconcile(a, outcome)
                 if change:

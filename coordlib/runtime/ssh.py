@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,12 @@ import asyncssh
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential,
 )
 
-from ..errors import AuthError, CommandTimeout, HostKeyError, UnreachableError
+from ..errors import AuthError, CommandTimeout, HostKeyError, MachineError, UnreachableError
 from .command import join
 from .transport import CompletedCommand, Transport
 
@@ -95,7 +97,10 @@ class SSHTransport(Transport):
             self._conn = None
             try:
                 async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type(_TRANSIENT),
+                    # A refused or reset connection is worth another try; a connect that
+                    # already ran out its timeout is not (it would triple the wait).
+                    retry=retry_if_exception_type(_TRANSIENT)
+                    & retry_if_not_exception_type(TimeoutError),
                     stop=stop_after_attempt(3),
                     wait=wait_exponential(multiplier=0.2, max=2.0),
                     reraise=True,
@@ -252,15 +257,27 @@ class SSHTransport(Transport):
                 proc.close()
 
     async def upload(self, data: bytes, path: str, *, mode: int = 0o600) -> None:
-        """Write data to path on the machine over SFTP (``~/`` is the login dir)."""
+        """Write data to path on the machine over SFTP (``~/`` is the login dir), atomically."""
         conn = await self.connect()
         if path.startswith("~/"):
             path = path[2:]
-        async with self._channels, conn.start_sftp_client() as sftp:
-            tmp = f"{path}.coord-tmp"
-            async with sftp.open(tmp, "wb", attrs=asyncssh.SFTPAttrs(permissions=mode)) as f:
-                await f.write(data)
-            await sftp.posix_rename(tmp, path)
+        parent = posixpath.dirname(path)
+        tmp = f"{path}.coord-tmp"
+        try:
+            async with self._channels, conn.start_sftp_client() as sftp:
+                if parent:
+                    await sftp.makedirs(parent, exist_ok=True)
+                attrs = asyncssh.SFTPAttrs(permissions=mode)
+                async with sftp.open(tmp, "wb", attrs=attrs) as f:
+                    await f.write(data)
+                await sftp.posix_rename(tmp, path)
+        except asyncssh.SFTPError as exc:
+            raise MachineError(f"cannot upload {path}: {exc.reason}", machine=self.name) from exc
+        except (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, OSError) as exc:
+            await self._drop(conn)
+            raise UnreachableError(
+                f"connection lost during upload: {_describe(exc)}", machine=self.name
+            ) from exc
 
     async def _drop(self, conn: asyncssh.SSHClientConnection) -> None:
         if self._conn is conn:
