@@ -43,8 +43,9 @@ def init(yes: bool, target: str, force: bool, search: tuple[str, ...]) -> None:
     path = Path(target)
     if path.exists() and not force:
         fail(f"{path} already exists; pass --force to overwrite it")
-    dirs = [Path(s) for s in search] or [Path.cwd(), Path.home() / "src"]
-    found = discover_repos([d for d in dirs if d.is_dir()])
+    # Folders given explicitly must exist (discover_repos says so); the defaults may not.
+    dirs = [Path(s) for s in search] or [d for d in (Path.cwd(), Path.home() / "src") if d.is_dir()]
+    found = discover_repos(dirs)
     chosen = found
     if not yes:
         if found:

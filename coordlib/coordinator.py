@@ -649,6 +649,10 @@ class Coordinator:
                         offset += len(line) + 1
                         yield line
                 break
+            except CommandError as exc:
+                if exc.returncode == 3:  # the run dir is gone: nothing more to read
+                    break
+                raise
             except UnreachableError:
                 now = time.monotonic()
                 failing_since = failing_since or now

@@ -281,3 +281,26 @@ def test_claim_refuses_a_second_live_assignment(setup: Setup) -> None:
             await c.stop(a.id)
 
     arun(go())
+
+
+def test_log_and_watch_of_a_vanished_run(setup: Setup) -> None:
+    import shutil
+
+    from coordlib import CommandError
+
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "stall"})
+
+    async def go() -> Any:
+        async with setup.coordinator() as c:
+            a = await c.assign("local", "api", 71, title="vanish")
+            subprocess.run(["tmux", "-L", setup.socket, "kill-server"], check=True)
+            shutil.rmtree(setup.root / "wd-local" / "runs" / a.id)
+            with pytest.raises(CommandError, match=f"no run {a.id}"):
+                async for _ in c.log(a.id):
+                    pass
+            events = [e async for e in c.watch(a.id)]
+            return events, c.get(a.id)
+
+    events, a = arun(go())
+    assert events == []
+    assert a.status == Status.LOST and a.exit_reason == "vanished"

@@ -28,8 +28,6 @@ __all__ = [
     "slugify",
 ]
 
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
-
 
 def quote(word: str) -> str:
     """Quote one word for a POSIX shell."""
@@ -57,13 +55,6 @@ def branch_name(issue: int, title: str) -> str:
     """Name the branch for an issue: ``issue-<N>-<slug>``."""
     slug = slugify(title)
     return f"issue-{issue}-{slug}" if slug else f"issue-{issue}"
-
-
-def check_id(value: str, what: str = "id") -> str:
-    """Return value if it is safe as a file, tmux and branch name component."""
-    if not _SAFE_ID.fullmatch(value) or ".." in value:
-        raise ValueError(f"unsafe {what}: {value!r}")
-    return value
 
 
 _SCRIPT: str | None = None

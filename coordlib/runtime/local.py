@@ -50,24 +50,30 @@ class LocalTransport(Transport):
         return self._checked(CompletedCommand(list(argv), proc.returncode, out, err), check, what)
 
     async def stream(self, argv: Sequence[str]) -> AsyncIterator[bytes]:
-        """Yield argv's stdout in chunks as it arrives; end when the command exits."""
+        """Yield argv's stdout as it arrives; raise `CommandError` if it fails by itself."""
         self.stats["commands"] += 1
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
+        finished = False
         try:
             while chunk := await proc.stdout.read(65536):
                 yield chunk
+            err = await proc.stderr.read()
+            await proc.wait()
+            finished = True
         finally:
-            if proc.returncode is None:
-                _kill(proc)
+            if not finished and proc.returncode is None:
+                _kill(proc)  # the caller stopped reading early
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
+        if proc.returncode:
+            self._checked(CompletedCommand(list(argv), proc.returncode, b"", err), True, None)
 
     async def upload(self, data: bytes, path: str, *, mode: int = 0o600) -> None:
         """Write data to path atomically (a leading ``~/`` means the home dir)."""

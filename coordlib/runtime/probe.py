@@ -66,7 +66,10 @@ def parse_probe(data: bytes) -> MachineProbe:
             seen_header = True
             fields = dict(kv.split("=", 1) for kv in rest.split()[1:] if "=" in kv)
             probe.boot_id = fields.get("boot", "")
-            probe.now = float(fields.get("now", "0") or 0)
+            try:
+                probe.now = float(fields.get("now", "0") or 0)
+            except ValueError as exc:
+                raise ProbeError(f"bad probe header: {line!r}") from exc
         elif word == "tmux":
             probe.tmux_sessions.add(rest)
         elif word == "run":
@@ -74,9 +77,11 @@ def parse_probe(data: bytes) -> MachineProbe:
             if not parts:
                 raise ProbeError("run line without an id")
             kv = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-            current = RunProbe(
-                id=parts[0], alive=kv.get("alive") == "1", size=int(kv.get("size", "-1"))
-            )
+            try:
+                size = int(kv.get("size", "-1"))
+            except ValueError as exc:
+                raise ProbeError(f"bad run line: {line!r}") from exc
+            current = RunProbe(id=parts[0], alive=kv.get("alive") == "1", size=size)
             probe.runs[current.id] = current
         elif word == "exit":
             if current is None:

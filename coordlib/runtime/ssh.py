@@ -253,6 +253,11 @@ class SSHTransport(Transport):
                 if proc.exit_status is None and proc.exit_signal is None:
                     await self._drop(conn)
                     raise UnreachableError("connection lost while streaming", machine=self.name)
+                if proc.exit_status:
+                    err = _as_bytes(await proc.stderr.read())
+                    self._checked(
+                        CompletedCommand(list(argv), proc.exit_status, b"", err), True, None
+                    )
             finally:
                 proc.close()
 
