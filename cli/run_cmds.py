@@ -122,7 +122,9 @@ def _print_status(report: StatusReport) -> None:
     for a in report.assignments:
         cost = f"${a.cost_usd:.4f}" if a.cost_usd is not None else "-"
         turns = str(a.num_turns) if a.num_turns is not None else "-"
-        if a.is_terminal:
+        if a.status == "done":
+            note = a.last_status or ""
+        elif a.is_terminal:
             note = a.failure_class or a.exit_reason or ""
             if a.error and a.status != "done":
                 note = f"{note}: {a.error}" if note else a.error

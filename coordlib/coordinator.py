@@ -171,19 +171,7 @@ class Coordinator:
         t = self._transports.get(machine)
         if t is None:
             m = self.config.machine(machine)
-            if m.is_local:
-                t = LocalTransport(m.name)
-            else:
-                t = SSHTransport(
-                    SSHTarget(
-                        name=m.name,
-                        host=m.host,
-                        port=m.port,
-                        user=m.user,
-                        identity_file=m.identity_file,
-                        known_hosts=m.known_hosts,
-                    )
-                )
+            t = LocalTransport(m.name) if m.is_local else SSHTransport(self.ssh_target(m.name))
             self._transports[machine] = t
         return t
 
