@@ -437,8 +437,9 @@ class Coordinator:
                 if change:
                     updates[a.id] = (a.events_offset, change)
             machines.append(ms)
-        changed = self._apply(updates)
-        rows = [Assignment.from_dict(r) for r in self.board.all()]
+        changed, written = self._apply(updates)
+        if written is not None:  # the rows as our transaction left them: no second read
+            rows = [Assignment.from_dict(r) for r in written]
         if history:
             rows = [Assignment.from_dict(r) for r in self.board.history()] + rows
         for ms in machines:
@@ -541,7 +542,7 @@ class Coordinator:
                     progress.result = event
         last_msg = a.extra.get("last_message_id")
         if isinstance(last_msg, str):
-            progress._message_ids.add(last_msg)
+            progress.note_message(last_msg)  # resume the turn count across calls
         fields: dict[str, Any] = {}
         if not run.events or run.events_offset is None:
             return fields, progress
@@ -587,11 +588,15 @@ class Coordinator:
 
     def _apply(
         self, updates: Mapping[str, tuple[int, dict[str, Any]]]
-    ) -> list[tuple[str, str, str]]:
-        """Write reconciled fields in one transaction, skipping rows others moved on."""
+    ) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]] | None]:
+        """Write reconciled fields in one transaction, skipping rows others moved on.
+
+        Return the status changes made, and the live rows after the write (None
+        when there was nothing to write).
+        """
         changed: list[tuple[str, str, str]] = []
         if not updates:
-            return changed
+            return changed, None
         with self.board.transaction() as txn:
             for aid, (offset, fields) in updates.items():
                 if aid not in txn:
@@ -605,7 +610,8 @@ class Coordinator:
                 new = fields.get("status")
                 if new and new != row.get("status"):
                     changed.append((aid, str(row.get("status")), str(new)))
-        return changed
+            rows = txn.all()
+        return changed, rows
 
     # ------------------------------------------------------------ watch / wait / log
     async def watch_lines(

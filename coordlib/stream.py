@@ -557,6 +557,10 @@ class RunProgress:
     rate_limited_until: float | None = None  # epoch seconds, while the account is limited
     _message_ids: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
+    def note_message(self, message_id: str) -> None:
+        """Count message_id as a turn already folded (when resuming a fold from a count)."""
+        self._message_ids.add(message_id)
+
     def apply(self, event: Event) -> None:
         """Fold one event in."""
         if isinstance(event, Malformed):
