@@ -15,7 +15,11 @@
     │   │                      stdout, stderr, like subprocess.CalledProcessError)
     │   ├── CommandTimeout     a remote command ran past its timeout  (also TimeoutError)
     │   └── DispatchError      a worker could not be started (worktree, tmux, launcher)
-    └── WaitTimeout            `wait` gave up before the assignment ended  (also TimeoutError)
+    ├── WaitTimeout            `wait` gave up before the assignment ended  (also TimeoutError)
+    └── ForgeError             the forge (local issues, GitHub) refused or failed a request
+        ├── NotFoundError      no such issue, pull request or repository  (also KeyError)
+        ├── MergeConflictError a pull request does not merge cleanly (carries the paths)
+        └── ForgeAuthError     no token, a bad token, or no access  (also PermissionError)
 
 Every message says what happened, where, and what to do about it.  Third-party
 errors (asyncssh, yaml, jinja2, OSError) are converted where they enter, with
@@ -40,6 +44,10 @@ __all__ = [
     "MachineError",
     "UnreachableError",
     "WaitTimeout",
+    "ForgeError",
+    "NotFoundError",
+    "MergeConflictError",
+    "ForgeAuthError",
 ]
 
 
@@ -141,3 +149,33 @@ class DispatchError(MachineError):
 
 class WaitTimeout(CoordError, TimeoutError):
     """Waiting for an assignment gave up before it ended."""
+
+
+class ForgeError(CoordError):
+    """The forge (local issues folder, or GitHub) refused or failed a request."""
+
+    def __init__(self, message: str, *, forge: str | None = None, status: int | None = None) -> None:
+        self.forge = forge
+        self.status = status
+        super().__init__(f"{forge}: {message}" if forge else message)
+
+
+class NotFoundError(ForgeError, KeyError):
+    """An issue, pull request or repository does not exist on the forge."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MergeConflictError(ForgeError):
+    """A pull request cannot be merged cleanly; `paths` names the conflicting files."""
+
+    def __init__(
+        self, message: str, *, forge: str | None = None, paths: tuple[str, ...] = ()
+    ) -> None:
+        self.paths = paths
+        super().__init__(message, forge=forge, status=409)
+
+
+class ForgeAuthError(ForgeError, PermissionError):
+    """The forge rejected the credentials (no token, a bad token, or no access)."""
