@@ -1,4 +1,5 @@
-"""``coord assign``, ``status``, ``watch``, ``wait``, ``log``, ``stop`` and ``resume``."""
+"""``coord assign``, ``status``, ``watch``, ``wait``, ``log``, ``stop``, ``resume``, ``retry``
+and ``resume-stuck``."""
 
 from __future__ import annotations
 
@@ -124,6 +125,11 @@ def _print_status(report: StatusReport) -> None:
         turns = str(a.num_turns) if a.num_turns is not None else "-"
         if a.status == "done":
             note = a.last_status or ""
+        elif a.status == "queued":
+            until = float(a.extra.get("not_before") or 0)
+            note = (
+                f"rate limited; continues after {time.strftime('%H:%M:%S', time.localtime(until))}"
+            )
         elif a.is_terminal:
             note = a.failure_class or a.exit_reason or ""
             if a.error and a.status != "done":
@@ -259,5 +265,54 @@ def resume(state: State, as_json: bool) -> None:
         click.echo(f"{m.name}: unreachable ({m.error}); its assignments stay as they are")
     for name, ids in report.orphans.items():
         click.echo(f"{name}: runs not on the board: {', '.join(ids)}")
-    if not (report.changed or report.unreachable or report.orphans):
+    for a in report.continued:
+        click.echo(f"{a.extra.get('continues')}: rate limit over, continued as {a.id}")
+    if not (report.changed or report.unreachable or report.orphans or report.continued):
         click.echo("board matches the machines; nothing to repair")
+
+
+def _started(a: Assignment, what: str) -> None:
+    click.echo(f"{a.id} {a.status} on {a.machine}: {a.repo}#{a.issue} {a.branch} ({a.model})")
+    click.echo(f"  {what}; follow it with `coord watch {a.id}`")
+
+
+@coord.command()
+@click.argument("id")
+@click.option("--machine", help="Run the new attempt here (default: the same machine).")
+@click.option("--model", "-m", help="Model tier or id for the new attempt (default: the same).")
+@click.option("--force", is_flag=True, help="Dispatch even if the machine is full.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new assignment as JSON.")
+@pass_state
+def retry(state: State, id: str, machine: str | None, model: str | None, force: bool,
+          as_json: bool) -> None:  # fmt: skip
+    """Start an ended assignment's issue again, as a new attempt on a fresh branch."""
+
+    async def go() -> Assignment:
+        async with state.coordinator() as c:
+            return await c.retry(id, machine=machine, model=model, force=force)
+
+    a = run(go)
+    if as_json:
+        _echo_json(a.to_dict())
+        return
+    _started(a, f"attempt {a.attempt} of {a.repo}#{a.issue} (retries {a.extra.get('retry_of')})")
+
+
+@coord.command("resume-stuck")
+@click.argument("id")
+@click.option("--guidance", "-g", required=True, help="What the worker should do now.")
+@click.option("--model", "-m", help="Continue with this model tier or id (default: the same).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new assignment as JSON.")
+@pass_state
+def resume_stuck(state: State, id: str, guidance: str, model: str | None, as_json: bool) -> None:
+    """Stop a stuck worker and continue its session with guidance, in the same worktree."""
+
+    async def go() -> Assignment:
+        async with state.coordinator() as c:
+            return await c.resume_stuck(id, guidance, model=model)
+
+    a = run(go)
+    if as_json:
+        _echo_json(a.to_dict())
+        return
+    _started(a, f"continues session {a.session_id} of {a.extra.get('continues')}")

@@ -15,6 +15,7 @@ class Status(enum.StrEnum):
 
     PENDING = "pending"  # on the board, not yet confirmed started on the machine
     RUNNING = "running"  # the launcher is alive on the machine
+    QUEUED = "queued"  # stopped by an API rate limit; continues after extra["not_before"]
     DONE = "done"  # the worker finished with a successful result
     FAILED = "failed"  # the worker ended without a successful result
     STOPPED = "stopped"  # someone stopped it

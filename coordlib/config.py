@@ -171,6 +171,7 @@ class WorkerConfig:
     poll_interval: float = 1.0
     allowed_tools: str = "Read,Edit,Write,Bash"
     extra_args: tuple[str, ...] = ()
+    max_turns: int | None = None  # passed as --max-turns when set
 
 
 @dataclass(frozen=True)
@@ -737,6 +738,7 @@ def _read_worker(doc: _Doc, node: yaml.Node | None) -> WorkerConfig:
         poll_interval=f.duration("poll_interval", 1.0),
         allowed_tools=tools,
         extra_args=tuple(a for a, _, _ in f.texts("extra_args", "command-line arguments")),
+        max_turns=f.integer("max_turns", 0, 0) or None,
     )
 
 

@@ -45,7 +45,7 @@ from .runtime.local import LocalTransport
 from .runtime.probe import MachineProbe, RunProbe, parse_probe
 from .runtime.ssh import SSHTarget, SSHTransport
 from .runtime.transport import Transport
-from .stream import Event, Init, Result, RunProgress, classify, parse_line
+from .stream import Event, FailureClass, Init, Result, RunProgress, classify, parse_line
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
@@ -56,6 +56,12 @@ _DISPATCH_GRACE = 300.0
 _DISPATCH_TIMEOUT = 180.0
 _PROBE_TIMEOUT = 30.0
 _RESULT_TEXT = 2000
+# How long a rate-limited assignment waits when the CLI did not say.
+_RATE_LIMIT_WAIT = 60.0
+RATE_LIMIT_GUIDANCE = (
+    "Your previous run was interrupted by an API rate limit. Continue the task from where "
+    "you left off; check `git status` and `git log` to see what is already done."
+)
 
 
 @dataclass
@@ -102,6 +108,7 @@ class ResumeReport:
     unreachable: list[MachineStatus]
     orphans: dict[str, list[str]]
     still_running: list[str]
+    continued: list[Assignment] = field(default_factory=list)  # rate-limited work resumed
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready summary."""
@@ -110,6 +117,9 @@ class ResumeReport:
             "unreachable": [m.to_dict() for m in self.unreachable],
             "orphans": self.orphans,
             "still_running": self.still_running,
+            "continued": [
+                {"id": a.id, "continues": a.extra.get("continues")} for a in self.continued
+            ],
         }
 
 
@@ -202,6 +212,30 @@ class Coordinator:
         return [Assignment.from_dict(r) for r in rows]
 
     # ------------------------------------------------------------ assign
+    def _launch_spec(
+        self, machine: str, worktree: str, model_id: str, *, resume: str | None = None
+    ) -> LaunchSpec:
+        m = self.config.machine(machine)
+        w = self.config.worker
+        args = ["--output-format", "stream-json", "--verbose", "--model", model_id]
+        args += ["--allowedTools", w.allowed_tools]
+        if w.max_turns:
+            args += ["--max-turns", str(w.max_turns)]
+        if resume:
+            args += ["--resume", resume]
+        return LaunchSpec(
+            worktree=worktree,
+            command=m.claude_argv(),
+            args=[*args, *w.extra_args],
+            stall_ms=int(w.stall_timeout * 1000),
+            max_runtime_ms=int(w.max_runtime * 1000),
+            grace_ms=int(w.result_grace * 1000),
+            poll_seconds=w.poll_interval,
+        )
+
+    def _new_id(self, repo: str, issue: int) -> str:
+        return f"{slugify(repo, max_length=16) or 'repo'}-{issue}-{secrets.token_hex(2)}"
+
     def plan_assignment(
         self,
         machine: str,
@@ -211,6 +245,7 @@ class Coordinator:
         model: str | None = None,
         briefing: str | None = None,
         title: str | None = None,
+        attempt: int = 1,
     ) -> tuple[Assignment, str, LaunchSpec]:
         """Work out everything a dispatch needs without touching the board or a machine."""
         m = self.config.machine(machine)
@@ -226,7 +261,9 @@ class Coordinator:
         tier, model_id = self.config.models.resolve(model or self.config.models.default)
         title = (title or "").strip() or f"issue {issue}"
         branch = branch_name(issue, title)
-        aid = f"{slugify(r.name, max_length=16) or 'repo'}-{issue}-{secrets.token_hex(2)}"
+        if attempt > 1:  # a retry starts afresh beside the earlier attempt's branch
+            branch = f"{branch}-r{attempt}"
+        aid = self._new_id(r.name, issue)
         workdir = m.workdir.rstrip("/") or "~/.coord"
         worktree = f"{workdir}/worktrees/{r.name}/{aid}"
         a = Assignment(
@@ -241,6 +278,7 @@ class Coordinator:
             worktree=worktree,
             run_dir=f"{workdir}/runs/{aid}",
             created_at=time.time(),
+            attempt=attempt,
         )
         if briefing is None:
             briefing = render_briefing(
@@ -254,25 +292,7 @@ class Coordinator:
                 },
                 user_dir=self._briefing_dir(),
             )
-        w = self.config.worker
-        launch = LaunchSpec(
-            worktree=worktree,
-            command=m.claude_argv(),
-            args=[
-                "--output-format",
-                "stream-json",
-                "--verbose",
-                "--model",
-                model_id,
-                "--allowedTools",
-                w.allowed_tools,
-                *w.extra_args,
-            ],
-            stall_ms=int(w.stall_timeout * 1000),
-            max_runtime_ms=int(w.max_runtime * 1000),
-            grace_ms=int(w.result_grace * 1000),
-            poll_seconds=w.poll_interval,
-        )
+        launch = self._launch_spec(m.name, worktree, model_id)
         a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
         return a, briefing, launch
 
@@ -306,13 +326,20 @@ class Coordinator:
         )
         if dry_run:
             return a
-        m = self.config.machine(machine)
-        r = self.config.repo(repo)
-        env = resolve_env(m.env, self._environ, machine=m.name)
+        self._claim(a, force=force)
+        return await self._dispatch(a, text, launch, mode="new")
+
+    def _claim(self, a: Assignment, *, force: bool = False, replaces: str | None = None) -> None:
+        """Put a on the board as pending, unless its issue is taken or capacity is full.
+
+        `replaces` names the assignment a continues or retries: it may still be live
+        (a queued one), and is not counted as a clash.
+        """
+        m = self.config.machine(a.machine)
         a.extra["coordinator"] = {"host": self._host, "pid": os.getpid()}
         with self.board.transaction() as txn:
             rows = [Assignment.from_dict(x) for x in txn.all()]
-            live = [x for x in rows if not x.is_terminal]
+            live = [x for x in rows if not x.is_terminal and x.id != replaces]
             clash = [x for x in live if x.repo == a.repo and x.issue == a.issue]
             if clash and not force:
                 c = clash[0]
@@ -321,21 +348,42 @@ class Coordinator:
                     f"({c.status} on {c.machine}); stop it with `coord stop {c.id}` "
                     f"or pass --force"
                 )
+            working = [x for x in live if x.status != Status.QUEUED]
             cap = self.config.concurrency.max_workers
-            if len(live) >= cap and not force:
+            if len(working) >= cap and not force:
                 raise DispatchError(
-                    f"{len(live)} workers are live, the limit of concurrency.max_workers ({cap}); "
-                    f"wait for one to end or raise the limit in {self.config.path}"
+                    f"{len(working)} workers are live, the limit of concurrency.max_workers "
+                    f"({cap}); wait for one to end or raise the limit in {self.config.path}"
                 )
-            busy = sum(1 for x in live if x.machine == m.name)
+            busy = sum(1 for x in working if x.machine == m.name)
             if busy >= m.max_workers and not force:
                 raise DispatchError(
                     f"is running {busy} of its {m.max_workers} workers; wait, pick another "
                     f"machine, or raise machines.{m.name}.max_workers",
                     machine=m.name,
                 )
+            if replaces is not None and replaces in txn:
+                prev = txn.get(replaces)
+                taken = prev.get("extra", {}).get("continued_by")
+                if taken:
+                    raise ClaimError(
+                        f"assignment {replaces} was already continued by {taken}; "
+                        f"one session is never driven by two workers"
+                    )
+                txn.update(replaces, {"extra": {**prev.get("extra", {}), "continued_by": a.id}})
             txn.insert(a.to_dict())
 
+    async def _dispatch(
+        self, a: Assignment, text: str, launch: LaunchSpec, *, mode: str = "new"
+    ) -> Assignment:
+        """Send one pending assignment to its machine (one remote command) and record it."""
+        m = self.config.machine(a.machine)
+        r = self.config.repo(a.repo)
+        try:
+            env = resolve_env(m.env, self._environ, machine=m.name)
+        except CoordError as exc:
+            self._fail_dispatch(a, str(exc))
+            raise
         spec = {
             "id": a.id,
             "machine": a.machine,
@@ -345,6 +393,7 @@ class Coordinator:
             "branch": a.branch,
             "base": r.default_branch,
             "model": a.model,
+            "mode": mode,
             "argv": a.extra["argv"],
             # names only for secrets: their values exist only in the worker's memory
             "env": {k: ("<secret>" if is_secret_name(k) else v) for k, v in env.items()},
@@ -367,6 +416,7 @@ class Coordinator:
             str(len(brief_b)),
             str(len(spec_b)),
             str(len(launch_b)),
+            mode,
         )
         payload = brief_b + spec_b + launch_b + encode_env(env)
         try:
@@ -375,26 +425,12 @@ class Coordinator:
             )
         except CommandError as exc:
             # The script exited with its own error: nothing was started.
-            self.board.update(
-                a.id,
-                status=str(Status.FAILED),
-                failure_class="dispatch_failed",
-                error=_last_line(exc.stderr) or str(exc),
-                finished_at=time.time(),
-            )
-            raise DispatchError(
-                f"could not start {a.id}: {_last_line(exc.stderr) or exc}", machine=m.name
-            ) from exc
+            reason = _last_line(exc.stderr) or str(exc)
+            self._fail_dispatch(a, reason)
+            raise DispatchError(f"could not start {a.id}: {reason}", machine=m.name) from exc
         except MachineError as exc:
             if isinstance(exc, UnreachableError) and "cannot" in str(exc):
-                # Never connected: nothing started.
-                self.board.update(
-                    a.id,
-                    status=str(Status.FAILED),
-                    failure_class="dispatch_failed",
-                    error=str(exc),
-                    finished_at=time.time(),
-                )
+                self._fail_dispatch(a, str(exc))  # never connected: nothing started
             else:
                 # It may have started: leave it pending for status/resume to settle.
                 self.board.update(a.id, error=f"dispatch outcome unknown: {exc}")
@@ -409,6 +445,140 @@ class Coordinator:
             row = txn.get(a.id)
         return Assignment.from_dict(row)
 
+    def _fail_dispatch(self, a: Assignment, error: str) -> None:
+        with self.board.transaction() as txn:
+            txn.update(
+                a.id,
+                {
+                    "status": str(Status.FAILED),
+                    "failure_class": "dispatch_failed",
+                    "error": error,
+                    "finished_at": time.time(),
+                },
+            )
+            prev = a.extra.get("continues")
+            if isinstance(prev, str) and prev in txn:  # free the session for another try
+                row = txn.get(prev)
+                extra = {k: v for k, v in row.get("extra", {}).items() if k != "continued_by"}
+                txn.update(prev, {"extra": extra})
+
+    # ------------------------------------------------------------ retry / continue
+    async def retry(
+        self,
+        id: str,
+        *,
+        machine: str | None = None,
+        model: str | None = None,
+        briefing: str | None = None,
+        force: bool = False,
+    ) -> Assignment:
+        """Start the issue of an ended assignment afresh, as its next attempt.
+
+        The new assignment gets a new worktree and branch (``…-r<attempt>``), on
+        `machine` (default: the same one) with `model` (default: the same).  The
+        two are linked: ``extra["retry_of"]`` on the new row, ``extra["retried_by"]``
+        on the old.
+        """
+        prev = self.get(id)
+        if not prev.is_terminal and prev.status != Status.QUEUED:
+            raise ClaimError(
+                f"assignment {prev.id} is still {prev.status}; stop it first "
+                f"(`coord stop {prev.id}`) or use `coord resume-stuck` to steer it"
+            )
+        a, text, launch = self.plan_assignment(
+            machine or prev.machine,
+            prev.repo,
+            prev.issue,
+            model=model or prev.tier or prev.model,
+            briefing=briefing,
+            title=prev.title,
+            attempt=prev.attempt + 1,
+        )
+        a.extra["retry_of"] = prev.id
+        self._claim(a, force=force, replaces=prev.id)
+        self._close_replaced(prev, a, retried=True)
+        return await self._dispatch(a, text, launch, mode="new")
+
+    def _close_replaced(self, prev: Assignment, new: Assignment, *, retried: bool) -> None:
+        with self.board.transaction() as txn:
+            if prev.id not in txn:
+                return
+            row = txn.get(prev.id)
+            extra = {**row.get("extra", {})}
+            extra["retried_by" if retried else "continued_by"] = new.id
+            fields: dict[str, Any] = {"extra": extra}
+            if row.get("status") == str(Status.QUEUED):
+                fields.update(status=str(Status.FAILED), finished_at=time.time())
+            txn.update(prev.id, fields)
+
+    async def resume_stuck(self, id: str, guidance: str, *, model: str | None = None) -> Assignment:
+        """Stop a stuck worker and continue its session with guidance, in the same worktree.
+
+        The continuation is a new assignment (``extra["continues"]`` names the old one)
+        that runs ``claude --resume <session>`` with `guidance` as its prompt, in the
+        same worktree and Claude config dir.  A session is never driven twice: the old
+        row can be continued once, and on the machine one worker holds the worktree.
+        """
+        prev = self.get(id)
+        if not prev.is_terminal:
+            prev = await self.stop(prev.id)
+        if not guidance.strip():
+            raise CoordError("give the worker some guidance (--guidance TEXT)")
+        return await self._continue(prev, guidance, model=model)
+
+    async def _continue(
+        self, prev: Assignment, prompt: str, *, model: str | None = None
+    ) -> Assignment:
+        if prev.status == Status.LOST:
+            raise DispatchError(
+                f"assignment {prev.id} is lost with its run; start it again with "
+                f"`coord retry {prev.id}`",
+                machine=prev.machine,
+            )
+        tier, model_id = (prev.tier, prev.model)
+        if model:
+            tier, model_id = self.config.models.resolve(model)
+        m = self.config.machine(prev.machine)
+        aid = self._new_id(prev.repo, prev.issue)
+        workdir = m.workdir.rstrip("/") or "~/.coord"
+        launch = self._launch_spec(m.name, prev.worktree, model_id, resume=prev.session_id)
+        a = Assignment(
+            id=aid,
+            machine=prev.machine,
+            repo=prev.repo,
+            issue=prev.issue,
+            branch=prev.branch,
+            model=model_id,
+            tier=tier,
+            title=prev.title,
+            worktree=prev.worktree,
+            run_dir=f"{workdir}/runs/{aid}",
+            created_at=time.time(),
+            attempt=prev.attempt,  # steering or waiting out a limit is not a new attempt
+            session_id=prev.session_id,
+        )
+        a.extra["continues"] = prev.id
+        a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
+        self._claim(a, force=True, replaces=prev.id)
+        self._close_replaced(prev, a, retried=False)
+        return await self._dispatch(a, prompt, launch, mode="continue")
+
+    async def dispatch_due(self, *, now: float | None = None) -> list[Assignment]:
+        """Continue every queued (rate-limited) assignment whose wait is over."""
+        now = time.time() if now is None else now
+        started: list[Assignment] = []
+        for a in self.assignments():
+            if a.status != Status.QUEUED or float(a.extra.get("not_before") or 0) > now:
+                continue
+            prompt = RATE_LIMIT_GUIDANCE
+            if not a.session_id:  # it never got going: no session to resume
+                prompt = f"Work on issue #{a.issue} of {a.repo}: {a.title}"
+            try:
+                started.append(await self._continue(a, prompt))
+            except ClaimError:
+                continue  # another process continued it first
+        return started
+
     # ------------------------------------------------------------ status
     async def status(self, *, machine: str | None = None, history: bool = False) -> StatusReport:
         """Ask every machine (or one) once, reconcile the board, and report."""
@@ -416,7 +586,8 @@ class Coordinator:
         if machine:
             self.config.machine(machine)  # unknown name -> ConfigError with a suggestion
         rows = [Assignment.from_dict(r) for r in self.board.all()]
-        live = [a for a in rows if not a.is_terminal]
+        # Queued (rate-limited) work has no run to ask about until it is continued.
+        live = [a for a in rows if not a.is_terminal and a.status != Status.QUEUED]
         probes = await asyncio.gather(
             *(self._probe(n, [a for a in live if a.machine == n]) for n in names)
         )
@@ -507,6 +678,21 @@ class Coordinator:
                 exit_reason=reason,
                 finished_at=_float(run.exit.get("finished_at")) or time.time(),
             )
+            if fclass == FailureClass.RATE_LIMITED:
+                # Not a failed attempt: wait out the limit, then continue the session.
+                ended = fields["finished_at"]
+                wait = _RATE_LIMIT_WAIT
+                if progress.last_retry_delay_ms:
+                    wait = max(progress.last_retry_delay_ms / 1000, 1.0)
+                until = max(ended + wait, progress.rate_limited_until or 0.0)
+                extra = fields.get("extra", a.extra)
+                fields.update(
+                    status=str(Status.QUEUED),
+                    finished_at=None,
+                    extra={**extra, "not_before": until},
+                )
+            if reason == "busy":
+                fields["error"] = "another worker was still running in its worktree"
             if status == Status.FAILED and not fields.get("error") and progress.result is None:
                 fields["error"] = f"worker exited with status {code} ({reason}) and no result"
             return fields
@@ -540,6 +726,8 @@ class Coordinator:
             for event in parse_line(json.dumps(raw_result)):
                 if isinstance(event, Result):
                     progress.result = event
+        delay = a.extra.get("last_retry_delay_ms")
+        progress.last_retry_delay_ms = float(delay) if isinstance(delay, int | float) else None
         last_msg = a.extra.get("last_message_id")
         if isinstance(last_msg, str):
             progress.note_message(last_msg)  # resume the turn count across calls
@@ -564,7 +752,11 @@ class Coordinator:
             last_tool=progress.last_tool,
             cost_usd=progress.cost_usd,
             duration_ms=progress.duration_ms,
-            extra={**a.extra, "last_message_id": last_id},
+            extra={
+                **a.extra,
+                "last_message_id": last_id,
+                "last_retry_delay_ms": progress.last_retry_delay_ms,
+            },
         )
         if progress.result is not None and progress.result.result:
             fields["result"] = progress.result.result[:_RESULT_TEXT]
@@ -686,6 +878,9 @@ class Coordinator:
         while True:
             if a.is_terminal:
                 return a
+            if a.status == Status.QUEUED:  # rate-limited: continue it when its wait is over
+                a = await self._wait_queued(a, deadline)
+                continue
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"assignment {a.id} is still {a.status} after {timeout:g} s "
@@ -700,6 +895,21 @@ class Coordinator:
                 sleep = max(0.0, min(sleep, deadline - time.monotonic()))
             await asyncio.sleep(sleep)
             interval = min(interval * 1.5, 5.0)
+
+    async def _wait_queued(self, a: Assignment, deadline: float | None) -> Assignment:
+        """Sleep out a queued assignment's limit, continue it, and return what follows it."""
+        due = float(a.extra.get("not_before") or 0) - time.time()
+        if deadline is not None and due > deadline - time.monotonic():
+            raise WaitTimeout(
+                f"assignment {a.id} is queued after a rate limit until "
+                f"{time.strftime('%H:%M:%S', time.localtime(time.time() + due))}, "
+                f"past the timeout"
+            )
+        await asyncio.sleep(max(0.0, due))
+        await self.dispatch_due()
+        a = self.get(a.id)
+        follow = a.extra.get("continued_by")
+        return self.get(follow) if isinstance(follow, str) else a
 
     async def log(
         self, id: str, *, follow: bool = False, stderr: bool = False, offset: int = 0
@@ -735,8 +945,13 @@ class Coordinator:
         down = {m.name for m in unreachable}
         still = [a.id for a in report.assignments if not a.is_terminal and a.machine in down]
         orphans = {m.name: m.orphans for m in report.machines if m.orphans}
+        continued = await self.dispatch_due()
         return ResumeReport(
-            changed=report.changed, unreachable=unreachable, orphans=orphans, still_running=still
+            changed=report.changed,
+            unreachable=unreachable,
+            orphans=orphans,
+            still_running=still,
+            continued=continued,
         )
 
 

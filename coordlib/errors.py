@@ -40,14 +40,14 @@ __all__ = [
     "ConfigError",
     "CoordError",
     "DispatchError",
+    "ForgeAuthError",
+    "ForgeError",
     "HostKeyError",
     "MachineError",
+    "MergeConflictError",
+    "NotFoundError",
     "UnreachableError",
     "WaitTimeout",
-    "ForgeError",
-    "NotFoundError",
-    "MergeConflictError",
-    "ForgeAuthError",
 ]
 
 
@@ -154,7 +154,9 @@ class WaitTimeout(CoordError, TimeoutError):
 class ForgeError(CoordError):
     """The forge (local issues folder, or GitHub) refused or failed a request."""
 
-    def __init__(self, message: str, *, forge: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, forge: str | None = None, status: int | None = None
+    ) -> None:
         self.forge = forge
         self.status = status
         super().__init__(f"{forge}: {message}" if forge else message)

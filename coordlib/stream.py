@@ -555,6 +555,7 @@ class RunProgress:
     malformed: int = 0
     retries: int = 0
     rate_limited_until: float | None = None  # epoch seconds, while the account is limited
+    last_retry_delay_ms: float | None = None  # the CLI's last back-off (429s honour retry-after)
     _message_ids: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def note_message(self, message_id: str) -> None:
@@ -588,6 +589,7 @@ class RunProgress:
             self.last_tool = f"{event.name} {summary}".rstrip()
         elif isinstance(event, ApiRetry):
             self.retries += 1
+            self.last_retry_delay_ms = event.retry_delay_ms or self.last_retry_delay_ms
         elif isinstance(event, RateLimit):
             limited = event.status not in (None, "allowed", "allowed_warning")
             self.rate_limited_until = event.resets_at if limited else None

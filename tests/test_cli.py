@@ -185,6 +185,7 @@ def test_resume_on_a_clean_board_has_nothing_to_repair(ok_run: OkRun) -> None:
         "unreachable": [],
         "orphans": {},
         "still_running": [],
+        "continued": [],
     }
 
 

@@ -142,9 +142,7 @@ class Forge(abc.ABC):
 
     # -- issues ----------------------------------------------------------------
     @abc.abstractmethod
-    async def list_issues(
-        self, *, state: str = "open", labels: Sequence[str] = ()
-    ) -> list[Issue]:
+    async def list_issues(self, *, state: str = "open", labels: Sequence[str] = ()) -> list[Issue]:
         """Return issues in `state` ("open", "closed" or "all") carrying every label in
         `labels`, lowest number first.  Pull requests are never included."""
 

@@ -5,9 +5,12 @@
 # remote command and there is nothing to keep in sync), and `dispatch` saves a
 # copy as $WORKDIR/bin/coord-run-<hash> for the launcher that tmux keeps alive.
 #
-#   dispatch WORKDIR ID REPO_PATH WORKTREE BRANCH BASE SOCKET HASH N_BRIEF N_SPEC N_LAUNCH
+#   dispatch WORKDIR ID REPO_PATH WORKTREE BRANCH BASE SOCKET HASH N_BRIEF N_SPEC N_LAUNCH MODE
 #            stdin: briefing, spec.json, launch.env (byte counts given), then the
-#            worker's environment as NUL-separated NAME=VALUE records ending "=END"
+#            worker's environment as NUL-separated NAME=VALUE records ending "=END".
+#            MODE "new" makes the worktree on a new branch from origin/BASE; "continue"
+#            reuses the existing worktree (a session resumed with guidance, or after a
+#            rate limit), and refuses while another worker still holds it.
 #   run      RUN_DIR                  the launcher + watchdog (started by dispatch in tmux)
 #   status   WORKDIR SOCKET [ID:OFFSET:MAX ...]   state of every run, framed text on stdout
 #   stop     WORKDIR ID               ask a run to stop and wait for its exit record
@@ -51,6 +54,10 @@ launcher_alive() { # launcher_alive RUN_DIR -> status 0 when its launcher still 
     [ "$(proc_start "$pid")" = "$start" ]
 }
 
+wt_lock() { # wt_lock WORKDIR WORKTREE: print the lock file that one worker per worktree holds
+    printf '%s/locks/wt-%s.lock' "$1" "$(printf '%s' "$2" | cksum | cut -d' ' -f1)"
+}
+
 now_ms() { # set NOW to milliseconds since the epoch, without forking
     local t=${EPOCHREALTIME/[.,]/}
     NOW=$((t / 1000))
@@ -58,10 +65,10 @@ now_ms() { # set NOW to milliseconds since the epoch, without forking
 
 # ---------------------------------------------------------------- dispatch
 cmd_dispatch() {
-    [ $# -eq 11 ] || die 2 "dispatch: expected 11 arguments, got $#"
-    local workdir id repo wt branch base sock hash nbrief nspec nlaunch
+    [ $# -eq 12 ] || die 2 "dispatch: expected 12 arguments, got $#"
+    local workdir id repo wt branch base sock hash nbrief nspec nlaunch mode
     workdir=$(expand_home "$1") id=$2 repo=$(expand_home "$3") wt=$(expand_home "$4")
-    branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11}
+    branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11} mode=${12}
     local run="$workdir/runs/$id" bin="$workdir/bin/coord-run-$hash"
 
     command -v tmux >/dev/null 2>&1 || die 20 "tmux is not installed on this machine (apt-get install tmux)"
@@ -76,18 +83,27 @@ cmd_dispatch() {
         exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
         flock -w 120 9 || die 18 "another dispatch has held the lock on $repo for 120 s"
     fi
-    local start=$base
-    if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
-        git -C "$repo" fetch --quiet origin "$base" >&2 ||
-            die 11 "git fetch origin $base failed in $repo"
-        start="origin/$base"
+    if [ "$mode" = continue ]; then
+        [ -d "$wt" ] || die 12 "worktree $wt is gone from this machine; nothing to continue (use coord retry)"
+        if command -v flock >/dev/null 2>&1; then
+            exec 8>"$(wt_lock "$workdir" "$wt")"
+            flock -n 8 || die 19 "another worker is still running in $wt (stop it first)"
+            exec 8>&-
+        fi
+    else
+        local start=$base
+        if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
+            git -C "$repo" fetch --quiet origin "$base" >&2 ||
+                die 11 "git fetch origin $base failed in $repo"
+            start="origin/$base"
+        fi
+        if git -C "$repo" show-ref --verify --quiet "refs/heads/$branch"; then
+            die 12 "branch $branch already exists in $repo (finish or delete it: git -C $repo branch -D $branch)"
+        fi
+        mkdir -p "$(dirname "$wt")" || die 14 "cannot create $(dirname "$wt")"
+        git -C "$repo" worktree add --quiet -b "$branch" "$wt" "$start" >&2 ||
+            die 12 "git worktree add $wt from $start failed in $repo"
     fi
-    if git -C "$repo" show-ref --verify --quiet "refs/heads/$branch"; then
-        die 12 "branch $branch already exists in $repo (finish or delete it: git -C $repo branch -D $branch)"
-    fi
-    mkdir -p "$(dirname "$wt")" || die 14 "cannot create $(dirname "$wt")"
-    git -C "$repo" worktree add --quiet -b "$branch" "$wt" "$start" >&2 ||
-        die 12 "git worktree add $wt from $start failed in $repo"
     exec 9>&-
 
     mkdir -p "$run" "$workdir/bin" || die 14 "cannot create $run"
@@ -170,6 +186,20 @@ cmd_run() {
         exit 125
     fi
 
+    # One worker per worktree, so a session is never driven by two processes.  The
+    # launcher holds the lock while its worker lives; the worker does not inherit it, so
+    # a daemon the worker leaves behind cannot keep the worktree locked forever.
+    if command -v flock >/dev/null 2>&1; then
+        local workdir=${run%/runs/*}
+        mkdir -p "$workdir/locks"
+        exec 8>"$(wt_lock "$workdir" "$(expand_home "$COORD_WORKTREE")")"
+        if ! flock -n 8; then
+            echo "another worker is still running in $COORD_WORKTREE; not starting" >&2
+            write_exit "$run" 124 busy "$started"
+            exit 124
+        fi
+    fi
+
     local stop_req=0
     trap 'stop_req=1' TERM INT HUP
 
@@ -183,7 +213,7 @@ cmd_run() {
         for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
         cd "$(expand_home "$COORD_WORKTREE")" || exit 127
         exec setsid "${COORD_CMD[@]}" -p "$(cat "$run/briefing.md")" "${COORD_ARGS[@]}" \
-            </dev/null >>"$run/events.jsonl" 2>>"$run/stderr.log"
+            </dev/null >>"$run/events.jsonl" 2>>"$run/stderr.log" 8>&-
     ) &
     local wpid=$!
     unset wenv

@@ -10,13 +10,17 @@ Accepts ``-p PROMPT --output-format stream-json --verbose --model MODEL --allowe
     stall         init, one STATUS line, then silence forever
     linger        ok, then stays alive after its result (as the real CLI can)
     fail          init, then exit 3 with a message on stderr and no result
-    error_result  api_retry events, then result subtype "success" with is_error and 529, exit 1
+    error_result  api_retry events, then result subtype "success" with is_error and status
+                  FAKE_CLAUDE_ERROR_STATUS (default 529), exit 1; the retries' delay is
+                  FAKE_CLAUDE_RETRY_DELAY_MS (default 500, doubling)
     slow          ok, but sleeps FAKE_CLAUDE_DELAY seconds before the result
     env           ok, but the written file reports, for each name in FAKE_CLAUDE_REPORT_ENV,
                   whether it is set and the sha256 of its value (never the value)
 
 FAKE_CLAUDE_ARGV_LOG, when set, names a file that gets one JSON line with the full argv per
-run.  Stdin is never read.  Standard library only: it runs wherever the worker runs.
+run.  With ``--resume ID`` the scenario is FAKE_CLAUDE_RESUME_SCENARIO (default ``ok``), so a
+stuck or rate-limited run can be continued.  Stdin is never read.  Standard library only:
+it runs wherever the worker runs.
 """
 
 from __future__ import annotations
@@ -304,6 +308,8 @@ def fail(session: Session) -> int:
 
 def error_result(session: Session) -> int:
     retries = int(os.environ.get("CLAUDE_CODE_MAX_RETRIES", "3"))
+    status = int(os.environ.get("FAKE_CLAUDE_ERROR_STATUS", "529"))
+    delay = float(os.environ.get("FAKE_CLAUDE_RETRY_DELAY_MS", "500"))
     for attempt in range(1, retries + 1):
         session.emit(
             {
@@ -311,13 +317,13 @@ def error_result(session: Session) -> int:
                 "subtype": "api_retry",
                 "attempt": attempt,
                 "max_retries": retries,
-                "retry_delay_ms": 500.0 * 2 ** (attempt - 1),
-                "error_status": 529,
-                "error": "overloaded",
+                "retry_delay_ms": delay * 2 ** (attempt - 1),
+                "error_status": status,
+                "error": "overloaded" if status == 529 else "rate_limit",
             }
         )
     session.turns = 1
-    session.result("API Error: Repeated 529 Overloaded errors", is_error=True, status=529)
+    session.result(f"API Error: Repeated {status} errors", is_error=True, status=status)
     return 1
 
 
@@ -362,6 +368,8 @@ def main(argv: list[str]) -> int:
         )
         return 1
     scenario = os.environ.get("FAKE_CLAUDE_SCENARIO", "ok")
+    if opts.get("resume"):
+        scenario = os.environ.get("FAKE_CLAUDE_RESUME_SCENARIO", "ok")
     if scenario not in SCENARIOS:
         sys.stderr.write(f"fake claude: unknown FAKE_CLAUDE_SCENARIO {scenario!r}\n")
         return 2

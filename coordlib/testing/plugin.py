@@ -1,20 +1,25 @@
-"""pytest plugin: ``sshd`` and ``git_repo`` fixtures backed by real OpenSSH and git.
+"""pytest plugin: ``sshd``, ``git_repo``, ``claude_cli`` and ``model_server`` fixtures.
 
-Enable it with ``pytest_plugins = ["coordlib.testing.plugin"]``.  When the
-environment variable ``CI`` is set, a missing sshd fails the test instead of
-skipping it: in CI a skipped real-component test proves nothing.
+They are backed by real OpenSSH, git, and the pinned real Claude Code CLI talking to a
+scripted model server on loopback.  Enable it with
+``pytest_plugins = ["coordlib.testing.plugin"]``.  When the environment variable ``CI``
+is set, a missing sshd or CLI fails the test instead of skipping it: in CI a skipped
+real-component test proves nothing.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from .claude_cli import install_claude
 from .gitrepo import GitRepo, make_git_repo
+from .model_server import ModelServer, Scenario
 from .sshd import SSHDUnavailable, SSHServer, start_sshd
 
 
@@ -66,3 +71,30 @@ def sshd_factory() -> Iterator[Callable[..., SSHServer]]:
 def git_repo(tmp_path: Path) -> GitRepo:
     """A git repo with one commit and a bare origin beside it."""
     return make_git_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def claude_cli() -> Path:
+    """The pinned real ``claude`` executable, installed with npm on first use."""
+    try:
+        return install_claude()
+    except RuntimeError as exc:
+        _unavailable(f"Claude Code CLI unavailable: {exc}")
+        raise AssertionError("unreachable") from exc
+
+
+@pytest.fixture
+def model_server() -> Iterator[Callable[..., ModelServer]]:
+    """Start scripted model servers for one test: ``model_server(scenario, faults=[...])``."""
+    servers: list[ModelServer] = []
+
+    def start(
+        scenario: Scenario | Mapping[str, Scenario] | None = None, **kwargs: Any
+    ) -> ModelServer:
+        server = ModelServer(scenario, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

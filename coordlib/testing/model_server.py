@@ -1,0 +1,884 @@
+"""A scripted Anthropic Messages API on loopback that drives the real Claude Code CLI offline.
+
+A :class:`Scenario` is data: a list of :class:`Turn`, each a list of blocks made with
+:func:`text` and :func:`tool`.  The server answers ``POST /v1/messages`` (streaming SSE or
+plain JSON, as asked) with the turn whose index is the number of assistant messages already
+in the request, so retries and ``--resume`` replay the same choice.  Requests without
+``tools`` (title generation and other side requests) get a short text and use up no turn;
+past the last turn every answer is the text "done".
+
+Several named scenarios can share one server: the first user message chooses one with the
+marker ``[scenario:NAME]`` anywhere in its text; without a marker the ``"default"``
+scenario answers (an empty one, "done" to everything, if none was given).  An unknown name
+gets a 400.
+
+Faults are data too (:meth:`Fault.error`, :meth:`Fault.cut`, :meth:`Fault.hang`), set on a
+turn or on the whole server, each for its first ``times`` matching requests or for every
+one::
+
+    scenario = Scenario([
+        Turn([text("STATUS: writing"), tool("Write", file_path="x.txt", content="hi\\n")]),
+        Turn([text("done")], fault=Fault.error(529, times=2)),
+    ])
+    with ModelServer(scenario) as server:
+        env = claude_env(server.url, tmp_path / "home")
+        ...  # run `claude -p ...` with env
+        assert server.count() == 4
+
+Run it as a process (coordlib's demo does) with
+``python -m coordlib.testing.model_server --port 0 --scenario FILE.json``: the first line
+on stdout is its URL, and it serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+from urllib.parse import urlsplit
+
+__all__ = [
+    "Fault",
+    "ModelServer",
+    "RecordedRequest",
+    "Scenario",
+    "Text",
+    "ToolUse",
+    "Turn",
+    "claude_env",
+    "text",
+    "tool",
+]
+
+DEFAULT = "default"
+FINAL_TEXT = "done"
+SIDE_TEXT = "Scripted reply"
+# Resuming after a failed request, the CLI inserts this assistant message of its own.
+_SYNTHETIC = ["No response requested."]
+_MARKER = re.compile(r"\[scenario:([A-Za-z0-9_.-]+)\]")
+_SECRET_HEADER = re.compile(r"key|auth|token|secret|cookie|password", re.IGNORECASE)
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+_ERROR_MESSAGES = {
+    400: "Scripted invalid request",
+    401: "invalid x-api-key",
+    429: "Number of request tokens has exceeded your per-minute rate limit",
+    500: "Internal server error",
+    529: "Overloaded",
+}
+
+
+# --- scenarios: pure data ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text block of an assistant turn."""
+
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the block as JSON data."""
+        return {"type": "text", "text": self.text}
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A tool call of an assistant turn; the CLI runs the real tool."""
+
+    name: str
+    input: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the block as JSON data."""
+        return {"type": "tool_use", "name": self.name, "input": dict(self.input)}
+
+
+Block: TypeAlias = Text | ToolUse
+
+
+def text(value: str) -> Text:
+    """Make a text block."""
+    return Text(value)
+
+
+def tool(name: str, /, **tool_input: Any) -> ToolUse:
+    """Make a tool call block, e.g. ``tool("Bash", command="git commit -am x")``."""
+    return ToolUse(name, tool_input)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One way to fail a request: an HTTP error, a cut stream, or no answer at all."""
+
+    kind: Literal["error", "cut", "hang"]
+    status: int = 0  # for "error"
+    message: str = ""  # for "error"; a stock message by status if empty
+    error_type: str = ""  # for "error"; Anthropic's type by status if empty
+    retry_after: float | None = None  # for "error": seconds, sent as retry-after
+    after_events: int = 2  # for "cut": SSE events sent before the connection closes
+    times: int | None = None  # fail this many matching requests, then none; None: every one
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fault as JSON data (defaults left out)."""
+        data: dict[str, Any] = {"kind": self.kind}
+        for name, default in (
+            ("status", 0),
+            ("message", ""),
+            ("error_type", ""),
+            ("retry_after", None),
+            ("times", None),
+        ):
+            if getattr(self, name) != default:
+                data[name] = getattr(self, name)
+        if self.kind == "cut":
+            data["after_events"] = self.after_events
+        return data
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        *,
+        retry_after: float | None = None,
+        message: str = "",
+        error_type: str = "",
+        times: int | None = None,
+    ) -> Fault:
+        """Answer with an HTTP error in Anthropic's shape (429, 529, 500, 401, 400, ...)."""
+        return cls(
+            "error",
+            status=status,
+            retry_after=retry_after,
+            message=message,
+            error_type=error_type,
+            times=times,
+        )
+
+    @classmethod
+    def cut(cls, after_events: int = 2, *, times: int | None = 1) -> Fault:
+        """Close the connection after some SSE events (unstreamed: before any answer)."""
+        return cls("cut", after_events=after_events, times=times)
+
+    @classmethod
+    def hang(cls, *, times: int | None = None) -> Fault:
+        """Never answer: hold the request until the client hangs up or the server stops."""
+        return cls("hang", times=times)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fault:
+        """Read a fault from JSON data."""
+        if data.get("kind") not in ("error", "cut", "hang"):
+            raise ValueError(f"fault kind must be error, cut or hang, not {data.get('kind')!r}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One assistant message: its blocks, a delay before it, and an optional fault."""
+
+    content: Sequence[Block]
+    delay: float = 0.0  # seconds to wait before answering each request for this turn
+    fault: Fault | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content", tuple(self.content))
+
+    @property
+    def stop_reason(self) -> str:
+        """Return "tool_use" if the turn calls a tool, else "end_turn"."""
+        return "tool_use" if any(isinstance(b, ToolUse) for b in self.content) else "end_turn"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the turn as JSON data."""
+        data: dict[str, Any] = {"content": [b.to_dict() for b in self.content]}
+        if self.delay:
+            data["delay"] = self.delay
+        if self.fault is not None:
+            data["fault"] = self.fault.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | Sequence[Any]) -> Turn:
+        """Read a turn: ``{"content": [...], "delay": s, "fault": {...}}`` or a bare list."""
+        if not isinstance(data, Mapping):
+            data = {"content": data}
+        blocks: list[Block] = []
+        for raw in data["content"]:
+            if raw.get("type") == "text":
+                blocks.append(Text(raw["text"]))
+            elif raw.get("type") == "tool_use":
+                blocks.append(ToolUse(raw["name"], dict(raw.get("input", {}))))
+            else:
+                raise ValueError(f"block type must be text or tool_use, not {raw.get('type')!r}")
+        fault = data.get("fault")
+        return cls(
+            blocks,
+            delay=float(data.get("delay", 0.0)),
+            fault=Fault.from_dict(fault) if fault else None,
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The assistant turns of one conversation, in order."""
+
+    turns: Sequence[Turn] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "turns", tuple(self.turns))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the scenario as JSON data."""
+        return {"turns": [t.to_dict() for t in self.turns]}
+
+    def to_json(self) -> str:
+        """Return the scenario as a JSON document."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
+        """Read a scenario from ``{"turns": [...]}``."""
+        return cls([Turn.from_dict(t) for t in data.get("turns", [])])
+
+    @classmethod
+    def from_json(cls, document: str) -> Scenario:
+        """Read a scenario from a JSON document made by :meth:`to_json`."""
+        return cls.from_dict(json.loads(document))
+
+
+def load_server_file(path: Path) -> tuple[dict[str, Scenario], list[Fault]]:
+    """Read a scenario file: one scenario, or ``{"scenarios": {NAME: ...}, "faults": [...]}``."""
+    data = json.loads(path.read_text())
+    if "scenarios" in data:
+        scenarios = {name: Scenario.from_dict(s) for name, s in data["scenarios"].items()}
+    else:
+        scenarios = {DEFAULT: Scenario.from_dict(data)}
+    return scenarios, [Fault.from_dict(f) for f in data.get("faults", [])]
+
+
+# --- replies: pure functions ------------------------------------------------------------
+
+
+def _texts(content: Any) -> Iterable[str]:
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                yield block["text"]
+
+
+def scenario_name(body: Mapping[str, Any]) -> str:
+    """Return the scenario a request asks for: the last ``[scenario:NAME]`` in its first user
+    message (the prompt comes after the context the CLI puts first), else "default"."""
+    for message in body.get("messages", []):
+        if message.get("role") == "user":
+            names = [m for chunk in _texts(message.get("content")) for m in _MARKER.findall(chunk)]
+            return names[-1] if names else DEFAULT
+    return DEFAULT
+
+
+def turn_index(body: Mapping[str, Any]) -> int:
+    """Return how many assistant messages the request carries, less the CLI's own fillers."""
+    return sum(
+        1
+        for m in body.get("messages", [])
+        if m.get("role") == "assistant" and list(_texts(m.get("content"))) != _SYNTHETIC
+    )
+
+
+def _tool_id(seed: str) -> str:
+    return "toolu_01" + hashlib.sha256(seed.encode()).hexdigest()[:22]
+
+
+def build_message(
+    blocks: Sequence[Block], *, model: str, input_tokens: int, seed: str
+) -> dict[str, Any]:
+    """Return a complete Messages API reply with these blocks and plausible usage."""
+    content: list[dict[str, Any]] = []
+    for i, block in enumerate(blocks):
+        data = block.to_dict()
+        if isinstance(block, ToolUse):
+            data = {"type": "tool_use", "id": _tool_id(f"{seed}/{i}"), **data}
+        content.append(data)
+    stop = Turn(blocks).stop_reason
+    output_tokens = max(1, len(json.dumps(content)) // 4)
+    return {
+        "id": "msg_01" + uuid.uuid4().hex[:22],
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        },
+    }
+
+
+def _pieces(value: str, size: int = 40) -> list[str]:
+    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
+
+
+def sse_events(message: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Return the SSE events (name, data) that stream this message, as Anthropic sends them."""
+    usage = message["usage"]
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("ping", {"type": "ping"}),
+    ]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            first: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+        else:
+            first = {**block, "input": {}}
+            raw = json.dumps(block["input"])
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in _pieces(raw)]
+        start_block = {"type": "content_block_start", "index": index, "content_block": first}
+        events.append(("content_block_start", start_block))
+        events += [
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+            for d in deltas
+        ]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+    )
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def error_body(status: int, message: str = "", error_type: str = "") -> dict[str, Any]:
+    """Return Anthropic's error JSON for an HTTP status."""
+    return {
+        "type": "error",
+        "error": {
+            "type": error_type or _ERROR_TYPES.get(status, "api_error"),
+            "message": message or _ERROR_MESSAGES.get(status, f"Scripted error {status}"),
+        },
+    }
+
+
+def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Return the headers, lower-cased, with the values of credential-like ones hidden."""
+    return {k.lower(): ("[redacted]" if _SECRET_HEADER.search(k) else v) for k, v in headers}
+
+
+# --- the server ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received, and what it chose to do with it."""
+
+    method: str
+    path: str  # without the query
+    query: str
+    headers: Mapping[str, str]  # lower-cased names; credentials redacted
+    body: Any  # parsed JSON, the raw text if not JSON, or None if empty
+    time: float  # time.time() at arrival
+    scenario: str | None = None  # for POST /v1/messages
+    turn: int | None = None  # index of the scripted turn answered; None for side requests
+    outcome: str = ""  # "message", "side", "final", "error 529", "cut", "hang", "not found", ...
+
+    @property
+    def stream(self) -> bool:
+        """Return whether the request asked for a streamed reply."""
+        return isinstance(self.body, dict) and bool(self.body.get("stream"))
+
+    @property
+    def has_tools(self) -> bool:
+        """Return whether the request offered tools (a side request offers none)."""
+        return isinstance(self.body, dict) and bool(self.body.get("tools"))
+
+
+@dataclass
+class _Plan:
+    outcome: str
+    scenario: str | None = None
+    turn: int | None = None
+    delay: float = 0.0
+    fault: Fault | None = None
+    blocks: Sequence[Block] = ()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    app: ModelServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.app._opened(self.connection)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        self.server.app._closed(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.app._serve(self)
+
+    do_HEAD = do_GET
+    do_POST = do_GET
+    do_PUT = do_GET
+    do_DELETE = do_GET
+    do_PATCH = do_GET
+    do_OPTIONS = do_GET
+
+    def read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send_json(self, status: int, data: Any, headers: Mapping[str, str] = {}) -> None:
+        raw = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(raw)
+
+
+class ModelServer:
+    """A scripted Messages API server on 127.0.0.1, in a background thread."""
+
+    def __init__(
+        self,
+        scenario: Scenario | Mapping[str, Scenario] | None = None,
+        *,
+        faults: Sequence[Fault] = (),
+        side_text: str = SIDE_TEXT,
+        final_text: str = FINAL_TEXT,
+        port: int = 0,
+        log: Path | None = None,
+    ) -> None:
+        if scenario is None:
+            scenario = Scenario()
+        self.scenarios: dict[str, Scenario] = (
+            {DEFAULT: scenario} if isinstance(scenario, Scenario) else dict(scenario)
+        )
+        self.side_text = side_text
+        self.final_text = final_text
+        self._port = port
+        self._log = log
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._faults: list[Fault] = list(faults)
+        self._used: dict[object, int] = {}  # fault key -> requests it has failed
+        self._records: list[RecordedRequest] = []
+        self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> ModelServer:
+        """Listen on 127.0.0.1 and serve in a daemon thread; return self."""
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        httpd = _HTTPServer(("127.0.0.1", self._port), _Handler)
+        httpd.app = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop every open connection, hanging ones included."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """Return the port it listens on."""
+        if self._httpd is None:
+            raise RuntimeError("ModelServer is not started: call start() first")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Return the base URL, e.g. "http://127.0.0.1:41234" (for ANTHROPIC_BASE_URL)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    # faults at run time
+
+    def set_faults(self, faults: Sequence[Fault]) -> None:
+        """Replace the server-wide faults (their counts start afresh)."""
+        with self._lock:
+            self._faults = list(faults)
+            self._used = {k: v for k, v in self._used.items() if not _is_server_key(k)}
+
+    def add_fault(self, fault: Fault) -> None:
+        """Add a server-wide fault after the existing ones."""
+        with self._lock:
+            self._faults.append(fault)
+
+    # recording
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Return every request received so far, oldest first."""
+        with self._lock:
+            return list(self._records)
+
+    def count(self, path: str = "/v1/messages", method: str = "POST") -> int:
+        """Return how many requests had this path (query ignored) and method."""
+        with self._lock:
+            return sum(1 for r in self._records if r.path == path and r.method == method)
+
+    def wait_for(
+        self, predicate: Callable[[list[RecordedRequest]], bool], timeout: float = 30
+    ) -> list[RecordedRequest]:
+        """Block until predicate(requests) holds; return the requests (TimeoutError if not)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(list(self._records)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no matching requests within {timeout} s")
+                self._changed.wait(left)
+            return list(self._records)
+
+    def clear(self) -> None:
+        """Forget the recorded requests and how often each fault fired."""
+        with self._lock:
+            self._records.clear()
+            self._used.clear()
+
+    # internals
+
+    def _opened(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _closed(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    def _take(self, key: object, fault: Fault) -> bool:
+        # Called with the lock held: charge the fault if it has requests left to fail.
+        used = self._used.get(key, 0)
+        if fault.times is not None and used >= fault.times:
+            return False
+        self._used[key] = used + 1
+        return True
+
+    def _plan(self, body: dict[str, Any]) -> _Plan:
+        # Called with the lock held.
+        for i, fault in enumerate(self._faults):
+            if self._take(("server", i), fault):
+                return _Plan(_outcome(fault), fault=fault)
+        if not body.get("tools"):
+            return _Plan("side", blocks=[Text(self.side_text)])
+        name = scenario_name(body)
+        index = turn_index(body)
+        scenario = self.scenarios.get(name)
+        if scenario is None:
+            if name != DEFAULT:
+                known = ", ".join(sorted(self.scenarios)) or "none"
+                bad = Fault.error(400, message=f"no scenario named {name!r} (known: {known})")
+                return _Plan("error 400", scenario=name, fault=bad)
+            scenario = Scenario()
+        if index >= len(scenario.turns):
+            return _Plan("final", scenario=name, turn=index, blocks=[Text(self.final_text)])
+        turn = scenario.turns[index]
+        plan = _Plan("message", scenario=name, turn=index, delay=turn.delay, blocks=turn.content)
+        if turn.fault is not None and self._take((name, index), turn.fault):
+            plan.outcome, plan.fault = _outcome(turn.fault), turn.fault
+        return plan
+
+    def _record(self, record: RecordedRequest) -> None:
+        with self._changed:
+            self._records.append(record)
+            self._changed.notify_all()
+        if self._log is not None:
+            line = {
+                "method": record.method,
+                "path": record.path,
+                "scenario": record.scenario,
+                "turn": record.turn,
+                "outcome": record.outcome,
+                "time": record.time,
+            }
+            with open(self._log, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+
+    def _serve(self, h: _Handler) -> None:
+        arrived = time.time()
+        parts = urlsplit(h.path)
+        raw = h.read_body()
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+        base = {
+            "method": h.command,
+            "path": parts.path,
+            "query": parts.query,
+            "headers": redact_headers(h.headers.items()),
+            "body": body,
+            "time": arrived,
+        }
+        route = (h.command, parts.path.rstrip("/") or "/")
+        if route in (("GET", "/"), ("HEAD", "/")):
+            self._record(RecordedRequest(**base, outcome="ok"))
+            h.send_json(200, {"ok": True})
+        elif route == ("POST", "/v1/messages/count_tokens"):
+            self._record(RecordedRequest(**base, outcome="count_tokens"))
+            h.send_json(200, {"input_tokens": max(1, len(raw) // 4)})
+        elif route == ("POST", "/v1/messages") and isinstance(body, dict):
+            with self._lock:
+                plan = self._plan(body)
+            self._record(
+                RecordedRequest(
+                    **base, scenario=plan.scenario, turn=plan.turn, outcome=plan.outcome
+                )
+            )
+            self._answer(h, body, plan, input_tokens=max(1, len(raw) // 4))
+        elif route == ("POST", "/v1/messages"):
+            self._record(RecordedRequest(**base, outcome="error 400"))
+            h.send_json(400, error_body(400, "request body is not a JSON object"))
+        else:
+            self._record(RecordedRequest(**base, outcome="not found"))
+            h.send_json(404, error_body(404, f"no route for {h.command} {parts.path}"))
+
+    def _answer(self, h: _Handler, body: dict[str, Any], plan: _Plan, input_tokens: int) -> None:
+        if plan.delay and self._stopping.wait(plan.delay):
+            h.close_connection = True
+            return
+        fault = plan.fault
+        if fault is not None and fault.kind == "hang":
+            self._hold(h)
+            return
+        if fault is not None and fault.kind == "error":
+            headers: dict[str, str] = {}
+            if fault.retry_after is not None:
+                headers["retry-after"] = f"{math.ceil(fault.retry_after)}"
+                headers["retry-after-ms"] = f"{int(fault.retry_after * 1000)}"
+            h.send_json(
+                fault.status,
+                error_body(fault.status, fault.message, fault.error_type),
+                headers,
+            )
+            return
+        message = build_message(
+            plan.blocks,
+            model=str(body.get("model") or "claude-scripted"),
+            input_tokens=input_tokens,
+            seed=f"{plan.scenario}/{plan.turn}/{plan.outcome}",
+        )
+        if not body.get("stream"):
+            if fault is not None:  # a cut with nothing streamed: drop the connection
+                h.close_connection = True
+                return
+            h.send_json(200, message)
+            return
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream; charset=utf-8")
+        h.send_header("cache-control", "no-cache")
+        h.send_header("transfer-encoding", "chunked")
+        h.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        h.end_headers()
+        events = sse_events(message)
+        limit = fault.after_events if fault is not None else len(events)
+        for name, data in events[:limit]:
+            chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            h.wfile.flush()
+        if fault is not None:
+            # No terminating chunk: the client sees the body end early, as on a real cut.
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+    def _hold(self, h: _Handler) -> None:
+        # Wait for the server to stop or the client to hang up, whichever comes first.
+        h.close_connection = True
+        while not self._stopping.wait(0.1):
+            with contextlib.suppress(OSError, ValueError):
+                readable, _, _ = select.select([h.connection], [], [], 0)
+                if readable and not h.connection.recv(1, socket.MSG_PEEK):
+                    return
+
+
+def _is_server_key(key: object) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and key[0] == "server"
+
+
+def _outcome(fault: Fault) -> str:
+    return f"error {fault.status}" if fault.kind == "error" else fault.kind
+
+
+# --- the environment for the real CLI -------------------------------------------------------
+
+# Variables from the caller's environment that would steer the CLI elsewhere or change it.
+_FOREIGN = re.compile(
+    r"^(ANTHROPIC_|CLAUDE|AWS_BEARER_TOKEN_BEDROCK$|IS_SANDBOX$|(HTTPS?|ALL|NO)_PROXY$)",
+    re.IGNORECASE,
+)
+
+
+def claude_env(
+    url: str,
+    home: Path,
+    *,
+    max_retries: int = 1,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Return a whole environment that runs the real CLI offline against url, isolated in home.
+
+    Starts from base (default ``os.environ``) less anything that would point the CLI
+    elsewhere (``ANTHROPIC_*``, ``CLAUDE*``, proxies, ``IS_SANDBOX``), and makes home, its
+    config dir and its temp dir.  A git identity is set because the isolated HOME has no
+    ``~/.gitconfig`` and the scripted tools commit.
+    """
+    config = home / ".claude"
+    tmp = home / "tmp"
+    for d in (home, config, tmp):
+        d.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not _FOREIGN.match(k)}
+    for name, value in (
+        ("GIT_AUTHOR_NAME", "coord-test"),
+        ("GIT_AUTHOR_EMAIL", "test@coord.invalid"),
+        ("GIT_COMMITTER_NAME", "coord-test"),
+        ("GIT_COMMITTER_EMAIL", "test@coord.invalid"),
+    ):
+        env.setdefault(name, value)
+    env.update(
+        {
+            "ANTHROPIC_BASE_URL": url,
+            "ANTHROPIC_API_KEY": "sk-test-coordlib-offline",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_MAX_RETRIES": str(max_retries),
+            "HOME": str(home),
+            "CLAUDE_CONFIG_DIR": str(config),
+            "TMPDIR": str(tmp),
+            "CLAUDE_CODE_TMPDIR": str(tmp),
+        }
+    )
+    return env
+
+
+# --- as a process ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve a scenario file until killed; print the URL as the first line."""
+    parser = argparse.ArgumentParser(prog="python -m coordlib.testing.model_server")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--scenario",
+        type=Path,
+        help='JSON: one scenario {"turns": [...]}, or {"scenarios": {NAME: ...}, "faults": [...]}',
+    )
+    parser.add_argument("--log", type=Path, help="append one JSON line per request here")
+    args = parser.parse_args(argv)
+    scenarios, faults = load_server_file(args.scenario) if args.scenario else ({}, [])
+    server = ModelServer(scenarios, faults=faults, port=args.port, log=args.log).start()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    print(server.url, flush=True)
+    while not done.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
