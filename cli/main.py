@@ -31,7 +31,11 @@ class State:
         """Build the coordinator from the config found by the usual lookup."""
         from coordlib.coordinator import Coordinator
 
-        return Coordinator.from_path(self.config)
+        return Coordinator.from_path(self.config, notify=_notify)
+
+
+def _notify(message: str) -> None:
+    click.echo(f"coord: {message}", err=True)
 
 
 pass_state = click.make_pass_decorator(State)
@@ -83,9 +87,9 @@ def coord(ctx: click.Context, config: str | None) -> None:
     ctx.obj = State(config)
 
 
-from . import demo_cmd, run_cmds, setup_cmds  # noqa: E402  (commands register on `coord`)
+from . import demo_cmd, issue_cmds, run_cmds, setup_cmds  # noqa: E402  (commands register)
 
-__all__ = ["coord", "demo_cmd", "main", "run_cmds", "setup_cmds"]
+__all__ = ["coord", "demo_cmd", "issue_cmds", "main", "run_cmds", "setup_cmds"]
 
 
 def main() -> None:

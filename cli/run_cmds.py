@@ -86,7 +86,11 @@ def assign(
                     "run_dir",
                 )
             }
-            | ({"argv": a.extra.get("argv")} if dry_run else {})
+            | (
+                {"argv": a.extra.get("argv"), "briefing": a.extra.get("briefing")}
+                if dry_run
+                else {}
+            )
         )
         return
     if dry_run:
@@ -94,6 +98,9 @@ def assign(
         click.echo(f"  model   {a.model}")
         click.echo(f"  worktree {a.worktree}")
         click.echo(f"  command {' '.join(a.extra.get('argv', []))}")
+        click.echo("  briefing:")
+        for line in str(a.extra.get("briefing", "")).splitlines():
+            click.echo(f"    {line}".rstrip())
         return
     click.echo(f"{a.id} {a.status} on {a.machine}: {a.repo}#{a.issue} {a.branch} ({a.model})")
     click.echo(f"  follow it with `coord watch {a.id}`")
@@ -245,20 +252,25 @@ def stop(state: State, id: str) -> None:
 
 
 @coord.command()
+@click.option(
+    "--from-forge", is_flag=True, help="First restore assignments from the issues' trail."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was repaired as JSON.")
 @pass_state
-def resume(state: State, as_json: bool) -> None:
+def resume(state: State, from_forge: bool, as_json: bool) -> None:
     """Rebuild the board from what the machines report, and repair it."""
     from coordlib.coordinator import ResumeReport
 
     async def go() -> ResumeReport:
         async with state.coordinator() as c:
-            return await c.resume()
+            return await c.resume(from_forge=from_forge)
 
     report = run(go)
     if as_json:
         _echo_json(report.to_dict())
         return
+    for aid in report.restored:
+        click.echo(f"{aid}: restored from the forge's trail")
     for aid, old, new in report.changed:
         click.echo(f"{aid}: {old} -> {new}")
     for m in report.unreachable:
@@ -267,7 +279,13 @@ def resume(state: State, as_json: bool) -> None:
         click.echo(f"{name}: runs not on the board: {', '.join(ids)}")
     for a in report.continued:
         click.echo(f"{a.extra.get('continues')}: rate limit over, continued as {a.id}")
-    if not (report.changed or report.unreachable or report.orphans or report.continued):
+    if not (
+        report.changed
+        or report.unreachable
+        or report.orphans
+        or report.continued
+        or report.restored
+    ):
         click.echo("board matches the machines; nothing to repair")
 
 

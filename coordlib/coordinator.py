@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,13 @@ from .errors import (
     CommandError,
     CoordError,
     DispatchError,
+    ForgeError,
     MachineError,
+    NotFoundError,
     UnreachableError,
     WaitTimeout,
 )
+from .forge.base import Forge, Issue
 from .runtime.command import (
     LaunchSpec,
     branch_name,
@@ -45,7 +49,17 @@ from .runtime.local import LocalTransport
 from .runtime.probe import MachineProbe, RunProbe, parse_probe
 from .runtime.ssh import SSHTarget, SSHTransport
 from .runtime.transport import Transport
-from .stream import Event, FailureClass, Init, Result, RunProgress, classify, parse_line
+from .stream import (
+    Event,
+    FailureClass,
+    Init,
+    Result,
+    RunProgress,
+    ToolUse,
+    classify,
+    parse_line,
+)
+from .trail import STATUS_LABELS, briefing_comment, ending_comment, parse_markers
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
@@ -56,6 +70,13 @@ _DISPATCH_GRACE = 300.0
 _DISPATCH_TIMEOUT = 180.0
 _PROBE_TIMEOUT = 30.0
 _RESULT_TEXT = 2000
+ISSUE_SECTIONS = ("New", "Refining", "Pending", "In progress", "Done")
+_MARKER_ROW_FIELDS = (
+    "machine", "repo", "issue", "branch", "model", "tier", "title", "worktree", "run_dir",
+    "attempt", "created_at", "session_id", "failure_class", "exit_reason", "cost_usd",
+    "num_turns", "duration_ms", "finished_at",
+)  # fmt: skip
+_EDIT_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})
 # How long a rate-limited assignment waits when the CLI did not say.
 _RATE_LIMIT_WAIT = 60.0
 RATE_LIMIT_GUIDANCE = (
@@ -109,6 +130,7 @@ class ResumeReport:
     orphans: dict[str, list[str]]
     still_running: list[str]
     continued: list[Assignment] = field(default_factory=list)  # rate-limited work resumed
+    restored: list[str] = field(default_factory=list)  # rows rebuilt from the forge's trail
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready summary."""
@@ -117,6 +139,7 @@ class ResumeReport:
             "unreachable": [m.to_dict() for m in self.unreachable],
             "orphans": self.orphans,
             "still_running": self.still_running,
+            "restored": self.restored,
             "continued": [
                 {"id": a.id, "continues": a.extra.get("continues")} for a in self.continued
             ],
@@ -152,12 +175,17 @@ class Coordinator:
         *,
         board: Board | None = None,
         environ: Mapping[str, str] | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.board = board or Board(config.board.path, keep_finished=config.board.keep_finished)
         self._environ = dict(os.environ if environ is None else environ)
         self._transports: dict[str, Transport] = {}
+        self._forges: dict[str, Forge] = {}
         self._host = socket.gethostname()
+        # Things worth telling a person that are not errors (a forge rate limit being
+        # waited out, a trail comment that could not be posted); the CLI prints them.
+        self.notify: Callable[[str], None] = notify or (lambda message: None)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Coordinator:
@@ -173,7 +201,21 @@ class Coordinator:
     async def close(self) -> None:
         """Close every connection this coordinator opened."""
         transports, self._transports = list(self._transports.values()), {}
-        await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
+        forges, self._forges = list(self._forges.values()), {}
+        await asyncio.gather(
+            *(t.close() for t in transports), *(f.close() for f in forges), return_exceptions=True
+        )
+
+    # ------------------------------------------------------------ forges
+    def forge(self, repo: str) -> Forge:
+        """Return the one forge serving repo (local or GitHub, as the config says)."""
+        f = self._forges.get(repo)
+        if f is None:
+            from .forge import open_forge
+
+            f = open_forge(self.config, repo, environ=self._environ, on_wait=self.notify)
+            self._forges[repo] = f
+        return f
 
     # ------------------------------------------------------------ machines
     def transport(self, machine: str) -> Transport:
@@ -246,8 +288,15 @@ class Coordinator:
         briefing: str | None = None,
         title: str | None = None,
         attempt: int = 1,
+        issue_info: Issue | None = None,
+        previous: Assignment | None = None,
     ) -> tuple[Assignment, str, LaunchSpec]:
-        """Work out everything a dispatch needs without touching the board or a machine."""
+        """Work out everything a dispatch needs without touching a machine or the forge.
+
+        Without `briefing`, the work briefing is rendered from `issue_info` (the issue as
+        the forge has it) and from the board: the files other live workers on the repo
+        are changing go in its "do not touch" list.
+        """
         m = self.config.machine(machine)
         r = self.config.repo(repo)
         if m.repos and r.name not in m.repos:
@@ -258,7 +307,13 @@ class Coordinator:
             )
         if issue < 0:
             raise CoordError(f"issue number must be positive, got {issue}")
+        if model is None and issue_info is not None:
+            # A label can pick the tier (models.labels: {chore: haiku}).
+            model = next((self.config.models.labels[x] for x in issue_info.labels
+                          if x in self.config.models.labels), None)  # fmt: skip
         tier, model_id = self.config.models.resolve(model or self.config.models.default)
+        if not (title or "").strip() and issue_info is not None:
+            title = issue_info.title
         title = (title or "").strip() or f"issue {issue}"
         branch = branch_name(issue, title)
         if attempt > 1:  # a retry starts afresh beside the earlier attempt's branch
@@ -280,21 +335,91 @@ class Coordinator:
             created_at=time.time(),
             attempt=attempt,
         )
+        scope = files_in_scope(issue_info.body) if issue_info is not None else []
+        if scope:
+            a.extra["files_in_scope"] = scope
         if briefing is None:
+            info = issue_info.to_dict() if issue_info is not None else {}
             briefing = render_briefing(
                 "work",
                 {
-                    "issue": {"number": issue, "title": title, "body": ""},
+                    "issue": {**info, "number": issue, "title": title},
                     "repo": r,
                     "branch": branch,
                     "machine": m,
                     "model": model_id,
+                    "attempt": attempt,
+                    "previous": previous,
+                    "files_in_scope": scope,
+                    "do_not_touch": self._in_flight_files(r.name, issue),
                 },
                 user_dir=self._briefing_dir(),
             )
         launch = self._launch_spec(m.name, worktree, model_id)
         a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
         return a, briefing, launch
+
+    def _in_flight_files(self, repo: str, issue: int) -> list[dict[str, str]]:
+        """The files other live workers on repo are changing (or are scoped to)."""
+        seen: dict[str, dict[str, str]] = {}
+        for x in self.assignments():
+            if x.repo != repo or x.issue == issue or x.is_terminal:
+                continue
+            for path in [*x.extra.get("files_touched", []), *x.extra.get("files_in_scope", [])]:
+                seen.setdefault(path, {"path": path, "branch": x.branch, "assignment": x.id})
+        return [seen[k] for k in sorted(seen)]
+
+    async def _issue_for(
+        self, repo: str, issue: int, *, title: str | None, briefing: str | None, force: bool
+    ) -> Issue | None:
+        """Read the issue from repo's forge and check nobody's unmerged branch claims it.
+
+        An issue the forge does not have is fine when the caller gave a title (the
+        work is then briefed from the title alone and leaves no trail).
+        """
+        self.config.repo(repo)  # unknown repo -> ConfigError with a suggestion
+        titled = bool((title or "").strip()) or briefing is not None
+        info: Issue | None = None
+        try:
+            forge = self.forge(repo)
+            info = await forge.get_issue(issue)
+        except NotFoundError:
+            if not titled:
+                raise NotFoundError(
+                    f"issue #{issue} is not on {repo}'s {forge.kind} forge; create it with "
+                    f"`coord issue new {repo} --title ...`, or give --title to work without it"
+                ) from None
+        except ForgeError as exc:
+            if not titled:
+                raise
+            # The caller said what the work is: go on without the forge, but say so.
+            self.notify(f"{repo}#{issue}: working without the forge (no trail, no branch "
+                        f"claim check): {exc}")  # fmt: skip
+            return None
+        if not force:
+            # The board first: it is the cheaper check, and the likelier reason.
+            _refuse_live_clash([a for a in self.assignments() if not a.is_terminal], repo, issue)
+            await self._check_branch_claims(forge, repo, issue)
+        return info
+
+    async def _check_branch_claims(self, forge: Forge, repo: str, issue: int) -> None:
+        branches = await forge.issue_branches(issue)
+        if not branches:
+            return
+        mine = {a.branch for a in self.assignments(history=True) if a.repo == repo}
+        unmerged = []
+        for b in branches:
+            prs = await forge.list_prs(state="all", head=b.name)
+            if any(p.merged for p in prs):
+                continue
+            unmerged.append(b.name + (" (an earlier coord assignment)" if b.name in mine else ""))
+        if unmerged:
+            raise ClaimError(
+                f"issue {repo}#{issue} has unmerged remote branch "
+                f"{', '.join(unmerged)}: someone is (or was) working on it; "
+                f"merge or delete the branch, `coord retry` the earlier assignment, "
+                f"or pass --force"
+            )
 
     def _briefing_dir(self) -> Path | None:
         raw = self.config.extra.get("briefings")
@@ -321,13 +446,18 @@ class Coordinator:
         session.  The row is on the board as ``pending`` before the machine is
         touched, so a crash at any point leaves something `resume` can repair.
         """
+        info = await self._issue_for(repo, issue, title=title, briefing=briefing, force=force)
         a, text, launch = self.plan_assignment(
-            machine, repo, issue, model=model, briefing=briefing, title=title
+            machine, repo, issue, model=model, briefing=briefing, title=title, issue_info=info
         )
         if dry_run:
+            a.extra["briefing"] = text
             return a
+        a.extra["trail"] = {} if info is not None else {"off": "the issue is not on the forge"}
         self._claim(a, force=force)
-        return await self._dispatch(a, text, launch, mode="new")
+        a = await self._dispatch(a, text, launch, mode="new")
+        await self._post_dispatch(a, text)
+        return a
 
     def _claim(self, a: Assignment, *, force: bool = False, replaces: str | None = None) -> None:
         """Put a on the board as pending, unless its issue is taken or capacity is full.
@@ -340,14 +470,8 @@ class Coordinator:
         with self.board.transaction() as txn:
             rows = [Assignment.from_dict(x) for x in txn.all()]
             live = [x for x in rows if not x.is_terminal and x.id != replaces]
-            clash = [x for x in live if x.repo == a.repo and x.issue == a.issue]
-            if clash and not force:
-                c = clash[0]
-                raise ClaimError(
-                    f"issue {a.repo}#{a.issue} already has live assignment {c.id} "
-                    f"({c.status} on {c.machine}); stop it with `coord stop {c.id}` "
-                    f"or pass --force"
-                )
+            if not force:
+                _refuse_live_clash(live, a.repo, a.issue)
             working = [x for x in live if x.status != Status.QUEUED]
             cap = self.config.concurrency.max_workers
             if len(working) >= cap and not force:
@@ -437,10 +561,11 @@ class Coordinator:
             raise
         info = _json_or_empty(result.out)
         fields: dict[str, Any] = {"status": str(Status.RUNNING), "started_at": time.time()}
-        if info.get("head"):
-            fields["extra"] = {**a.extra, "base_sha": info["head"]}
         with self.board.transaction() as txn:
-            if txn.get(a.id).get("status") == str(Status.PENDING):
+            row = txn.get(a.id)
+            if row.get("status") == str(Status.PENDING):
+                if info.get("head"):
+                    fields["extra"] = {**row.get("extra", {}), "base_sha": info["head"]}
                 txn.update(a.id, fields)
             row = txn.get(a.id)
         return Assignment.from_dict(row)
@@ -461,6 +586,161 @@ class Coordinator:
                 row = txn.get(prev)
                 extra = {k: v for k, v in row.get("extra", {}).items() if k != "continued_by"}
                 txn.update(prev, {"extra": extra})
+
+    # ------------------------------------------------------------ issues
+    async def issue_sections(self, repo: str) -> dict[str, list[Issue]]:
+        """Sort repo's issues into the pipeline's sections.
+
+        New (open, no status label), Refining (``status:refining``), Pending
+        (``status:ready``), In progress (``status:in-progress``, or a live assignment on
+        the board), and Done (``status:done``, or closed).
+        """
+        issues = await self.forge(repo).list_issues(state="all")
+        live = {a.issue for a in self.assignments() if a.repo == repo and not a.is_terminal}
+        sections: dict[str, list[Issue]] = {k: [] for k in ISSUE_SECTIONS}
+        for i in issues:
+            labels = set(i.labels)
+            if i.state == "closed" or STATUS_LABELS["done"] in labels:
+                key = "Done"
+            elif i.number in live or STATUS_LABELS["in_progress"] in labels:
+                key = "In progress"
+            elif STATUS_LABELS["ready"] in labels:
+                key = "Pending"
+            elif STATUS_LABELS["refining"] in labels:
+                key = "Refining"
+            else:
+                key = "New"
+            sections[key].append(i)
+        return sections
+
+    async def rebuild_from_forge(self, repos: Sequence[str] | None = None) -> list[Assignment]:
+        """Put back on the board every assignment the forge's trail knows and the board lost.
+
+        It reads the markers in the comments of issues carrying a status label, keeps
+        each assignment's latest stage, and inserts the missing rows (ended ones as
+        they ended, the rest as running, for `resume` to check against the machines).
+        """
+        known = {a.id for a in self.assignments(history=True)}
+        found: dict[str, dict[str, Any]] = {}
+        for repo in repos or list(self.config.repos):
+            forge = self.forge(repo)
+            numbers: set[int] = set()
+            for label in (STATUS_LABELS["in_progress"], STATUS_LABELS["done"],
+                          STATUS_LABELS["ready"]):  # fmt: skip
+                numbers |= {i.number for i in await forge.list_issues(state="all", labels=[label])}
+            for n in sorted(numbers):
+                issue = await forge.get_issue(n)
+                for marker in parse_markers(c.body for c in issue.comments):
+                    if marker.get("repo", repo) != repo or marker["id"] in known:
+                        continue
+                    base = found.setdefault(marker["id"], {})
+                    base.update({k: v for k, v in marker.items() if v is not None})
+        restored: list[Assignment] = []
+        with self.board.transaction() as txn:
+            for aid, data in found.items():
+                if (
+                    aid in txn
+                    or not data.get("machine")
+                    or data["machine"] not in self.config.machines
+                ):
+                    continue
+                fields = {k: data[k] for k in _MARKER_ROW_FIELDS if k in data}
+                stage = str(data.get("stage"))
+                status = Status(stage) if stage in {str(x) for x in Status} else Status.RUNNING
+                if status == Status.PENDING:
+                    status = Status.RUNNING
+                trail = {"dispatch": "restored"}
+                if status in TERMINAL or status == Status.QUEUED:
+                    trail[str(status)] = "restored"
+                extra: dict[str, Any] = {"restored_from_forge": True, "trail": trail}
+                for key in ("retry_of", "continues"):
+                    if data.get(key):
+                        extra[key] = data[key]
+                a = Assignment.from_dict(
+                    {**fields, "id": aid, "status": str(status), "extra": extra}
+                )
+                a.events_offset = 0  # status folds the run's events again from the start
+                txn.insert(a.to_dict())
+                restored.append(a)
+        return restored
+
+    # ------------------------------------------------------------ the trail on the forge
+    async def _post_dispatch(self, a: Assignment, briefing: str) -> None:
+        """Post the briefing on the issue and mark it in progress (best effort)."""
+        drop = [STATUS_LABELS["ready"], STATUS_LABELS["refining"], STATUS_LABELS["done"]]
+        await self._post_trail(
+            a, "dispatch", briefing_comment(a, briefing),
+            add=[STATUS_LABELS["in_progress"]], remove=drop,
+        )  # fmt: skip
+
+    async def _post_ending(self, a: Assignment) -> None:
+        """Post how an assignment ended on its issue and move its status label."""
+        stage = str(a.status)
+        if a.status == Status.DONE:
+            add, remove = [STATUS_LABELS["done"]], [STATUS_LABELS["in_progress"]]
+        elif a.status == Status.QUEUED:
+            add, remove = [], []
+        else:  # it is free to be picked up again
+            add, remove = [STATUS_LABELS["ready"]], [STATUS_LABELS["in_progress"]]
+        await self._post_trail(a, stage, ending_comment(a), add=add, remove=remove)
+
+    async def _post_trail(
+        self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
+    ) -> None:
+        # Claim the stage on the board first, so two coord processes never post it twice.
+        with self.board.transaction() as txn:
+            if a.id not in txn:
+                return
+            row = txn.get(a.id)
+            trail = row.get("extra", {}).get("trail")
+            if not isinstance(trail, dict) or trail.get("off") or stage in trail:
+                return
+            txn.update(a.id, {"extra": {**row["extra"], "trail": {**trail, stage: "posting"}}})
+        outcome: Any
+        try:
+            forge = self.forge(a.repo)
+            comment = await forge.comment(a.issue, body)
+            for label in remove:
+                await forge.remove_label(a.issue, label)
+            if add:
+                await forge.add_labels(a.issue, add)
+            outcome = comment.id
+        except CoordError as exc:
+            self.notify(f"{a.id}: the {stage} comment on {a.repo}#{a.issue} was not posted: {exc}")
+            outcome = None
+        with self.board.transaction() as txn:
+            if a.id not in txn:
+                return
+            row = txn.get(a.id)
+            trail = dict(row.get("extra", {}).get("trail") or {})
+            if outcome is None:
+                trail.pop(stage, None)  # `coord resume` tries again
+            else:
+                trail[stage] = outcome
+            txn.update(a.id, {"extra": {**row["extra"], "trail": trail}})
+
+    async def _post_pending_trail(self) -> int:
+        """Post trail comments an earlier process could not (or crashed before it did)."""
+        posted = 0
+        for a in self.assignments():
+            trail = a.extra.get("trail")
+            if not isinstance(trail, dict) or trail.get("off"):
+                continue
+            stale = [k for k, v in trail.items() if v == "posting"]
+            if stale and time.time() - (a.finished_at or a.created_at) > 60:
+                with self.board.transaction() as txn:
+                    row = txn.get(a.id)
+                    t = {k: v for k, v in row["extra"].get("trail", {}).items() if v != "posting"}
+                    txn.update(a.id, {"extra": {**row["extra"], "trail": t}})
+                trail = {k: v for k, v in trail.items() if v != "posting"}
+            if "dispatch" not in trail and a.status != Status.PENDING:
+                briefing = f"(the briefing of {a.id} was not recorded by the coordinator)"
+                await self._post_dispatch(a, briefing)
+                posted += 1
+            if (a.is_terminal or a.status == Status.QUEUED) and str(a.status) not in trail:
+                await self._post_ending(self.get(a.id))
+                posted += 1
+        return posted
 
     # ------------------------------------------------------------ retry / continue
     async def retry(
@@ -485,6 +765,13 @@ class Coordinator:
                 f"assignment {prev.id} is still {prev.status}; stop it first "
                 f"(`coord stop {prev.id}`) or use `coord resume-stuck` to steer it"
             )
+        info: Issue | None = None
+        try:
+            info = await self.forge(prev.repo).get_issue(prev.issue)
+        except NotFoundError:
+            pass
+        except ForgeError as exc:
+            self.notify(f"{prev.repo}#{prev.issue}: retrying without the forge: {exc}")
         a, text, launch = self.plan_assignment(
             machine or prev.machine,
             prev.repo,
@@ -493,11 +780,16 @@ class Coordinator:
             briefing=briefing,
             title=prev.title,
             attempt=prev.attempt + 1,
+            issue_info=info,
+            previous=prev,
         )
         a.extra["retry_of"] = prev.id
+        a.extra["trail"] = {} if info is not None else {"off": "the issue is not on the forge"}
         self._claim(a, force=force, replaces=prev.id)
         self._close_replaced(prev, a, retried=True)
-        return await self._dispatch(a, text, launch, mode="new")
+        a = await self._dispatch(a, text, launch, mode="new")
+        await self._post_dispatch(a, text)
+        return a
 
     def _close_replaced(self, prev: Assignment, new: Assignment, *, retried: bool) -> None:
         with self.board.transaction() as txn:
@@ -559,9 +851,15 @@ class Coordinator:
         )
         a.extra["continues"] = prev.id
         a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
+        trail = prev.extra.get("trail")
+        a.extra["trail"] = (
+            {"off": trail["off"]} if isinstance(trail, dict) and trail.get("off") else {}
+        )
         self._claim(a, force=True, replaces=prev.id)
         self._close_replaced(prev, a, retried=False)
-        return await self._dispatch(a, prompt, launch, mode="continue")
+        a = await self._dispatch(a, prompt, launch, mode="continue")
+        await self._post_dispatch(a, prompt)
+        return a
 
     async def dispatch_due(self, *, now: float | None = None) -> list[Assignment]:
         """Continue every queued (rate-limited) assignment whose wait is over."""
@@ -611,6 +909,10 @@ class Coordinator:
         changed, written = self._apply(updates)
         if written is not None:  # the rows as our transaction left them: no second read
             rows = [Assignment.from_dict(r) for r in written]
+        ended = [a for a in rows for aid, _, new in changed
+                 if a.id == aid and (Status(new) in TERMINAL or new == Status.QUEUED)]  # fmt: skip
+        if ended:
+            await asyncio.gather(*(self._post_ending(a) for a in ended))
         if history:
             rows = [Assignment.from_dict(r) for r in self.board.history()] + rows
         for ms in machines:
@@ -685,11 +987,10 @@ class Coordinator:
                 if progress.last_retry_delay_ms:
                     wait = max(progress.last_retry_delay_ms / 1000, 1.0)
                 until = max(ended + wait, progress.rate_limited_until or 0.0)
-                extra = fields.get("extra", a.extra)
                 fields.update(
                     status=str(Status.QUEUED),
                     finished_at=None,
-                    extra={**extra, "not_before": until},
+                    extra={**fields.get("extra", {}), "not_before": until},
                 )
             if reason == "busy":
                 fields["error"] = "another worker was still running in its worktree"
@@ -738,12 +1039,17 @@ class Coordinator:
         if end == 0:
             return fields, progress
         last_id = last_msg
+        touched = list(a.extra.get("files_touched", []))
         for line in run.events[:end].split(b"\n"):
-            for event in parse_line(line):
+            for event in parse_line(line, cwd=progress.cwd):
                 progress.apply(event)
                 msg = event.raw.get("message") if hasattr(event, "raw") else None
                 if isinstance(msg, dict) and isinstance(msg.get("id"), str):
                     last_id = msg["id"]
+                if isinstance(event, ToolUse) and event.name in _EDIT_TOOLS:
+                    path = _relative(event.input, progress.cwd)
+                    if path and path not in touched and len(touched) < 200:
+                        touched.append(path)
         fields.update(
             events_offset=run.events_offset + end,
             session_id=progress.session_id,
@@ -752,16 +1058,19 @@ class Coordinator:
             last_tool=progress.last_tool,
             cost_usd=progress.cost_usd,
             duration_ms=progress.duration_ms,
+            # Only what changed: _apply merges it into the row's extra as it is then.
             extra={
-                **a.extra,
                 "last_message_id": last_id,
                 "last_retry_delay_ms": progress.last_retry_delay_ms,
+                "files_touched": touched,
             },
         )
         if progress.result is not None and progress.result.result:
             fields["result"] = progress.result.result[:_RESULT_TEXT]
         if progress.result is not None and progress.result.is_error:
-            fields["error"] = (progress.result.result or "")[:_RESULT_TEXT] or None
+            errors = progress.result.raw.get("errors")  # error_max_turns has these, no text
+            listed = "; ".join(str(e) for e in errors) if isinstance(errors, list) else ""
+            fields["error"] = (progress.result.result or listed)[:_RESULT_TEXT] or None
         # Re-folding later needs the result; it is the last event, so remember it.
         if progress.result is not None:
             fields["extra"]["result_raw"] = progress.result.raw
@@ -798,6 +1107,8 @@ class Coordinator:
                     continue  # another process settled it first
                 if row.get("events_offset", 0) != offset:
                     continue  # another process folded newer events; ours are stale
+                if "extra" in fields:  # fields carry only the extra keys that changed
+                    fields = {**fields, "extra": {**row.get("extra", {}), **fields["extra"]}}
                 txn.update(aid, fields)
                 new = fields.get("status")
                 if new and new != row.get("status"):
@@ -938,20 +1249,27 @@ class Coordinator:
                 raise
         return await self._settle(a, tries=8)
 
-    async def resume(self) -> ResumeReport:
-        """Rebuild truth from every machine and repair the board."""
+    async def resume(self, *, from_forge: bool = False) -> ResumeReport:
+        """Rebuild truth from every machine and repair the board.
+
+        With `from_forge`, first put back the assignments the forge's trail knows of
+        and the board does not (a lost or deleted board file).
+        """
+        restored = await self.rebuild_from_forge() if from_forge else []
         report = await self.status()
         unreachable = [m for m in report.machines if not m.reachable]
         down = {m.name for m in unreachable}
         still = [a.id for a in report.assignments if not a.is_terminal and a.machine in down]
         orphans = {m.name: m.orphans for m in report.machines if m.orphans}
         continued = await self.dispatch_due()
+        await self._post_pending_trail()
         return ResumeReport(
             changed=report.changed,
             unreachable=unreachable,
             orphans=orphans,
             still_running=still,
             continued=continued,
+            restored=[a.id for a in restored],
         )
 
 
@@ -970,6 +1288,38 @@ def _last_line(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     line = lines[-1] if lines else ""
     return line.removeprefix("coord-run: ")
+
+
+def _refuse_live_clash(live: Sequence[Assignment], repo: str, issue: int) -> None:
+    clash = [x for x in live if x.repo == repo and x.issue == issue]
+    if clash:
+        c = clash[0]
+        raise ClaimError(
+            f"issue {repo}#{issue} already has live assignment {c.id} "
+            f"({c.status} on {c.machine}); stop it with `coord stop {c.id}` or pass --force"
+        )
+
+
+def _relative(tool_input: Mapping[str, Any], cwd: str | None) -> str | None:
+    path = tool_input.get("file_path") or tool_input.get("notebook_path")
+    if not isinstance(path, str) or not path:
+        return None
+    if cwd and path.startswith(cwd.rstrip("/") + "/"):
+        return path[len(cwd.rstrip("/")) + 1 :]
+    return path
+
+
+def files_in_scope(body: str, *, limit: int = 50) -> list[str]:
+    """The file paths an issue body names in backticks (``src/x.py``, ``Makefile``)."""
+    found: list[str] = []
+    for match in re.finditer(r"`([A-Za-z0-9_.][A-Za-z0-9_./-]*)`", body or ""):
+        path = match.group(1).rstrip(".")
+        looks_like_file = "/" in path or re.search(r"\.[A-Za-z0-9]{1,8}$", path)
+        if looks_like_file and ".." not in path and path not in found and "//" not in path:
+            found.append(path)
+        if len(found) >= limit:
+            break
+    return found
 
 
 def _float(value: Any) -> float | None:

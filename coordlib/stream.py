@@ -574,10 +574,18 @@ class RunProgress:
         if raw.get("type") == "assistant":
             message = _dict(raw, "message")
             key = _str(message, "id") or _str(raw, "uuid")
-            if key is not None and key not in self._message_ids and self.result is None:
+            # The CLI reports an API failure as a "<synthetic>" assistant message: no turn.
+            synthetic = _str(message, "model") == "<synthetic>"
+            if (
+                key is not None
+                and key not in self._message_ids
+                and self.result is None
+                and not synthetic
+            ):
                 self._message_ids.add(key)
                 self.turns += 1
-            self.model = self.model or _str(message, "model")
+            if not synthetic:
+                self.model = self.model or _str(message, "model")
         if isinstance(event, Init):
             self.session_id = event.session_id or self.session_id
             self.model = event.model or self.model

@@ -528,3 +528,22 @@ def test_failure_classes_are_plain_strings_on_the_board() -> None:
     assert {c.value for c in FailureClass} == FAILURE_CLASSES
     assert "overloaded" in FAILURE_CLASSES
     assert json.dumps([FailureClass.OVERLOADED]) == '["overloaded"]'
+
+
+def test_a_synthetic_error_message_is_not_a_turn() -> None:
+    # Before an API failure's result, the real CLI (2.1.197) emits an assistant event
+    # whose model is "<synthetic>", carrying the error text: it is not a model turn.
+    lines = [
+        {"type": "system", "subtype": "init", "session_id": "s1", "model": "claude-sonnet-4-5"},
+        {"type": "assistant", "error": "rate_limit", "session_id": "s1",
+         "message": {"id": "m1", "model": "<synthetic>", "role": "assistant",
+                     "content": [{"type": "text", "text": "API Error: Request rejected (429)"}]}},
+        {"type": "result", "subtype": "success", "is_error": True, "api_error_status": 429,
+         "session_id": "s1", "num_turns": 1, "result": "API Error: Request rejected (429)"},
+    ]  # fmt: skip
+    progress = RunProgress()
+    for raw in lines[:2]:
+        for event in parse_line(json.dumps(raw)):
+            progress.apply(event)
+    assert progress.turns == 0
+    assert progress.model == "claude-sonnet-4-5"

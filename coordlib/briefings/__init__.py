@@ -1,22 +1,51 @@
 """Briefings: the prompts workers get, rendered from Jinja2 templates.
 
-The package ships one template per kind (``work.md.j2`` …); a folder of the
-user's own, given as ``briefings: {dir: …}`` in coordinator.yml, overrides any
-of them by file name.  Templates use StrictUndefined: a missing variable is an
-error, never an empty string in a prompt.
+The package ships one template per kind; a folder of the user's own, given as
+``briefings: {dir: …}`` in coordinator.yml, overrides any of them by file name
+(``work.md.j2``, or the shared parts ``_rules.md.j2`` and ``_protocol.md.j2``).
+Templates use StrictUndefined: a missing variable is an error, never an empty
+string in a prompt.
+
+The variables each kind gets (`KINDS` has the same, as data):
+
+========  ==================================================================
+every     ``issue`` (number, title, body, labels, comments[{author, body}]),
+          ``repo`` (name, default_branch, build_command, test_command),
+          ``branch``, ``model``, ``machine`` (name, …)
+work      ``attempt``, ``previous`` (the last attempt's row, or None),
+          ``files_in_scope`` [path], ``do_not_touch`` [{path, branch, assignment}]
+fix       ``pr`` ({number, url, base} or None), ``review`` (text), ``failures``
+review    ``pr`` ({number, url, head, base} or None), ``base_ref``
+pr        ``summary``, ``tests`` (e.g. "passed"), ``assignment`` (the row)
+smoke     ``ref``, ``merged`` [{number, title}], ``commands`` [command]
+conflict  ``base``, ``conflicts`` [path]
+========  ==================================================================
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CoordError
 
-__all__ = ["render_briefing"]
+__all__ = ["KINDS", "render_briefing"]
+
+_COMMON = ("issue", "repo", "branch", "model", "machine")
+# kind -> (variables the caller must give, defaults for the optional ones)
+KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "work": (_COMMON, {"attempt": 1, "previous": None, "files_in_scope": [], "do_not_touch": []}),
+    "fix": (_COMMON, {"pr": None, "review": "", "failures": ""}),
+    "review": (_COMMON, {"pr": None, "base_ref": "origin/main"}),
+    "pr": (("issue", "repo", "summary", "assignment"), {"tests": ""}),
+    "smoke": (("repo", "ref"), {"merged": [], "commands": []}),
+    "conflict": (_COMMON, {"base": "main", "conflicts": []}),
+}
+_ISSUE_DEFAULTS = {"body": "", "labels": [], "comments": [], "url": ""}
 
 
 def _environment(user_dir: Path | None) -> jinja2.Environment:
@@ -34,11 +63,26 @@ def _environment(user_dir: Path | None) -> jinja2.Environment:
 
 
 def render_briefing(kind: str, context: Mapping[str, Any], *, user_dir: Path | None = None) -> str:
-    """Render the briefing template ``<kind>.md.j2`` with context."""
+    """Render the briefing template ``<kind>.md.j2`` with context.
+
+    A known kind's optional variables get their defaults; a missing required one is a
+    `CoordError` naming it.  Unknown kinds (a user's own template) render as given.
+    """
     name = f"{kind}.md.j2"
+    ctx = dict(context)
+    if kind in KINDS:
+        required, defaults = KINDS[kind]
+        missing = [k for k in required if k not in ctx]
+        if missing:
+            raise CoordError(f"the {kind} briefing needs {', '.join(missing)}")
+        ctx = {**defaults, **ctx}
+    issue = ctx.get("issue")
+    if isinstance(issue, Mapping):
+        ctx["issue"] = {**_ISSUE_DEFAULTS, **issue}
     try:
         template = _environment(user_dir).get_template(name)
-        return template.render(**context)
+        # Optional sections leave blank lines behind; one blank line between blocks is enough.
+        return re.sub(r"\n{3,}", "\n\n", template.render(**ctx)).lstrip("\n")
     except jinja2.TemplateNotFound as exc:
         raise ConfigError(
             f"no briefing template {name}", path=str(user_dir) if user_dir else None
@@ -53,5 +97,5 @@ def render_briefing(kind: str, context: Mapping[str, Any], *, user_dir: Path | N
         raise ConfigError(
             f"briefing template {name} uses an undefined variable: {exc.message}",
             path=str(user_dir / name) if user_dir else name,
-            hint="the variables are issue, repo, branch, machine, model",
+            hint=f"the variables are {', '.join(sorted(ctx))}",
         ) from exc

@@ -5,7 +5,9 @@ The layout of `root` (the coordinator passes ``<config dir>/.coord/issues/<repo>
     0007-fix-login-redirect.md    an issue: YAML front matter between two '---' lines, then
                                   the Markdown body, byte for byte
     0007.comments/0012.md         its comments, one file each, named by comment id (oldest
-                                  first); front matter (id, author, created_at), then the body
+                                  first); front matter (id, author, created_at), then the body.
+                                  A comment added by hand needs a higher number than the
+                                  last; its front matter is optional
     pulls/0008.yml                a pull request: head, base, state, merge sha, reviews, body
     .counters.json                the last number (issues and PRs share them) and last
                                   comment/review id handed out
@@ -79,7 +81,7 @@ _ISSUE_FILE = re.compile(r"(\d+)(?:-[^/]*)?\.md")
 _NUMBERED = re.compile(r"(\d+)\.(?:md|yml)")
 _COMMENTS_DIR = re.compile(r"(\d+)\.comments")
 _CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.I)
-_AUTHOR_LINE = re.compile(rb"^author (.*) <(.*)> (\d+) ([+-]\d{4})$", re.M)
+_AUTHOR_LINE = re.compile(r"^author (.*) <(.*)> (\d+) ([+-]\d{4})$", re.M)
 _SCP_LIKE = re.compile(r"[^/:]+:")
 _REVIEW_STATES = {
     "APPROVE": "APPROVED",
@@ -96,7 +98,13 @@ _ODD = re.compile(
 # --- YAML ---------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
+try:  # libyaml's parser reads front matter about ten times faster than pure Python
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+
+class _Loader(_SafeLoader):
     """YAML 1.2-style scalars: `no`, `on` and dates stay text, as a person typed them."""
 
     yaml_implicit_resolvers: dict[Any, Any] = {}  # PyYAML's registry; ours starts empty
@@ -109,7 +117,10 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789")
+    # no leading zeros: YAML 1.1 dumpers leave `09` unquoted, as text, and text it stays
+    "tag:yaml.org,2002:int",
+    re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
+    list("-+0123456789"),
 )
 
 
@@ -137,11 +148,25 @@ def _represent_str(dumper: _Dumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+def _represent_list(dumper: _Dumper, value: list[Any]) -> yaml.SequenceNode:
+    # lists of plain values on one line, `labels: [bug, ready]`; lists of records as blocks
+    flow = not any(isinstance(item, dict | list) for item in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
 _Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
 
 
 def _dump(data: dict[str, Any], dumper: type[_Dumper]) -> str:
-    return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, width=10**6)
+    return yaml.dump(
+        data,
+        Dumper=dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=10**6,
+        default_flow_style=False,
+    )
 
 
 def _yaml_error(path: Path, exc: yaml.YAMLError, first_line: int, fix: str) -> ForgeError:
@@ -216,20 +241,27 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", ascii_title.lower()).strip("-")[:48].strip("-")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text`: temp file, fsync, rename, fsync the directory."""
+def _write_atomic(path: Path, text: str, *, durable: bool = True) -> None:
+    """Replace `path` with `text`: temp file, fsync, rename, fsync the directory.
+
+    Not `durable` skips both fsyncs: the file is still whole or absent, but a crash may
+    bring back its previous version (or an empty file).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(text.encode())
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -237,16 +269,24 @@ def _write_atomic(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def _numbered(directory: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
+def _numbered(directory: Path, pattern: re.Pattern[str], what: str = "") -> dict[int, Path]:
+    """Return {number: path} of the files in `directory` whose names match `pattern`."""
     try:
-        names = os.listdir(directory)
+        names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return {}
     found: dict[int, Path] = {}
     for name in names:
         match = pattern.fullmatch(name)
-        if match:
-            found.setdefault(int(match.group(1)), directory / name)
+        if not match:
+            continue
+        number = int(match.group(1))
+        if number in found and what:
+            raise ForgeError(
+                f"two files for {what} #{number}: {found[number]} and {directory / name}; "
+                "merge them into one"
+            )
+        found.setdefault(number, directory / name)
     return found
 
 
@@ -268,7 +308,7 @@ class _Files:
             raise ForgeError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
     def issue_paths(self) -> dict[int, Path]:
-        return _numbered(self.root, _ISSUE_FILE)
+        return _numbered(self.root, _ISSUE_FILE, what="issue")
 
     def pr_paths(self) -> dict[int, Path]:
         return _numbered(self.pulls, _NUMBERED)
@@ -387,8 +427,9 @@ class _Files:
         finally:
             os.close(fd)  # closing the descriptor releases the flock
 
-    def _next(self, kind: str) -> int:
-        """Hand out the next number ("number") or comment/review id ("comment"); locked."""
+    def _next(self, kind: str, in_use: Iterable[int] = ()) -> int:
+        """Hand out the next number ("number") or comment/review id ("comment"), above every
+        one in `in_use`; the caller holds the lock."""
         path = self.root / ".counters.json"
         try:
             counters = json.loads(path.read_text())
@@ -399,8 +440,10 @@ class _Files:
         last = counters.get(kind)
         if not isinstance(last, int) or kind == "number":
             last = max(last if isinstance(last, int) else 0, *self._numbers_in_use(kind))
+        last = max(last, *in_use, 0)
         counters[kind] = last + 1
-        _write_atomic(path, json.dumps(counters) + "\n")
+        # A counter lost in a crash only means a rescan: the files themselves are durable.
+        _write_atomic(path, json.dumps(counters) + "\n", durable=False)
         return last + 1
 
     def _numbers_in_use(self, kind: str) -> list[int]:
@@ -436,7 +479,9 @@ class _Files:
         with self._locked():
             if self.issue_path(number) is None and self.pr_path(number) is None:
                 raise NotFoundError(f"no issue or pull request #{number} in {self.root}")
-            comment_id = self._next("comment")
+            # above any comment a person added by hand, so ours still sorts last
+            by_hand = _numbered(self._comments_dir(number), _NUMBERED)
+            comment_id = self._next("comment", by_hand)
             now = _now()
             front = {"id": comment_id, "author": self.author, "created_at": now}
             path = self._comments_dir(number) / f"{comment_id:04d}.md"
@@ -491,17 +536,16 @@ class _Files:
             _write_atomic(self.pulls / f"{number:04d}.yml", _dump(record, _Dumper))
             return record
 
-    def update_pr(self, number: int, change: Callable[[dict[str, Any]], Any]) -> Any:
-        """Apply `change` to PR `number`'s record under the lock, write it, return its result."""
+    def update_pr(self, number: int, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply `change` to PR `number`'s record under the lock and write it back."""
         with self._locked():
             path = self.pr_path(number)
             if path is None:
                 raise NotFoundError(f"no pull request #{number} in {self.pulls}")
             record = self._parse_pr(path)
-            result = change(record)
+            change(record)
             record["updated_at"] = _now()
             _write_atomic(path, _dump(record, _Dumper))
-            return result
 
     def add_review(self, number: int, state: str, body: str) -> Review:
         with self._locked():
@@ -562,7 +606,9 @@ class _Git:
         status = proc.returncode if proc.returncode is not None else -1
         if status not in ok:
             lines = err.decode(errors="replace").strip().splitlines() or ["no output"]
-            message = f"git {args[0]} failed (status {status}): {lines[-1]}"
+            # a push explains itself on its "! [rejected]" line, not on its last one
+            reason = next((x.strip() for x in lines if x.lstrip().startswith("! ")), lines[-1])
+            message = f"git {args[0]} failed (status {status}): {reason}"
             raise ForgeError(f"{message}; {hint}" if hint else message, forge=self.label)
         return status, out.decode(errors="replace")
 
@@ -609,20 +655,20 @@ class _Git:
 
     async def publish(self, repo: Path, base: str, new: str, old: str) -> bool:
         """Move `base` from `old` to `new` unless it moved meanwhile; tell whether it did."""
-        if repo != self.mirror:
-            status, _ = await self.run(
-                "update-ref", f"refs/heads/{base}", new, old, cwd=repo, ok=(0, 1, 128)
-            )
-        else:
-            status, _ = await self.run(
-                "push", "--quiet", f"--force-with-lease=refs/heads/{base}:{old}", "--",
-                self.remote, f"{new}:refs/heads/{base}", cwd=repo, ok=(0, 1),
-            )  # fmt: skip
-        if status == 0:
-            return True
-        if (await self.heads()).get(base) != old:
-            return False  # lost the race: the caller recomputes on the new base
-        raise ForgeError(f"could not move {base} on {self.remote} to {new}", forge=self.label)
+        hint = f"{base} was left as it was, at {old[:12]}"
+        try:
+            if repo != self.mirror:
+                await self.run("update-ref", f"refs/heads/{base}", new, old, cwd=repo, hint=hint)
+            else:
+                await self.run(
+                    "push", "--quiet", f"--force-with-lease=refs/heads/{base}:{old}", "--",
+                    self.remote, f"{new}:refs/heads/{base}", cwd=repo, hint=hint,
+                )  # fmt: skip
+        except ForgeError:
+            if (await self.heads()).get(base) != old:
+                return False  # lost the race: the caller recomputes on the new base
+            raise
+        return True
 
     async def merge_tree(self, repo: Path, ours: str, theirs: str) -> tuple[str, tuple[str, ...]]:
         """Merge two commits without a work tree; return (tree, conflicting paths)."""
@@ -634,12 +680,13 @@ class _Git:
         return tree, tuple(dict.fromkeys(p for p in paths if p)) if status else ()
 
     async def commit(
-        self, repo: Path, tree: str, parents: Sequence[str], message: str, author: bytes = b""
+        self, repo: Path, tree: str, parents: Sequence[str], message: str, author: str = ""
     ) -> str:
+        """Write a commit object by coord (or by the author line of a commit being replayed)."""
         env = dict(_IDENTITY)
         match = _AUTHOR_LINE.search(author)
         if match:  # keep a replayed commit's author and date
-            name, email, seconds, zone = (g.decode(errors="replace") for g in match.groups())
+            name, email, seconds, zone = match.groups()
             env.update(
                 GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email, GIT_AUTHOR_DATE=f"@{seconds} {zone}"
             )
@@ -700,7 +747,7 @@ class LocalForge(Forge):
     async def list_issues(self, *, state: str = "open", labels: Sequence[str] = ()) -> list[Issue]:
         """Return issues in `state` carrying every label in `labels`, lowest number first."""
         _check_state(state, ("open", "closed", "all"))
-        wanted = set(labels)
+        wanted = {labels} if isinstance(labels, str) else set(labels)
         return [
             issue
             for issue in await asyncio.to_thread(self._files.issues)
@@ -821,7 +868,7 @@ class LocalForge(Forge):
     async def review(self, number: int, event: ReviewEvent, body: str) -> Review:
         """Record a review: approve, request changes, or comment."""
         if event not in _REVIEW_STATES:
-            raise ForgeError(f"unknown review event {event!r}; use {', '.join(_REVIEW_STATES)}")
+            raise ValueError(f"unknown review event {event!r}; use {', '.join(_REVIEW_STATES)}")
         return await asyncio.to_thread(self._files.add_review, number, _REVIEW_STATES[event], body)
 
     async def merge(
@@ -829,7 +876,7 @@ class LocalForge(Forge):
     ) -> MergeResult:
         """Merge a pull request into its base with real git; conflicts leave the base as is."""
         if method not in ("merge", "squash", "rebase"):
-            raise ForgeError(f"unknown merge method {method!r}; use merge, squash or rebase")
+            raise ValueError(f"unknown merge method {method!r}; use merge, squash or rebase")
         async with _async_flock(self.root / ".merge.lock"):
             record = await asyncio.to_thread(self._files.pr, number)
             if record["state"] != "open":
@@ -851,6 +898,9 @@ class LocalForge(Forge):
                     )
                 async with self._git.workdir() as repo:
                     new = await self._merged_commit(repo, record, head, base, method, message)
+                    _, messages = await self._git.run(
+                        "log", "--format=%B", f"{base}..{head}", cwd=repo
+                    )
                     if await self._git.publish(repo, record["base"], new, base):
                         break
             else:
@@ -866,7 +916,8 @@ class LocalForge(Forge):
 
             await asyncio.to_thread(self._files.update_pr, number, mark)
         if record["base"] == self.default_branch:  # GitHub closes only on the default branch
-            for closed in dict.fromkeys(int(n) for n in _CLOSES.findall(record.get("body") or "")):
+            named = _CLOSES.findall(f"{record.get('body') or ''}\n{messages}")
+            for closed in dict.fromkeys(int(n) for n in named):
                 if await asyncio.to_thread(self._files.issue_path, closed) is None:
                     continue  # no such issue, or a pull request: GitHub closes issues only
                 # The merge is done and must be reported as done; an issue file a person
@@ -916,7 +967,7 @@ class LocalForge(Forge):
                 raise self._conflict(number, f"the base (at {commit[:12]})", conflicts)
             _, raw = await self._git.run("cat-file", "commit", commit, cwd=repo)
             text = raw.partition("\n\n")[2]
-            tip = await self._git.commit(repo, tree, [tip], text, author=raw.encode())
+            tip = await self._git.commit(repo, tree, [tip], text, author=raw)
         return tip
 
     def _conflict(self, number: int, base: str, paths: tuple[str, ...]) -> MergeConflictError:
@@ -953,4 +1004,4 @@ class LocalForge(Forge):
 
 def _check_state(state: str, allowed: Sequence[str]) -> None:
     if state not in allowed:
-        raise ForgeError(f"unknown state {state!r}; use {' or '.join(allowed)}")
+        raise ValueError(f"unknown state {state!r}; use {' or '.join(allowed)}")

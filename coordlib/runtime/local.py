@@ -45,6 +45,8 @@ class LocalTransport(Transport):
             ) from None
         except asyncio.CancelledError:
             _kill(proc)
+            with contextlib.suppress(ProcessLookupError, asyncio.CancelledError):
+                await proc.wait()  # reap it and close its pipes before going
             raise
         assert proc.returncode is not None
         return self._checked(CompletedCommand(list(argv), proc.returncode, out, err), check, what)

@@ -3,27 +3,28 @@
 A :class:`Scenario` is data: a list of :class:`Turn`, each a list of blocks made with
 :func:`text` and :func:`tool`.  The server answers ``POST /v1/messages`` (streaming SSE or
 plain JSON, as asked) with the turn whose index is the number of assistant messages already
-in the request, so retries and ``--resume`` replay the same choice.  Requests without
-``tools`` (title generation and other side requests) get a short text and use up no turn;
-past the last turn every answer is the text "done".
+in the request, so retries and ``--resume`` replay the same choice (the CLI's own filler
+message "No response requested.", sent on resuming after a failure, is not counted).
+Requests without ``tools`` (title generation and other side requests) get a short text and
+use up no turn; past the last turn every answer is the text "done".
 
-Several named scenarios can share one server: the first user message chooses one with the
-marker ``[scenario:NAME]`` anywhere in its text; without a marker the ``"default"``
-scenario answers (an empty one, "done" to everything, if none was given).  An unknown name
-gets a 400.
+Several named scenarios can share one server.  The last ``[scenario:NAME]`` marker in the
+first user message picks one (the last, because the CLI puts its context, CLAUDE.md
+included, before the prompt); without a marker the ``"default"`` scenario answers (an empty
+one, "done" to everything, if none was given).  An unknown name gets a 400.
 
 Faults are data too (:meth:`Fault.error`, :meth:`Fault.cut`, :meth:`Fault.hang`), set on a
 turn or on the whole server, each for its first ``times`` matching requests or for every
 one::
 
     scenario = Scenario([
-        Turn([text("STATUS: writing"), tool("Write", file_path="x.txt", content="hi\\n")]),
-        Turn([text("done")], fault=Fault.error(529, times=2)),
+        Turn([text("STATUS: writing"), tool("Write", file_path=str(repo / "x"), content="hi")]),
+        Turn([text("Wrote x.")], fault=Fault.error(529, times=1)),
     ])
     with ModelServer(scenario) as server:
         env = claude_env(server.url, tmp_path / "home")
-        ...  # run `claude -p ...` with env
-        assert server.count() == 4
+        ...  # run `claude -p PROMPT ...` in repo with env and stdin from /dev/null
+        assert server.count() == 3  # turn 0, turn 1 failed once, turn 1 again
 
 Run it as a process (coordlib's demo does) with
 ``python -m coordlib.testing.model_server --port 0 --scenario FILE.json``: the first line
@@ -47,7 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -133,7 +134,11 @@ def tool(name: str, /, **tool_input: Any) -> ToolUse:
 
 @dataclass(frozen=True)
 class Fault:
-    """One way to fail a request: an HTTP error, a cut stream, or no answer at all."""
+    """One way to fail a request: an HTTP error, a cut stream, or no answer at all.
+
+    In JSON (``{"kind": "error", "status": 529, "times": 2}``) a missing ``times`` means
+    every request, for a cut too.
+    """
 
     kind: Literal["error", "cut", "hang"]
     status: int = 0  # for "error"
@@ -145,19 +150,11 @@ class Fault:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fault as JSON data (defaults left out)."""
-        data: dict[str, Any] = {"kind": self.kind}
-        for name, default in (
-            ("status", 0),
-            ("message", ""),
-            ("error_type", ""),
-            ("retry_after", None),
-            ("times", None),
-        ):
-            if getattr(self, name) != default:
-                data[name] = getattr(self, name)
-        if self.kind == "cut":
-            data["after_events"] = self.after_events
-        return data
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name == "kind" or getattr(self, f.name) != f.default
+        }
 
     @classmethod
     def error(
@@ -294,8 +291,8 @@ def _texts(content: Any) -> Iterable[str]:
 
 
 def scenario_name(body: Mapping[str, Any]) -> str:
-    """Return the scenario a request asks for: the last ``[scenario:NAME]`` in its first user
-    message (the prompt comes after the context the CLI puts first), else "default"."""
+    """Return the scenario named by the last ``[scenario:NAME]`` in the first user message."""
+    # The last, because the CLI puts its context (CLAUDE.md included) before the prompt.
     for message in body.get("messages", []):
         if message.get("role") == "user":
             names = [m for chunk in _texts(message.get("content")) for m in _MARKER.findall(chunk)]
@@ -404,8 +401,17 @@ def error_body(status: int, message: str = "", error_type: str = "") -> dict[str
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Return the headers, lower-cased, with the values of credential-like ones hidden."""
-    return {k.lower(): ("[redacted]" if _SECRET_HEADER.search(k) else v) for k, v in headers}
+    """Return the headers, lower-cased, with the values of credential-like ones hidden.
+
+    A hidden value is kept as ``[redacted sha256:<first 12 hex>]``, so a test can check
+    which key arrived without the key itself being stored.
+    """
+    return {k.lower(): (redacted(v) if _SECRET_HEADER.search(k) else v) for k, v in headers}
+
+
+def redacted(value: str) -> str:
+    """How `redact_headers` shows a credential: a short hash, never the value."""
+    return f"[redacted sha256:{hashlib.sha256(value.encode()).hexdigest()[:12]}]"
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -422,7 +428,7 @@ class RecordedRequest:
     body: Any  # parsed JSON, the raw text if not JSON, or None if empty
     time: float  # time.time() at arrival
     scenario: str | None = None  # for POST /v1/messages
-    turn: int | None = None  # index of the scripted turn answered; None for side requests
+    turn: int | None = None  # assistant messages in the request; None for side requests
     outcome: str = ""  # "message", "side", "final", "error 529", "cut", "hang", "not found", ...
 
     @property
@@ -491,13 +497,13 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def send_json(self, status: int, data: Any, headers: Mapping[str, str] = {}) -> None:
+    def send_json(self, status: int, data: Any, headers: Mapping[str, str] | None = None) -> None:
         raw = json.dumps(data).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(raw)))
         self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
-        for name, value in headers.items():
+        for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -539,12 +545,17 @@ class ModelServer:
     # lifecycle
 
     def start(self) -> ModelServer:
-        """Listen on 127.0.0.1 and serve in a daemon thread; return self."""
+        """Listen on 127.0.0.1 and serve in a daemon thread; return self.
+
+        After :meth:`stop` it starts again on the same port, so a test can take the API
+        down and bring it back under a running CLI.
+        """
         if self._httpd is not None:
             return self
         self._stopping.clear()
         httpd = _HTTPServer(("127.0.0.1", self._port), _Handler)
         httpd.app = self
+        self._port = int(httpd.server_address[1])
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
@@ -577,10 +588,10 @@ class ModelServer:
 
     @property
     def port(self) -> int:
-        """Return the port it listens on."""
-        if self._httpd is None:
+        """Return the port it listens (or, once stopped, listened) on."""
+        if not self._port:
             raise RuntimeError("ModelServer is not started: call start() first")
-        return int(self._httpd.server_address[1])
+        return self._port
 
     @property
     def url(self) -> str:
@@ -651,12 +662,25 @@ class ModelServer:
         return True
 
     def _plan(self, body: dict[str, Any]) -> _Plan:
-        # Called with the lock held.
-        for i, fault in enumerate(self._faults):
-            if self._take(("server", i), fault):
-                return _Plan(_outcome(fault), fault=fault)
+        # Called with the lock held: the scripted answer, then the first fault with requests
+        # left to fail (server-wide ones before the turn's own).
+        plan, turn_fault = self._script(body)
+        if plan.fault is not None:
+            return plan
+        candidates: list[tuple[object, Fault]] = [
+            (("server", i), f) for i, f in enumerate(self._faults)
+        ]
+        if turn_fault is not None:
+            candidates.append((("turn", plan.scenario, plan.turn), turn_fault))
+        for key, fault in candidates:
+            if self._take(key, fault):
+                plan.outcome, plan.fault = _outcome(fault), fault
+                break
+        return plan
+
+    def _script(self, body: dict[str, Any]) -> tuple[_Plan, Fault | None]:
         if not body.get("tools"):
-            return _Plan("side", blocks=[Text(self.side_text)])
+            return _Plan("side", blocks=[Text(self.side_text)]), None
         name = scenario_name(body)
         index = turn_index(body)
         scenario = self.scenarios.get(name)
@@ -664,15 +688,13 @@ class ModelServer:
             if name != DEFAULT:
                 known = ", ".join(sorted(self.scenarios)) or "none"
                 bad = Fault.error(400, message=f"no scenario named {name!r} (known: {known})")
-                return _Plan("error 400", scenario=name, fault=bad)
+                return _Plan("error 400", scenario=name, fault=bad), None
             scenario = Scenario()
         if index >= len(scenario.turns):
-            return _Plan("final", scenario=name, turn=index, blocks=[Text(self.final_text)])
+            return _Plan("final", scenario=name, turn=index, blocks=[Text(self.final_text)]), None
         turn = scenario.turns[index]
         plan = _Plan("message", scenario=name, turn=index, delay=turn.delay, blocks=turn.content)
-        if turn.fault is not None and self._take((name, index), turn.fault):
-            plan.outcome, plan.fault = _outcome(turn.fault), turn.fault
-        return plan
+        return plan, turn.fault
 
     def _record(self, record: RecordedRequest) -> None:
         with self._changed:

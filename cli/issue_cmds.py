@@ -1,0 +1,172 @@
+"""``coord issue new|list|show|label|comment|close`` and ``coord issues``: the forge, by hand."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from .main import State, coord, pass_state, run
+
+if TYPE_CHECKING:
+    from coordlib.forge import Forge, Issue
+
+T = TypeVar("T")
+
+
+def _with_forge(state: State, repo: str, work: Callable[[Forge], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with state.coordinator() as c:
+            return await work(c.forge(repo))
+
+    return run(go)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _line(i: Issue) -> str:
+    labels = f"  [{', '.join(i.labels)}]" if i.labels else ""
+    closed = " (closed)" if i.state == "closed" else ""
+    return f"#{i.number:<5} {i.title}{closed}{labels}"
+
+
+@coord.group()
+def issue() -> None:
+    """Read and write a repo's issues on its forge (local or GitHub)."""
+
+
+@issue.command("new")
+@click.argument("repo")
+@click.option("--title", "-t", required=True, help="The issue's title.")
+@click.option("--body", "-b", default="", help="The issue's text (Markdown).")
+@click.option("--body-file", type=click.File("r"), help="Read the text from a file (- for stdin).")
+@click.option("--label", "-l", "labels", multiple=True, help="A label (repeat for more).")
+@click.option("--json", "as_json", is_flag=True, help="Print the issue as JSON.")
+@pass_state
+def issue_new(state: State, repo: str, title: str, body: str, body_file: Any,
+              labels: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+    """Open a new issue on REPO."""
+    if body_file is not None:
+        body = body_file.read()
+    i = _with_forge(state, repo, lambda f: f.create_issue(title, body=body, labels=labels))
+    if as_json:
+        _echo_json(i.to_dict())
+    else:
+        click.echo(f"{repo}#{i.number} opened: {i.title}")
+
+
+@issue.command("list")
+@click.argument("repo")
+@click.option("--state", "which", type=click.Choice(["open", "closed", "all"]), default="open",
+              help="Which issues (default: open).")  # fmt: skip
+@click.option("--label", "-l", "labels", multiple=True, help="Only issues with every label.")
+@click.option("--json", "as_json", is_flag=True, help="Print the issues as JSON.")
+@pass_state
+def issue_list(state: State, repo: str, which: str, labels: tuple[str, ...], as_json: bool) -> None:
+    """List REPO's issues."""
+    issues = _with_forge(state, repo, lambda f: f.list_issues(state=which, labels=labels))
+    if as_json:
+        _echo_json([i.to_dict() for i in issues])
+        return
+    for i in issues:
+        click.echo(_line(i))
+    if not issues:
+        click.echo(
+            f"no {which} issues on {repo}" + (f" labelled {', '.join(labels)}" if labels else "")
+        )
+
+
+@issue.command("show")
+@click.argument("repo")
+@click.argument("number", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the issue and comments as JSON.")
+@pass_state
+def issue_show(state: State, repo: str, number: int, as_json: bool) -> None:
+    """Show one issue of REPO with its comments."""
+    i = _with_forge(state, repo, lambda f: f.get_issue(number))
+    if as_json:
+        _echo_json(i.to_dict())
+        return
+    click.echo(_line(i))
+    if i.body:
+        click.echo(f"\n{i.body.rstrip()}")
+    for c in i.comments:
+        click.echo(f"\n--- {c.author or 'comment'} {c.created_at}\n{c.body.rstrip()}")
+
+
+@issue.command("label")
+@click.argument("repo")
+@click.argument("number", type=click.IntRange(min=1))
+@click.argument("add", nargs=-1)
+@click.option("--remove", "-r", multiple=True, help="Remove this label (repeat for more).")
+@pass_state
+def issue_label(state: State, repo: str, number: int, add: tuple[str, ...],
+                remove: tuple[str, ...]) -> None:  # fmt: skip
+    """Add labels to (or --remove them from) an issue of REPO."""
+    if not add and not remove:
+        raise click.UsageError("name a label to add, or --remove LABEL")
+
+    async def work(f: Forge) -> tuple[str, ...]:
+        labels: tuple[str, ...] = ()
+        for label in remove:
+            labels = await f.remove_label(number, label)
+        if add:
+            labels = await f.add_labels(number, add)
+        return labels
+
+    labels = _with_forge(state, repo, work)
+    click.echo(f"{repo}#{number}: {', '.join(labels) or '(no labels)'}")
+
+
+@issue.command("comment")
+@click.argument("repo")
+@click.argument("number", type=click.IntRange(min=1))
+@click.argument("body")
+@pass_state
+def issue_comment(state: State, repo: str, number: int, body: str) -> None:
+    """Comment on an issue of REPO."""
+    c = _with_forge(state, repo, lambda f: f.comment(number, body))
+    click.echo(f"{repo}#{number}: comment {c.id} posted")
+
+
+@issue.command("close")
+@click.argument("repo")
+@click.argument("number", type=click.IntRange(min=1))
+@click.option("--reopen", is_flag=True, help="Reopen it instead.")
+@pass_state
+def issue_close(state: State, repo: str, number: int, reopen: bool) -> None:
+    """Close (or --reopen) an issue of REPO."""
+    i = _with_forge(state, repo, lambda f: f.set_state(number, "open" if reopen else "closed"))
+    click.echo(f"{repo}#{number} {i.state}")
+
+
+@coord.command()
+@click.argument("repo", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the sections as JSON.")
+@pass_state
+def issues(state: State, repo: str | None, as_json: bool) -> None:
+    """Show issues by pipeline section: New, Refining, Pending, In progress, Done."""
+
+    async def go() -> dict[str, dict[str, list[Issue]]]:
+        async with state.coordinator() as c:
+            repos = [repo] if repo else list(c.config.repos)
+            if not repos:
+                raise click.UsageError("no repos in the config; add one under `repos:`")
+            return {r: await c.issue_sections(r) for r in repos}
+
+    result = run(go)
+    if as_json:
+        _echo_json({r: {k: [i.to_dict() for i in v] for k, v in s.items()}
+                    for r, s in result.items()})  # fmt: skip
+        return
+    for r, sections in result.items():
+        if len(result) > 1:
+            click.echo(f"== {r}")
+        for name, items in sections.items():
+            click.echo(f"{name} ({len(items)})")
+            for i in items:
+                click.echo(f"  {_line(i)}")
