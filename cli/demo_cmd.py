@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,39 +17,74 @@ if TYPE_CHECKING:
 
 _COLORS = ("cyan", "magenta", "yellow", "green", "blue", "red")
 
+_SAYS = {
+    "scripted": (
+        "coord demo: the real Claude Code CLI ({claude}) runs each worker, offline, against "
+        "coordlib's bundled\nscripted model: real tool calls, real commits, no account and no "
+        "tokens. `coord demo --live` uses your account."
+    ),
+    "stand-in": (
+        "coord demo: the Claude Code CLI is not installed, so the workers are coordlib's "
+        "scripted stand-in\n(coordlib.testing.fake_claude): same stream-json, real files and "
+        "commits, no model. Install the CLI\n(`python3 -m coordlib.testing.claude_cli install`, "
+        "needs npm) to see real `claude -p` workers."
+    ),
+    "live": "coord demo --live: real `claude -p` workers ({claude}) on YOUR account "
+    "(costs tokens).",
+}
+
 
 @coord.command()
 @click.option("--workers", "-n", type=click.IntRange(1, 12), default=3, show_default=True)
 @click.option("--dir", "root", type=click.Path(file_okay=False), help="Where to build it.")
 @click.option("--live", is_flag=True, help="Use the real `claude` CLI on your own account.")
+@click.option("--stand-in", "stand_in", is_flag=True, help="Use the scripted stand-in worker.")
 @click.option("--tmux-socket", default="coord-demo", hidden=True)
-def demo(workers: int, root: str | None, live: bool, tmux_socket: str) -> None:
+def demo(workers: int, root: str | None, live: bool, stand_in: bool, tmux_socket: str) -> None:
     """Run several workers in parallel on a throwaway repo and show them live."""
-    from coordlib.coordinator import Coordinator
-    from coordlib.demo import make_demo
+    from coordlib.demo import find_cli
 
-    if live and shutil.which("claude") is None:
+    if live and stand_in:
+        raise click.UsageError("--live and --stand-in exclude each other")
+    claude = None if stand_in else find_cli()
+    if live and claude is None:
         fail("--live needs the Claude Code CLI: npm install -g @anthropic-ai/claude-code")
-    ws = make_demo(
-        Path(root) if root else None, live=live, workers=workers, tmux_socket=tmux_socket
-    )
-    if live:
-        click.echo(
-            "coord demo --live: real `claude -p` workers on YOUR account (this costs tokens)."
-        )
-    else:
-        click.echo(
-            "coord demo: scripted stand-in workers (coordlib.testing.fake_claude) that speak "
-            "claude's stream-json,\nwrite a file and commit — no model, no account. "
-            "`coord demo --live` uses the real CLI."
-        )
+    mode = "live" if live else "scripted" if claude else "stand-in"
+    server: Any = None
+    if mode == "scripted":
+        from coordlib.demo import demo_issues, demo_scenarios
+        from coordlib.testing.model_server import ModelServer
+
+        server = ModelServer(demo_scenarios(demo_issues(workers))).start()
+    try:
+        _run_demo(workers, root, mode, claude, tmux_socket, server.url if server else None)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmux_socket: str,
+              model_url: str | None) -> None:  # fmt: skip
+    from coordlib.coordinator import Coordinator
+    from coordlib.demo import make_demo, scenario_name
+
+    ws = make_demo(Path(root) if root else None, mode=mode, workers=workers,
+                   tmux_socket=tmux_socket, claude=claude, model_url=model_url)  # fmt: skip
+    click.echo(_SAYS[mode].format(claude=claude))
     click.echo(f"workspace {ws.root}\n")
 
     async def go() -> list[Assignment]:
-        async with Coordinator.from_path(ws.config_path) as c:
-            started = await asyncio.gather(
-                *(c.assign("local", "demo", n, title=t) for n, t in ws.issues)
-            )
+        environ = {**_os_environ(), **ws.environ}
+        async with Coordinator.from_path(ws.config_path, environ=environ) as c:
+            forge = c.forge("demo")
+            numbers = []
+            for n, issue in enumerate(ws.issues, 1):
+                # The scripted model picks its script from this hidden marker in the briefing.
+                marker = f"\n\n<!-- [scenario:{scenario_name(n)}] -->" if mode == "scripted" else ""
+                made = await forge.create_issue(issue.title, body=issue.body + marker,
+                                                labels=["status:ready"])  # fmt: skip
+                numbers.append(made.number)
+            started = await asyncio.gather(*(c.assign("local", "demo", n) for n in numbers))
             for i, a in enumerate(started):
                 label = click.style(f"{a.id:<14}", fg=_COLORS[i % len(_COLORS)])
                 click.echo(f"{label} started on {a.machine}: #{a.issue} {a.title} -> {a.branch}")
@@ -63,8 +98,17 @@ def demo(workers: int, root: str | None, live: bool, tmux_socket: str) -> None:
         click.echo(
             f"{a.id:<14} {a.status:<7} {a.num_turns or 0} turns {cost:>9}  branch {a.branch}"
         )
-    click.echo(f"\nbranches in {ws.repo_path}:  git -C {ws.repo_path} log --oneline --all")
-    click.echo(f"look around:  coord --config {ws.config_path} status")
+    if mode == "scripted":
+        click.echo("(the cost is what the CLI computes from the scripted model's token counts)")
+    cfg = f"coord --config {ws.config_path}"
+    click.echo(f"\nbranches:     git -C {ws.repo_path} log --oneline --all")
+    click.echo(f"the board:    {cfg} status")
+    click.echo(f"the trail:    {cfg} issue show demo 1   (briefing and result, as comments)")
+    click.echo(f"the issues:   {cfg} issues")
+
+
+def _os_environ() -> dict[str, str]:
+    return dict(os.environ)
 
 
 async def _show(c: Coordinator, a: Assignment, i: int) -> None:

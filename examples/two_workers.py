@@ -1,6 +1,6 @@
 """Dispatch two workers with coordlib and print their results.
 
-python examples/two_workers.py                   # on a throwaway demo repo, scripted workers
+python examples/two_workers.py                   # a throwaway demo repo, stand-in workers
 python examples/two_workers.py coordinator.yml MACHINE REPO ISSUE1 ISSUE2
 """
 
@@ -34,4 +34,5 @@ if __name__ == "__main__":
         sys.exit(asyncio.run(main(cfg, machine, repo, [int(i1), int(i2)])))
     ws = make_demo(workers=2, tmux_socket="coord-example")
     print(f"no config given: using a throwaway demo workspace in {ws.root}")
-    sys.exit(asyncio.run(main(str(ws.config_path), "local", "demo", [n for n, _ in ws.issues])))
+    numbers = list(range(1, len(ws.issues) + 1))
+    sys.exit(asyncio.run(main(str(ws.config_path), "local", "demo", numbers)))

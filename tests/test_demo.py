@@ -11,10 +11,39 @@ from click.testing import CliRunner
 from cli.main import coord
 
 
+def _branches(repo: Path) -> list[str]:
+    return subprocess.run(
+        ["git", "-C", str(repo), "branch", "--list", "--format=%(refname:short)", "issue-*"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def test_coord_demo_runs_the_real_cli_against_the_scripted_model(
+    tmp_path: Path, tmux_socket: str, claude_cli: Path
+) -> None:
+    out = CliRunner().invoke(
+        coord, ["demo", "--dir", str(tmp_path / "d"), "-n", "4", "--tmux-socket", tmux_socket]
+    )
+    assert out.exit_code == 0, out.output
+    # It says plainly what it runs.
+    assert "the real Claude Code CLI" in out.output and "scripted model" in out.output
+    assert str(claude_cli) in out.output
+    assert out.output.count("[result] ok") == 4
+    assert out.output.count(" done ") == 4
+    assert out.output.count("[tool] Write") == 4
+    assert len(_branches(tmp_path / "d" / "demo")) == 4
+    # The demo leaves the same trail real work does: briefing and result on each issue.
+    config = tmp_path / "d" / "coordinator.yml"
+    shown = CliRunner().invoke(coord, ["--config", str(config), "issue", "show", "demo", "1"])
+    assert "**coord** dispatched" in shown.output and "is done on branch" in shown.output
+
+
 def test_coord_demo_runs_workers_in_parallel_and_reports(tmp_path: Path, tmux_socket: str) -> None:
     out = CliRunner().invoke(
-        coord, ["demo", "--dir", str(tmp_path / "d"), "-n", "3", "--tmux-socket", tmux_socket]
-    )
+        coord,
+        ["demo", "--stand-in", "--dir", str(tmp_path / "d"), "-n", "3",
+         "--tmux-socket", tmux_socket],
+    )  # fmt: skip
     assert out.exit_code == 0, out.output
     assert "scripted stand-in" in out.output  # it says plainly what it runs
     assert out.output.count("[result] ok") == 3
