@@ -788,6 +788,8 @@ def parse_config(
             if not isinstance(node, yaml.MappingNode):
                 raise doc.error(node, name, f"expected a mapping, got {_describe(node)}")
             extra[name] = doc.construct(node, name)
+            if name in _CHECKED_SECTIONS:
+                extra[name] = _read_checked_section(doc, node, name)
     return Config(
         path=real_path,
         repos=_frozen(repos),
@@ -798,6 +800,32 @@ def parse_config(
         board=_read_board(doc, top.get("board"), base_dir),
         extra=_frozen(extra),
     )
+
+
+# The extra sections whose keys are known today: typos and wrong types are errors.
+_CHECKED_SECTIONS: dict[str, dict[str, str]] = {
+    "github": {"api_url": "url", "write_interval": "seconds"},
+    "forge": {"root": "text"},
+    "briefings": {"dir": "text"},
+}
+
+
+def _read_checked_section(doc: _Doc, node: yaml.Node, name: str) -> dict[str, Any]:
+    kinds = _CHECKED_SECTIONS[name]
+    f = _Fields(doc, node, name, tuple(kinds), f"{name} settings")
+    out: dict[str, Any] = {}
+    for key, kind in kinds.items():
+        if f.get(key) is None:
+            continue
+        if kind == "seconds":
+            out[key] = f.duration(key, 0.0, allow_zero=True)
+            continue
+        value = f.required_text(key, "a path" if kind == "text" else "a URL")
+        if kind == "url" and not re.match(r"https?://[^\s/]+", value):
+            raise doc.wrong(f.at(key), f.path(key), "an http(s) URL",
+                            "e.g. https://ghe.example.com/api/v3")  # fmt: skip
+        out[key] = value
+    return out
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -456,7 +456,7 @@ class Coordinator:
         a.extra["trail"] = {} if info is not None else {"off": "the issue is not on the forge"}
         self._claim(a, force=force)
         a = await self._dispatch(a, text, launch, mode="new")
-        await self._post_dispatch(a, text)
+        await self._post_dispatch(a, text, info.labels if info is not None else None)
         return a
 
     def _claim(self, a: Assignment, *, force: bool = False, replaces: str | None = None) -> None:
@@ -665,9 +665,16 @@ class Coordinator:
         return restored
 
     # ------------------------------------------------------------ the trail on the forge
-    async def _post_dispatch(self, a: Assignment, briefing: str) -> None:
-        """Post the briefing on the issue and mark it in progress (best effort)."""
+    async def _post_dispatch(
+        self, a: Assignment, briefing: str, labels: Sequence[str] | None = None
+    ) -> None:
+        """Post the briefing on the issue and mark it in progress (best effort).
+
+        `labels` are the issue's labels when known: only those present are removed, as
+        every request to a forge counts.
+        """
         drop = [STATUS_LABELS["ready"], STATUS_LABELS["refining"], STATUS_LABELS["done"]]
+        drop = [x for x in drop if x in labels] if labels is not None else drop[:1]
         await self._post_trail(
             a, "dispatch", briefing_comment(a, briefing),
             add=[STATUS_LABELS["in_progress"]], remove=drop,
@@ -788,7 +795,7 @@ class Coordinator:
         self._claim(a, force=force, replaces=prev.id)
         self._close_replaced(prev, a, retried=True)
         a = await self._dispatch(a, text, launch, mode="new")
-        await self._post_dispatch(a, text)
+        await self._post_dispatch(a, text, info.labels if info is not None else None)
         return a
 
     def _close_replaced(self, prev: Assignment, new: Assignment, *, retried: bool) -> None:

@@ -16,7 +16,7 @@ import yaml
 import coordlib.testing
 from coordlib.testing import GitRepo, SSHServer, make_git_repo
 
-pytest_plugins = ["coordlib.testing.plugin"]
+pytest_plugins = ["coordlib.testing.plugin", "tests.fakegithub.plugin"]
 
 FAKE_CLAUDE = Path(coordlib.testing.__file__).with_name("fake_claude.py")
 

@@ -92,7 +92,7 @@ github: {api_url: https://api.github.com}
 reviews: {required: 1}
 smoke_tests: {}
 hooks: {on_merge: [notify]}
-forge: {kind: local}
+forge: {root: issues}
 briefings: {dir: briefings}
 """
 
@@ -728,3 +728,35 @@ def test_init_config_ssh_example_parses_once_uncommented(tmp_path: Path) -> None
 def test_discover_repos_rejects_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a directory"):
         discover_repos([tmp_path / "nope"])
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (
+            "github:\n  api_ur: https://x\n",
+            2,
+            "github.api_ur: unknown key (did you mean 'api_url'?)",
+        ),
+        ("github:\n  api_url: ghe.example.com\n", 2, "github.api_url: expected an http(s) URL"),
+        ("github:\n  write_interval: soon\n", 2, "github.write_interval"),
+        ("forge:\n  root: [a, b]\n", 2, "forge.root"),
+    ],
+)
+def test_forge_sections_are_checked(text: str, line: int, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path="c.yml", base_dir=tmp_path)
+    assert info.value.line == line and message in str(info.value)
+
+
+def test_forge_sections_parse(tmp_path: Path) -> None:
+    text = (
+        "github:\n  api_url: https://ghe.example.com/api/v3\n  write_interval: 0\n"
+        "forge: {root: x}\n"
+    )
+    config = parse_config(text, base_dir=tmp_path)
+    assert config.extra["github"] == {
+        "api_url": "https://ghe.example.com/api/v3",
+        "write_interval": 0.0,
+    }
+    assert config.extra["forge"] == {"root": "x"}

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from coordlib import ClaimError, Status
 from coordlib.errors import NotFoundError
@@ -237,3 +241,65 @@ def test_issues_shows_pipeline_sections(setup: Setup, local: Path, run_coord: An
     assert label.returncode == 0 and "status:ready" in label.stdout
     gone = run_coord("issue", "label", "api", "1", "--remove", "status:ready", config=local)
     assert "(no labels)" in gone.stdout
+
+
+def test_the_trail_on_github(
+    setup: Setup, fake_github: Any, run_coord: Any, tmp_path: Path
+) -> None:
+    """The same flow against GitHub: unmodified PyGithub, a fake that checks every exchange
+    against GitHub's OpenAPI description, and real pushes through git http-backend."""
+    from tests.fakegithub.plugin import seed_repo
+
+    work = seed_repo(fake_github, "acme/api", tmp_path / "gh-clone")
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "ok"},
+                    repo_paths={"api": str(work)})  # fmt: skip
+    setup.extra["github"] = {"api_url": fake_github.api_url, "write_interval": 0}
+    config = setup.write()
+    data = yaml.safe_load(config.read_text())
+    data["repos"][0]["github"] = "acme/api"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"GITHUB_TOKEN": fake_github.token}
+
+    out = run_coord("issue", "new", "api", "--title", "Greet on GitHub", "--label",
+                    "status:ready", "--json", config=config, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    n = json.loads(out.stdout)["number"]
+
+    assigned = run_coord("assign", "local", "api", str(n), "--json", config=config, env=env)
+    assert assigned.returncode == 0, assigned.stderr
+    aid = json.loads(assigned.stdout)["id"]
+    waited = run_coord("wait", aid, config=config, env=env)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+
+    issue = json.loads(run_coord("issue", "show", "api", str(n), "--json", config=config,
+                                 env=env).stdout)  # fmt: skip
+    markers = parse_markers(c["body"] for c in issue["comments"])
+    assert [(m["stage"], m["id"]) for m in markers] == [("dispatch", aid), ("done", aid)]
+    assert "status:done" in issue["labels"] and "status:in-progress" not in issue["labels"]
+
+    # The worker's branch pushed to GitHub claims the issue for a second dispatch.
+    git("push", "-q", "origin", f"issue-{n}-greet-on-github",
+        cwd=setup.root / "wd-local" / "worktrees" / "api" / aid)  # fmt: skip
+    again = run_coord("assign", "local", "api", str(n), config=config, env=env)
+    assert again.returncode == 1
+    assert f"unmerged remote branch issue-{n}-greet-on-github (an earlier coord assignment)" in (
+        again.stderr
+    )
+
+    # A lost board comes back from GitHub's comments.
+    (setup.root / ".coord" / "board.json").unlink()
+    resumed = run_coord("resume", "--from-forge", "--json", config=config, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["restored"] == [aid]
+    status = json.loads(run_coord("status", "--json", config=config, env=env).stdout)
+    assert [(a["id"], a["status"]) for a in status["assignments"]] == [(aid, "done")]
+
+    # Without a token the forge says how to give one, and nothing is dispatched.
+    bare = {k: v for k, v in os.environ.items() if k not in ("GITHUB_TOKEN", "GH_TOKEN")}
+    bare["PATH"] = "/usr/bin:/bin"  # no `gh` either
+    no_token = subprocess.run(
+        [sys.executable, "-m", "cli", "--config", str(config), "issue", "list", "api"],
+        capture_output=True, text=True, env=bare, timeout=60,
+    )  # fmt: skip
+    assert no_token.returncode == 1
+    assert "GITHUB_TOKEN" in no_token.stderr and "GH_TOKEN" in no_token.stderr

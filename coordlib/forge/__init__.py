@@ -81,8 +81,15 @@ def open_forge(
         from .github import GitHubForge
 
         api_url = _section_text(config, "github", "api_url") or DEFAULT_GITHUB_API
+        section = config.extra.get("github") or {}
+        interval = section.get("write_interval") if isinstance(section, Mapping) else None
         return GitHubForge(
-            repo_name, repo.github, api_url=api_url, environ=environ, on_wait=on_wait
+            repo_name,
+            repo.github,
+            api_url=api_url,
+            environ=environ,
+            on_wait=on_wait,
+            write_interval=1.0 if interval is None else float(interval),
         )
     base = config.path.absolute().parent if config.path is not None else Path.cwd()
     root_text = _section_text(config, "forge", "root")
