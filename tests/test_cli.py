@@ -186,6 +186,7 @@ def test_resume_on_a_clean_board_has_nothing_to_repair(ok_run: OkRun) -> None:
         "orphans": {},
         "still_running": [],
         "continued": [],
+        "restored": [],
     }
 
 
@@ -224,7 +225,7 @@ def test_assign_dry_run_starts_nothing(setup: Setup) -> None:
 def test_watch_follows_a_live_run_to_its_end(setup: Setup) -> None:
     setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "slow", "FAKE_CLAUDE_DELAY": "1"})
     config = setup.write()
-    aid = json.loads(ok(config, "assign", "local", "api", "21", "--json").stdout)["id"]
+    aid = json.loads(ok(config, "assign", "local", "api", "21", "-t", "t21", "--json").stdout)["id"]
     assert row(config, aid)["status"] == "running"
     lines = ok(config, "watch", aid).stdout.splitlines()
     assert lines[0].startswith("[init] ")
@@ -248,7 +249,7 @@ def test_assign_unknown_repo_suggests_the_nearest(setup: Setup) -> None:
 def test_wait_exits_1_when_the_worker_fails(setup: Setup) -> None:
     setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "fail"})
     config = setup.write()
-    aid = json.loads(ok(config, "assign", "local", "api", "5", "--json").stdout)["id"]
+    aid = json.loads(ok(config, "assign", "local", "api", "5", "-t", "t5", "--json").stdout)["id"]
     waited = invoke(config, "wait", aid, "--timeout", "30")
     assert waited.exit_code == 1, waited.output
     assert waited.stdout.startswith(f"{aid} failed")
@@ -266,7 +267,7 @@ def test_wait_exits_1_when_the_worker_fails(setup: Setup) -> None:
 def test_wait_times_out_with_2_and_stop_stops(setup: Setup) -> None:
     setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "stall"})
     config = setup.write()
-    aid = json.loads(ok(config, "assign", "local", "api", "9", "--json").stdout)["id"]
+    aid = json.loads(ok(config, "assign", "local", "api", "9", "-t", "t9", "--json").stdout)["id"]
     waited = invoke(config, "wait", aid, "--timeout", "0.5")
     assert waited.exit_code == 2, waited.output
     assert aid in waited.stderr and "still running" in waited.stderr

@@ -80,7 +80,7 @@ def test_assign_watch_wait_status(kind: str, setup: Setup, maybe_sshd: SSHServer
 
 
 def test_two_workers_at_once_in_separate_worktrees(setup: Setup, sshd: SSHServer) -> None:
-    setup.add_ssh(sshd, "remote", env={"FAKE_CLAUDE_SCENARIO": "slow", "FAKE_CLAUDE_DELAY": "1"})
+    setup.add_ssh(sshd, "remote", env={"FAKE_CLAUDE_SCENARIO": "slow", "FAKE_CLAUDE_DELAY": "4"})
 
     async def go() -> list[Any]:
         async with setup.coordinator() as c:

@@ -219,7 +219,11 @@ cmd_run() {
     unset wenv
     printf '%s\n' "$wpid" >"$run/worker.pid"
 
-    local reason=exited last_size=-1 size last_change result_at=0 start_ms NOW
+    local reason=exited last_size=-1 size last_change result_at=0 start_ms NOW rc=""
+    local fast_wait=0 # `wait -n -p` needs bash 5.1
+    if ((BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1))); then
+        fast_wait=1
+    fi
     now_ms
     start_ms=$NOW last_change=$NOW
     while kill -0 "$wpid" 2>/dev/null; do
@@ -247,10 +251,25 @@ cmd_run() {
             kill_group "$wpid"
             break
         fi
-        sleep "$COORD_POLL"
+        if ((fast_wait)); then
+            # Sleep, but wake the moment the worker exits, so its end is recorded at once.
+            local sp fin=""
+            sleep "$COORD_POLL" &
+            sp=$!
+            wait -n -p fin "$wpid" "$sp"
+            local st=$?
+            [ "${fin:-}" = "$wpid" ] && rc=$st # wait -p leaves fin unset when a signal came
+            kill "$sp" 2>/dev/null
+            wait "$sp" 2>/dev/null
+            [ -n "$rc" ] && break
+        else
+            sleep "$COORD_POLL"
+        fi
     done
-    wait "$wpid"
-    local rc=$?
+    if [ -z "$rc" ]; then
+        wait "$wpid"
+        rc=$?
+    fi
     write_exit "$run" "$rc" "$reason" "$started" || echo "cannot write exit.json (disk full?)" >&2
     exit "$rc"
 }
@@ -323,15 +342,28 @@ cmd_stop() {
 
 # ---------------------------------------------------------------- tail
 cmd_tail() {
-    local workdir id off file follow run pid _rest
+    local workdir id off file follow run
     workdir=$(expand_home "$1") id=$2 off=$3 file=${4:-events.jsonl} follow=${5:-1}
     run="$workdir/runs/$id"
     [ -d "$run" ] || die 3 "no run $id on this machine"
     case $file in events.jsonl | stderr.log | launcher.log) ;; *) die 2 "tail: bad file $file" ;; esac
     [ -e "$run/$file" ] || : >>"$run/$file"
     if [ "$follow" = 1 ] && launcher_alive "$run"; then
-        read -r pid _rest <"$run/launcher.pid"
-        exec tail -c +"$((off + 1))" -s 0.2 -F --pid="$pid" "$run/$file" 2>/dev/null
+        # `tail --pid=<launcher>` would end only once tmux reaps the launcher, seen 1.5 s
+        # after it exited. A waiter of our own is reaped at once, so the watch ends as soon
+        # as exit.json lands (tail drains the file before it goes).
+        (
+            while [ ! -e "$run/exit.json" ] && launcher_alive "$run"; do
+                sleep 0.05
+            done
+        ) &
+        local waiter=$! tp rc
+        tail -c +"$((off + 1))" -s 0.1 -F --pid="$waiter" "$run/$file" 2>/dev/null &
+        tp=$!
+        wait "$tp"
+        rc=$?
+        kill "$waiter" 2>/dev/null
+        exit "$rc"
     fi
     exec tail -c +"$((off + 1))" "$run/$file"
 }
