@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
 import socket
 import time
@@ -23,7 +22,7 @@ from typing import Any
 from ._version import __version__
 from .assignment import TERMINAL, Assignment, Status
 from .board import Board
-from .briefings import render_briefing
+from .briefings import files_in_scope, render_briefing
 from .config import Config, find_config, is_secret_name, load_config, resolve_env
 from .errors import (
     ClaimError,
@@ -37,6 +36,7 @@ from .errors import (
     WaitTimeout,
 )
 from .forge.base import Forge, Issue
+from .reconcile import dispatch_may_be_in_flight, reconcile
 from .runtime.command import (
     LaunchSpec,
     branch_name,
@@ -46,39 +46,22 @@ from .runtime.command import (
     slugify,
 )
 from .runtime.local import LocalTransport
-from .runtime.probe import MachineProbe, RunProbe, parse_probe
+from .runtime.probe import MachineProbe, parse_probe
 from .runtime.ssh import SSHTarget, SSHTransport
 from .runtime.transport import Transport
 from .stream import (
     Event,
-    FailureClass,
     Init,
-    Result,
-    RunProgress,
-    ToolUse,
-    classify,
     parse_line,
 )
-from .trail import STATUS_LABELS, briefing_comment, ending_comment, parse_markers
+from .trail import Trail, sort_into_sections
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
 # Events read per run per status call; the rest waits for the next call.
 _MAX_EVENT_BYTES = 8 * 1024 * 1024
-# A pending row whose dispatch may still be in flight in another process is left alone this long.
-_DISPATCH_GRACE = 300.0
 _DISPATCH_TIMEOUT = 180.0
 _PROBE_TIMEOUT = 30.0
-_RESULT_TEXT = 2000
-ISSUE_SECTIONS = ("New", "Refining", "Pending", "In progress", "Done")
-_MARKER_ROW_FIELDS = (
-    "machine", "repo", "issue", "branch", "model", "tier", "title", "worktree", "run_dir",
-    "attempt", "created_at", "session_id", "failure_class", "exit_reason", "cost_usd",
-    "num_turns", "duration_ms", "finished_at",
-)  # fmt: skip
-_EDIT_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})
-# How long a rate-limited assignment waits when the CLI did not say.
-_RATE_LIMIT_WAIT = 60.0
 RATE_LIMIT_GUIDANCE = (
     "Your previous run was interrupted by an API rate limit. Continue the task from where "
     "you left off; check `git status` and `git log` to see what is already done."
@@ -186,6 +169,7 @@ class Coordinator:
         # Things worth telling a person that are not errors (a forge rate limit being
         # waited out, a trail comment that could not be posted); the CLI prints them.
         self.notify: Callable[[str], None] = notify or (lambda message: None)
+        self.trail = Trail(self.board, self.forge, lambda message: self.notify(message))
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Coordinator:
@@ -456,7 +440,7 @@ class Coordinator:
         a.extra["trail"] = {} if info is not None else {"off": "the issue is not on the forge"}
         self._claim(a, force=force)
         a = await self._dispatch(a, text, launch, mode="new")
-        await self._post_dispatch(a, text, info.labels if info is not None else None)
+        await self.trail.post_dispatch(a, text, info.labels if info is not None else None)
         return a
 
     def _claim(self, a: Assignment, *, force: bool = False, replaces: str | None = None) -> None:
@@ -589,165 +573,14 @@ class Coordinator:
 
     # ------------------------------------------------------------ issues
     async def issue_sections(self, repo: str) -> dict[str, list[Issue]]:
-        """Sort repo's issues into the pipeline's sections.
-
-        New (open, no status label), Refining (``status:refining``), Pending
-        (``status:ready``), In progress (``status:in-progress``, or a live assignment on
-        the board), and Done (``status:done``, or closed).
-        """
+        """Sort repo's issues into the pipeline's sections (see `trail.sort_into_sections`)."""
         issues = await self.forge(repo).list_issues(state="all")
         live = {a.issue for a in self.assignments() if a.repo == repo and not a.is_terminal}
-        sections: dict[str, list[Issue]] = {k: [] for k in ISSUE_SECTIONS}
-        for i in issues:
-            labels = set(i.labels)
-            if i.state == "closed" or STATUS_LABELS["done"] in labels:
-                key = "Done"
-            elif i.number in live or STATUS_LABELS["in_progress"] in labels:
-                key = "In progress"
-            elif STATUS_LABELS["ready"] in labels:
-                key = "Pending"
-            elif STATUS_LABELS["refining"] in labels:
-                key = "Refining"
-            else:
-                key = "New"
-            sections[key].append(i)
-        return sections
+        return sort_into_sections(issues, live)
 
     async def rebuild_from_forge(self, repos: Sequence[str] | None = None) -> list[Assignment]:
-        """Put back on the board every assignment the forge's trail knows and the board lost.
-
-        It reads the markers in the comments of issues carrying a status label, keeps
-        each assignment's latest stage, and inserts the missing rows (ended ones as
-        they ended, the rest as running, for `resume` to check against the machines).
-        """
-        known = {a.id for a in self.assignments(history=True)}
-        found: dict[str, dict[str, Any]] = {}
-        for repo in repos or list(self.config.repos):
-            forge = self.forge(repo)
-            numbers: set[int] = set()
-            for label in (STATUS_LABELS["in_progress"], STATUS_LABELS["done"],
-                          STATUS_LABELS["ready"]):  # fmt: skip
-                numbers |= {i.number for i in await forge.list_issues(state="all", labels=[label])}
-            for n in sorted(numbers):
-                issue = await forge.get_issue(n)
-                for marker in parse_markers(c.body for c in issue.comments):
-                    if marker.get("repo", repo) != repo or marker["id"] in known:
-                        continue
-                    base = found.setdefault(marker["id"], {})
-                    base.update({k: v for k, v in marker.items() if v is not None})
-        restored: list[Assignment] = []
-        with self.board.transaction() as txn:
-            for aid, data in found.items():
-                if (
-                    aid in txn
-                    or not data.get("machine")
-                    or data["machine"] not in self.config.machines
-                ):
-                    continue
-                fields = {k: data[k] for k in _MARKER_ROW_FIELDS if k in data}
-                stage = str(data.get("stage"))
-                status = Status(stage) if stage in {str(x) for x in Status} else Status.RUNNING
-                if status == Status.PENDING:
-                    status = Status.RUNNING
-                trail = {"dispatch": "restored"}
-                if status in TERMINAL or status == Status.QUEUED:
-                    trail[str(status)] = "restored"
-                extra: dict[str, Any] = {"restored_from_forge": True, "trail": trail}
-                for key in ("retry_of", "continues"):
-                    if data.get(key):
-                        extra[key] = data[key]
-                a = Assignment.from_dict(
-                    {**fields, "id": aid, "status": str(status), "extra": extra}
-                )
-                a.events_offset = 0  # status folds the run's events again from the start
-                txn.insert(a.to_dict())
-                restored.append(a)
-        return restored
-
-    # ------------------------------------------------------------ the trail on the forge
-    async def _post_dispatch(
-        self, a: Assignment, briefing: str, labels: Sequence[str] | None = None
-    ) -> None:
-        """Post the briefing on the issue and mark it in progress (best effort).
-
-        `labels` are the issue's labels when known: only those present are removed, as
-        every request to a forge counts.
-        """
-        drop = [STATUS_LABELS["ready"], STATUS_LABELS["refining"], STATUS_LABELS["done"]]
-        drop = [x for x in drop if x in labels] if labels is not None else drop[:1]
-        await self._post_trail(
-            a, "dispatch", briefing_comment(a, briefing),
-            add=[STATUS_LABELS["in_progress"]], remove=drop,
-        )  # fmt: skip
-
-    async def _post_ending(self, a: Assignment) -> None:
-        """Post how an assignment ended on its issue and move its status label."""
-        stage = str(a.status)
-        if a.status == Status.DONE:
-            add, remove = [STATUS_LABELS["done"]], [STATUS_LABELS["in_progress"]]
-        elif a.status == Status.QUEUED:
-            add, remove = [], []
-        else:  # it is free to be picked up again
-            add, remove = [STATUS_LABELS["ready"]], [STATUS_LABELS["in_progress"]]
-        await self._post_trail(a, stage, ending_comment(a), add=add, remove=remove)
-
-    async def _post_trail(
-        self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
-    ) -> None:
-        # Claim the stage on the board first, so two coord processes never post it twice.
-        with self.board.transaction() as txn:
-            if a.id not in txn:
-                return
-            row = txn.get(a.id)
-            trail = row.get("extra", {}).get("trail")
-            if not isinstance(trail, dict) or trail.get("off") or stage in trail:
-                return
-            txn.update(a.id, {"extra": {**row["extra"], "trail": {**trail, stage: "posting"}}})
-        outcome: Any
-        try:
-            forge = self.forge(a.repo)
-            comment = await forge.comment(a.issue, body)
-            for label in remove:
-                await forge.remove_label(a.issue, label)
-            if add:
-                await forge.add_labels(a.issue, add)
-            outcome = comment.id
-        except CoordError as exc:
-            self.notify(f"{a.id}: the {stage} comment on {a.repo}#{a.issue} was not posted: {exc}")
-            outcome = None
-        with self.board.transaction() as txn:
-            if a.id not in txn:
-                return
-            row = txn.get(a.id)
-            trail = dict(row.get("extra", {}).get("trail") or {})
-            if outcome is None:
-                trail.pop(stage, None)  # `coord resume` tries again
-            else:
-                trail[stage] = outcome
-            txn.update(a.id, {"extra": {**row["extra"], "trail": trail}})
-
-    async def _post_pending_trail(self) -> int:
-        """Post trail comments an earlier process could not (or crashed before it did)."""
-        posted = 0
-        for a in self.assignments():
-            trail = a.extra.get("trail")
-            if not isinstance(trail, dict) or trail.get("off"):
-                continue
-            stale = [k for k, v in trail.items() if v == "posting"]
-            if stale and time.time() - (a.finished_at or a.created_at) > 60:
-                with self.board.transaction() as txn:
-                    row = txn.get(a.id)
-                    t = {k: v for k, v in row["extra"].get("trail", {}).items() if v != "posting"}
-                    txn.update(a.id, {"extra": {**row["extra"], "trail": t}})
-                trail = {k: v for k, v in trail.items() if v != "posting"}
-            if "dispatch" not in trail and a.status != Status.PENDING:
-                briefing = f"(the briefing of {a.id} was not recorded by the coordinator)"
-                await self._post_dispatch(a, briefing)
-                posted += 1
-            if (a.is_terminal or a.status == Status.QUEUED) and str(a.status) not in trail:
-                await self._post_ending(self.get(a.id))
-                posted += 1
-        return posted
+        """Put back on the board every assignment the forge's trail knows and the board lost."""
+        return await self.trail.rebuild(repos or list(self.config.repos), self.config.machines)
 
     # ------------------------------------------------------------ retry / continue
     async def retry(
@@ -795,7 +628,7 @@ class Coordinator:
         self._claim(a, force=force, replaces=prev.id)
         self._close_replaced(prev, a, retried=True)
         a = await self._dispatch(a, text, launch, mode="new")
-        await self._post_dispatch(a, text, info.labels if info is not None else None)
+        await self.trail.post_dispatch(a, text, info.labels if info is not None else None)
         return a
 
     def _close_replaced(self, prev: Assignment, new: Assignment, *, retried: bool) -> None:
@@ -865,7 +698,7 @@ class Coordinator:
         self._claim(a, force=True, replaces=prev.id)
         self._close_replaced(prev, a, retried=False)
         a = await self._dispatch(a, prompt, launch, mode="continue")
-        await self._post_dispatch(a, prompt)
+        await self.trail.post_dispatch(a, prompt)
         return a
 
     async def dispatch_due(self, *, now: float | None = None) -> list[Assignment]:
@@ -909,7 +742,7 @@ class Coordinator:
                 unknown -= self._history_ids()
             ms.orphans = sorted(unknown)
             for a in (x for x in live if x.machine == name):
-                change = self._reconcile(a, outcome)
+                change = reconcile(a, outcome, in_flight=self._in_flight)
                 if change:
                     updates[a.id] = (a.events_offset, change)
             machines.append(ms)
@@ -919,7 +752,7 @@ class Coordinator:
         ended = [a for a in rows for aid, _, new in changed
                  if a.id == aid and (Status(new) in TERMINAL or new == Status.QUEUED)]  # fmt: skip
         if ended:
-            await asyncio.gather(*(self._post_ending(a) for a in ended))
+            await asyncio.gather(*(self.trail.post_ending(a) for a in ended))
         if history:
             rows = [Assignment.from_dict(r) for r in self.board.history()] + rows
         for ms in machines:
@@ -927,6 +760,9 @@ class Coordinator:
         if machine:
             rows = [a for a in rows if a.machine == machine]
         return StatusReport(machines=machines, assignments=rows, changed=changed)
+
+    def _in_flight(self, a: Assignment) -> bool:
+        return dispatch_may_be_in_flight(a, self._host)
 
     def _history_ids(self) -> set[str]:
         return {r["id"] for r in self.board.history()}
@@ -950,149 +786,6 @@ class Coordinator:
             return UnreachableError("did not answer within 45 s", machine=name)
         except ValueError as exc:
             return MachineError(f"unreadable status output: {exc}", machine=name)
-
-    def _reconcile(self, a: Assignment, probe: MachineProbe) -> dict[str, Any]:
-        """Work out the field changes for a live assignment from its machine's probe."""
-        run = probe.runs.get(a.id)
-        if run is None:
-            if a.status == Status.PENDING and self._dispatch_may_be_in_flight(a):
-                return {}
-            return {
-                "status": str(Status.LOST),
-                "failure_class": "lost",
-                "exit_reason": "vanished",
-                "error": "its run directory is gone from the machine (rebooted or cleaned?)",
-                "finished_at": time.time(),
-            }
-        fields, progress = self._fold(a, run)
-        if run.exit is not None:
-            unread = (
-                run.events is not None
-                and run.events_offset is not None
-                and (run.events_offset + len(run.events) < run.size)
-            )
-            if unread:
-                return fields  # more events to read before the result can be trusted
-            reason = run.exit.get("reason")
-            code = run.exit.get("exit_code")
-            status, fclass = classify(
-                exit_code=code if isinstance(code, int) else None,
-                exit_reason=reason if isinstance(reason, str) else None,
-                result=progress.result,
-            )
-            fields.update(
-                status=str(status),
-                failure_class=str(fclass) if fclass else None,
-                exit_code=code if isinstance(code, int) else None,
-                exit_reason=reason,
-                finished_at=_float(run.exit.get("finished_at")) or time.time(),
-            )
-            if fclass == FailureClass.RATE_LIMITED:
-                # Not a failed attempt: wait out the limit, then continue the session.
-                ended = fields["finished_at"]
-                wait = _RATE_LIMIT_WAIT
-                if progress.last_retry_delay_ms:
-                    wait = max(progress.last_retry_delay_ms / 1000, 1.0)
-                until = max(ended + wait, progress.rate_limited_until or 0.0)
-                fields.update(
-                    status=str(Status.QUEUED),
-                    finished_at=None,
-                    extra={**fields.get("extra", {}), "not_before": until},
-                )
-            if reason == "busy":
-                fields["error"] = "another worker was still running in its worktree"
-            if status == Status.FAILED and not fields.get("error") and progress.result is None:
-                fields["error"] = f"worker exited with status {code} ({reason}) and no result"
-            return fields
-        if run.alive:
-            if a.status == Status.PENDING:
-                fields["status"] = str(Status.RUNNING)
-                fields["started_at"] = a.started_at or time.time()
-            return fields
-        if a.status == Status.PENDING and self._dispatch_may_be_in_flight(a):
-            return fields
-        fields.update(
-            status=str(Status.LOST),
-            failure_class="lost",
-            exit_reason="launcher_gone",
-            error="the launcher is gone without an exit record (machine rebooted or killed)",
-            finished_at=time.time(),
-        )
-        return fields
-
-    def _fold(self, a: Assignment, run: RunProbe) -> tuple[dict[str, Any], RunProgress]:
-        progress = RunProgress(
-            session_id=a.session_id,
-            turns=a.num_turns or 0,
-            last_status=a.last_status,
-            last_tool=a.last_tool,
-            cost_usd=a.cost_usd,
-            duration_ms=a.duration_ms,
-        )
-        raw_result = a.extra.get("result_raw")
-        if isinstance(raw_result, dict):
-            for event in parse_line(json.dumps(raw_result)):
-                if isinstance(event, Result):
-                    progress.result = event
-        delay = a.extra.get("last_retry_delay_ms")
-        progress.last_retry_delay_ms = float(delay) if isinstance(delay, int | float) else None
-        last_msg = a.extra.get("last_message_id")
-        if isinstance(last_msg, str):
-            progress.note_message(last_msg)  # resume the turn count across calls
-        fields: dict[str, Any] = {}
-        if not run.events or run.events_offset is None:
-            return fields, progress
-        end = run.events.rfind(b"\n") + 1
-        if end == 0:
-            return fields, progress
-        last_id = last_msg
-        touched = list(a.extra.get("files_touched", []))
-        for line in run.events[:end].split(b"\n"):
-            for event in parse_line(line, cwd=progress.cwd):
-                progress.apply(event)
-                msg = event.raw.get("message") if hasattr(event, "raw") else None
-                if isinstance(msg, dict) and isinstance(msg.get("id"), str):
-                    last_id = msg["id"]
-                if isinstance(event, ToolUse) and event.name in _EDIT_TOOLS:
-                    path = _relative(event.input, progress.cwd)
-                    if path and path not in touched and len(touched) < 200:
-                        touched.append(path)
-        fields.update(
-            events_offset=run.events_offset + end,
-            session_id=progress.session_id,
-            num_turns=progress.turns,
-            last_status=progress.last_status,
-            last_tool=progress.last_tool,
-            cost_usd=progress.cost_usd,
-            duration_ms=progress.duration_ms,
-            # Only what changed: _apply merges it into the row's extra as it is then.
-            extra={
-                "last_message_id": last_id,
-                "last_retry_delay_ms": progress.last_retry_delay_ms,
-                "files_touched": touched,
-            },
-        )
-        if progress.result is not None and progress.result.result:
-            fields["result"] = progress.result.result[:_RESULT_TEXT]
-        if progress.result is not None and progress.result.is_error:
-            errors = progress.result.raw.get("errors")  # error_max_turns has these, no text
-            listed = "; ".join(str(e) for e in errors) if isinstance(errors, list) else ""
-            fields["error"] = (progress.result.result or listed)[:_RESULT_TEXT] or None
-        # Re-folding later needs the result; it is the last event, so remember it.
-        if progress.result is not None:
-            fields["extra"]["result_raw"] = progress.result.raw
-        return fields, progress
-
-    def _dispatch_may_be_in_flight(self, a: Assignment) -> bool:
-        if time.time() - a.created_at > _DISPATCH_GRACE:
-            return False
-        owner = a.extra.get("coordinator")
-        if not isinstance(owner, dict) or owner.get("host") != self._host:
-            return True
-        pid = owner.get("pid")
-        if pid == os.getpid():
-            return False  # this process is not dispatching it right now
-        return isinstance(pid, int) and _pid_alive(pid)
 
     def _apply(
         self, updates: Mapping[str, tuple[int, dict[str, Any]]]
@@ -1269,7 +962,7 @@ class Coordinator:
         still = [a.id for a in report.assignments if not a.is_terminal and a.machine in down]
         orphans = {m.name: m.orphans for m in report.machines if m.orphans}
         continued = await self.dispatch_due()
-        await self._post_pending_trail()
+        await self.trail.post_pending(self.assignments())
         return ResumeReport(
             changed=report.changed,
             unreachable=unreachable,
@@ -1305,39 +998,3 @@ def _refuse_live_clash(live: Sequence[Assignment], repo: str, issue: int) -> Non
             f"issue {repo}#{issue} already has live assignment {c.id} "
             f"({c.status} on {c.machine}); stop it with `coord stop {c.id}` or pass --force"
         )
-
-
-def _relative(tool_input: Mapping[str, Any], cwd: str | None) -> str | None:
-    path = tool_input.get("file_path") or tool_input.get("notebook_path")
-    if not isinstance(path, str) or not path:
-        return None
-    if cwd and path.startswith(cwd.rstrip("/") + "/"):
-        return path[len(cwd.rstrip("/")) + 1 :]
-    return path
-
-
-def files_in_scope(body: str, *, limit: int = 50) -> list[str]:
-    """The file paths an issue body names in backticks (``src/x.py``, ``Makefile``)."""
-    found: list[str] = []
-    for match in re.finditer(r"`([A-Za-z0-9_.][A-Za-z0-9_./-]*)`", body or ""):
-        path = match.group(1).rstrip(".")
-        looks_like_file = "/" in path or re.search(r"\.[A-Za-z0-9]{1,8}$", path)
-        if looks_like_file and ".." not in path and path not in found and "//" not in path:
-            found.append(path)
-        if len(found) >= limit:
-            break
-    return found
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

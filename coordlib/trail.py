@@ -13,18 +13,27 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .assignment import Assignment, Status
+from .assignment import TERMINAL, Assignment, Status
+from .errors import CoordError
+
+if TYPE_CHECKING:
+    from .board import Board
+    from .forge.base import Forge, Issue
 
 __all__ = [
+    "ISSUE_SECTIONS",
     "MARKER_VERSION",
     "STATUS_LABELS",
+    "Trail",
     "briefing_comment",
     "ending_comment",
     "make_marker",
     "parse_markers",
+    "sort_into_sections",
 ]
 
 MARKER_VERSION = 1
@@ -126,3 +135,185 @@ def ending_comment(a: Assignment) -> str:
     quoted = "\n".join(f"> {line}" if line else ">" for line in body.strip().splitlines())
     text = head + (f"\n\n{quoted}" if quoted else "")
     return f"{text}\n\n{make_marker(str(a.status), a)}\n"
+
+
+# -- posting and reading the trail -----------------------------------------------------------
+
+ISSUE_SECTIONS = ("New", "Refining", "Pending", "In progress", "Done")
+# What a marker carries over into a rebuilt board row.
+_ROW_FIELDS = (
+    "machine", "repo", "issue", "branch", "model", "tier", "title", "worktree", "run_dir",
+    "attempt", "created_at", "session_id", "failure_class", "exit_reason", "cost_usd",
+    "num_turns", "duration_ms", "finished_at",
+)  # fmt: skip
+# A stage claimed for posting this long ago by a process that never finished is retried.
+_STALE_POSTING = 60.0
+
+
+def sort_into_sections(issues: Iterable[Issue], live: set[int]) -> dict[str, list[Issue]]:
+    """Sort issues into the pipeline's sections by their status labels.
+
+    New (open, no status label), Refining (``status:refining``), Pending
+    (``status:ready``), In progress (``status:in-progress``, or a number in `live`), and
+    Done (``status:done``, or closed).
+    """
+    sections: dict[str, list[Issue]] = {k: [] for k in ISSUE_SECTIONS}
+    for i in issues:
+        labels = set(i.labels)
+        if i.state == "closed" or STATUS_LABELS["done"] in labels:
+            key = "Done"
+        elif i.number in live or STATUS_LABELS["in_progress"] in labels:
+            key = "In progress"
+        elif STATUS_LABELS["ready"] in labels:
+            key = "Pending"
+        elif STATUS_LABELS["refining"] in labels:
+            key = "Refining"
+        else:
+            key = "New"
+        sections[key].append(i)
+    return sections
+
+
+class Trail:
+    """Posts the trail on issues, once per stage, and rebuilds board rows from it.
+
+    Each row's ``extra["trail"]`` records the stages posted (stage → comment id), or
+    ``{"off": reason}`` for work that is not on the forge.  A stage is claimed on the
+    board before it is posted, so two coord processes never post it twice; a post that
+    fails is forgotten, for `post_pending` (run by `coord resume`) to try again.
+    """
+
+    def __init__(
+        self, board: Board, forge: Callable[[str], Forge], notify: Callable[[str], None]
+    ) -> None:
+        self.board = board
+        self.forge = forge
+        self.notify = notify
+
+    async def post_dispatch(
+        self, a: Assignment, briefing: str, labels: Sequence[str] | None = None
+    ) -> None:
+        """Post the briefing on the issue and mark it in progress (best effort).
+
+        `labels` are the issue's labels when known: only those present are removed, as
+        every request to a forge counts.
+        """
+        drop = [STATUS_LABELS["ready"], STATUS_LABELS["refining"], STATUS_LABELS["done"]]
+        drop = [x for x in drop if x in labels] if labels is not None else drop[:1]
+        await self._post(a, "dispatch", briefing_comment(a, briefing),
+                         add=[STATUS_LABELS["in_progress"]], remove=drop)  # fmt: skip
+
+    async def post_ending(self, a: Assignment) -> None:
+        """Post how an assignment ended on its issue and move its status label."""
+        if a.status == Status.DONE:
+            add, remove = [STATUS_LABELS["done"]], [STATUS_LABELS["in_progress"]]
+        elif a.status == Status.QUEUED:
+            add, remove = [], []
+        else:  # it is free to be picked up again
+            add, remove = [STATUS_LABELS["ready"]], [STATUS_LABELS["in_progress"]]
+        await self._post(a, str(a.status), ending_comment(a), add=add, remove=remove)
+
+    async def post_pending(self, rows: Iterable[Assignment]) -> int:
+        """Post the stages earlier processes could not (or crashed before they did)."""
+        posted = 0
+        for a in rows:
+            trail = a.extra.get("trail")
+            if not isinstance(trail, dict) or trail.get("off"):
+                continue
+            stale = time.time() - (a.finished_at or a.created_at) > _STALE_POSTING
+            if stale and "posting" in trail.values():
+                trail = self._forget(a.id, lambda k, v: v == "posting")
+            if "dispatch" not in trail and a.status != Status.PENDING:
+                note = f"(the briefing of {a.id} was not recorded by the coordinator)"
+                await self.post_dispatch(a, note)
+                posted += 1
+            if (a.is_terminal or a.status == Status.QUEUED) and str(a.status) not in trail:
+                await self.post_ending(a)
+                posted += 1
+        return posted
+
+    async def _post(
+        self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
+    ) -> None:
+        with self.board.transaction() as txn:
+            if a.id not in txn:
+                return
+            row = txn.get(a.id)
+            trail = row.get("extra", {}).get("trail")
+            if not isinstance(trail, dict) or trail.get("off") or stage in trail:
+                return
+            txn.update(a.id, {"extra": {**row["extra"], "trail": {**trail, stage: "posting"}}})
+        try:
+            forge = self.forge(a.repo)
+            comment = await forge.comment(a.issue, body)
+            for label in remove:
+                await forge.remove_label(a.issue, label)
+            if add:
+                await forge.add_labels(a.issue, add)
+        except CoordError as exc:
+            self.notify(f"{a.id}: the {stage} comment on {a.repo}#{a.issue} was not posted: {exc}")
+            self._forget(a.id, lambda k, v: k == stage)
+            return
+        with self.board.transaction() as txn:
+            if a.id in txn:
+                row = txn.get(a.id)
+                trail = {**(row.get("extra", {}).get("trail") or {}), stage: comment.id}
+                txn.update(a.id, {"extra": {**row["extra"], "trail": trail}})
+
+    def _forget(self, aid: str, drop: Callable[[str, Any], bool]) -> dict[str, Any]:
+        with self.board.transaction() as txn:
+            if aid not in txn:
+                return {}
+            row = txn.get(aid)
+            trail = {k: v for k, v in (row["extra"].get("trail") or {}).items() if not drop(k, v)}
+            txn.update(aid, {"extra": {**row["extra"], "trail": trail}})
+            return trail
+
+    async def rebuild(self, repos: Iterable[str], machines: Iterable[str]) -> list[Assignment]:
+        """Put back on the board every assignment the trail knows and the board lost.
+
+        It reads the markers in the comments of issues carrying a status label, keeps
+        each assignment's latest stage, and inserts the missing rows: ended ones as they
+        ended, the rest as running, for `resume` to check against the machines.
+        """
+        known = {r["id"] for r in self.board.history()} | {r["id"] for r in self.board.all()}
+        found: dict[str, dict[str, Any]] = {}
+        for repo in repos:
+            forge = self.forge(repo)
+            numbers: set[int] = set()
+            for label in ("in_progress", "done", "ready"):
+                listed = await forge.list_issues(state="all", labels=[STATUS_LABELS[label]])
+                numbers |= {i.number for i in listed}
+            for n in sorted(numbers):
+                issue = await forge.get_issue(n)
+                for marker in parse_markers(c.body for c in issue.comments):
+                    if marker.get("repo", repo) == repo and marker["id"] not in known:
+                        found.setdefault(marker["id"], {}).update(
+                            {k: v for k, v in marker.items() if v is not None}
+                        )
+        usable = set(machines)
+        restored: list[Assignment] = []
+        with self.board.transaction() as txn:
+            for aid, data in found.items():
+                if aid in txn or data.get("machine") not in usable:
+                    continue
+                a = _row_from_marker(aid, data)
+                txn.insert(a.to_dict())
+                restored.append(a)
+        return restored
+
+
+def _row_from_marker(aid: str, data: Mapping[str, Any]) -> Assignment:
+    stage = str(data.get("stage"))
+    status = Status(stage) if stage in {str(x) for x in Status} else Status.RUNNING
+    if status == Status.PENDING:
+        status = Status.RUNNING  # it was dispatched: the machine will say how it is
+    trail = {"dispatch": "restored"}
+    if status in TERMINAL or status == Status.QUEUED:
+        trail[str(status)] = "restored"
+    extra: dict[str, Any] = {"restored_from_forge": True, "trail": trail}
+    extra.update({k: data[k] for k in ("retry_of", "continues") if data.get(k)})
+    fields = {k: data[k] for k in _ROW_FIELDS if k in data}
+    a = Assignment.from_dict({**fields, "id": aid, "status": str(status), "extra": extra})
+    a.events_offset = 0  # status folds the run's events again from the start
+    return a

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from coordlib.briefings import KINDS, render_briefing
+from coordlib.briefings import KINDS, files_in_scope, render_briefing
 from coordlib.config import RepoConfig
-from coordlib.coordinator import files_in_scope
 from coordlib.errors import ConfigError, CoordError
 
 REPO = RepoConfig(name="api", build_command="make", test_command="make test")

@@ -33,7 +33,7 @@ import jinja2
 
 from ..errors import ConfigError, CoordError
 
-__all__ = ["KINDS", "render_briefing"]
+__all__ = ["KINDS", "files_in_scope", "render_briefing"]
 
 _COMMON = ("issue", "repo", "branch", "model", "machine")
 # kind -> (variables the caller must give, defaults for the optional ones)
@@ -99,3 +99,19 @@ def render_briefing(kind: str, context: Mapping[str, Any], *, user_dir: Path | N
             path=str(user_dir / name) if user_dir else name,
             hint=f"the variables are {', '.join(sorted(ctx))}",
         ) from exc
+
+
+def files_in_scope(body: str, *, limit: int = 50) -> list[str]:
+    """Return the file paths an issue body names in backticks (``src/x.py``, ``README.md``).
+
+    A word counts when it has a slash or an extension; ``..`` and URLs never count.
+    """
+    found: list[str] = []
+    for match in re.finditer(r"`([A-Za-z0-9_.][A-Za-z0-9_./-]*)`", body or ""):
+        path = match.group(1).rstrip(".")
+        looks_like_file = "/" in path or re.search(r"\.[A-Za-z0-9]{1,8}$", path)
+        if looks_like_file and ".." not in path and "//" not in path and path not in found:
+            found.append(path)
+        if len(found) >= limit:
+            break
+    return found
