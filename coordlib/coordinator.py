@@ -339,6 +339,7 @@ class Coordinator:
                 },
                 user_dir=self._briefing_dir(),
             )
+        _check_prompt(briefing, "briefing")
         launch = self._launch_spec(m.name, worktree, model_id)
         a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
         return a, briefing, launch
@@ -533,7 +534,7 @@ class Coordinator:
             )
         except CommandError as exc:
             # The script exited with its own error: nothing was started.
-            reason = _last_line(exc.stderr) or str(exc)
+            reason = _dispatch_error(exc.stderr) or str(exc)
             self._fail_dispatch(a, reason)
             raise DispatchError(f"could not start {a.id}: {reason}", machine=m.name) from exc
         except MachineError as exc:
@@ -651,11 +652,12 @@ class Coordinator:
         same worktree and Claude config dir.  A session is never driven twice: the old
         row can be continued once, and on the machine one worker holds the worktree.
         """
+        if not guidance.strip():
+            raise CoordError("give the worker some guidance (--guidance TEXT)")
+        _check_prompt(guidance, "guidance")
         prev = self.get(id)
         if not prev.is_terminal:
             prev = await self.stop(prev.id)
-        if not guidance.strip():
-            raise CoordError("give the worker some guidance (--guidance TEXT)")
         return await self._continue(prev, guidance, model=model)
 
     async def _continue(
@@ -984,10 +986,21 @@ def _json_or_empty(text: str) -> dict[str, Any]:
     return {}
 
 
-def _last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    line = lines[-1] if lines else ""
-    return line.removeprefix("coord-run: ")
+def _dispatch_error(text: str) -> str:
+    """The script's own reason, with the cause git gave just before it (if any)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    reason = lines[-1].removeprefix("coord-run: ")
+    causes = [ln for ln in lines[:-1] if ln.startswith(("fatal:", "error:"))][-2:]
+    return f"{reason}: {'; '.join(causes)}" if causes else reason
+
+
+def _check_prompt(text: str, what: str) -> None:
+    # The prompt becomes one argument of `claude -p`; an argument cannot hold a NUL byte.
+    if "\0" in text:
+        raise CoordError(f"the {what} contains a NUL byte, which no program argument can carry; "
+                         f"remove it and try again")  # fmt: skip
 
 
 def _refuse_live_clash(live: Sequence[Assignment], repo: str, issue: int) -> None:

@@ -57,6 +57,8 @@ def reconcile(
         if unread:
             return fields  # more events to read before the result can be trusted
         return _ended(fields, progress, run.exit)
+    if run.dispatching and a.status == Status.PENDING:
+        return fields  # its dispatch is still running on the machine, whoever sent it
     if run.alive:
         if a.status == Status.PENDING:
             fields["status"] = str(Status.RUNNING)
@@ -79,12 +81,22 @@ def _ended(
 ) -> dict[str, Any]:
     reason = exit.get("reason")
     code = exit.get("exit_code")
+    finished = exit.get("finished_at")
+    if reason == "dispatch_failed":  # the machine recorded why the worker never started
+        fields.update(
+            status=str(Status.FAILED),
+            failure_class="dispatch_failed",
+            exit_code=code if isinstance(code, int) else None,
+            exit_reason=reason,
+            error=str(exit.get("error") or "the dispatch failed on the machine"),
+            finished_at=float(finished) if isinstance(finished, int | float) else time.time(),
+        )
+        return fields
     status, fclass = classify(
         exit_code=code if isinstance(code, int) else None,
         exit_reason=reason if isinstance(reason, str) else None,
         result=progress.result,
     )
-    finished = exit.get("finished_at")
     fields.update(
         status=str(status),
         failure_class=str(fclass) if fclass else None,
@@ -105,6 +117,11 @@ def _ended(
         )
     if reason == "busy":
         fields["error"] = "another worker was still running in its worktree"
+    if exit.get("disk_full") and status == Status.FAILED:
+        fields["error"] = (
+            "the disk holding the run directory is full on the machine; free space there "
+            f"and retry ({fields.get('error') or f'exit status {code}'})"
+        )
     if status == Status.FAILED and not fields.get("error") and progress.result is None:
         fields["error"] = f"worker exited with status {code} ({reason}) and no result"
     return fields

@@ -5,7 +5,7 @@ bash and coreutils, and so a run's new events travel as raw bytes with a length:
 
     coord-probe 1 boot=<boot id> now=<epoch seconds>
     tmux <session name>                        one per tmux session on the coord socket
-    run <id> alive=<0|1> size=<bytes|-1>
+    run <id> alive=<0|1> size=<bytes|-1> dispatching=<0|1>
     exit <exit.json on one line, or nothing>
     events <offset> <n>                        only for runs the caller asked about
     <n raw bytes of events.jsonl>\\n
@@ -33,6 +33,7 @@ class RunProbe:
     id: str
     alive: bool
     size: int
+    dispatching: bool = False  # its dispatch is still on its way (no launcher yet)
     exit: dict[str, Any] | None = None
     events_offset: int | None = None
     events: bytes | None = None
@@ -81,7 +82,12 @@ def parse_probe(data: bytes) -> MachineProbe:
                 size = int(kv.get("size", "-1"))
             except ValueError as exc:
                 raise ProbeError(f"bad run line: {line!r}") from exc
-            current = RunProbe(id=parts[0], alive=kv.get("alive") == "1", size=size)
+            current = RunProbe(
+                id=parts[0],
+                alive=kv.get("alive") == "1",
+                size=size,
+                dispatching=kv.get("dispatching") == "1",
+            )
             probe.runs[current.id] = current
         elif word == "exit":
             if current is None:

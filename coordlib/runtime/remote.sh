@@ -25,7 +25,22 @@ unset TMUX TMUX_PANE
 
 die() { # die CODE MESSAGE
     printf 'coord-run: %s\n' "$2" >&2
+    [ -n "${ON_DIE:-}" ] && "$ON_DIE" "$1" "$2"
     exit "$1"
+}
+
+json_str() { # json_str VAR TEXT: set VAR to TEXT as a JSON string literal, without forking
+    local t=${2//\\/\\\\}
+    t=${t//\"/\\\"}
+    t=${t//$'\n'/\\n}
+    t=${t//$'\t'/\\t}
+    t=${t//$'\r'/\\r}
+    t=${t//[[:cntrl:]]/?}
+    printf -v "$1" '"%s"' "$t"
+}
+
+sq() { # sq VAR TEXT: set VAR to TEXT single-quoted for any POSIX shell (dash too)
+    printf -v "$1" "'%s'" "${2//\'/\'\\\'\'}"
 }
 
 expand_home() { # print $1 with a leading "~/" replaced by $HOME
@@ -47,8 +62,12 @@ proc_start() { # print the start time (clock ticks since boot) of pid $1
 }
 
 launcher_alive() { # launcher_alive RUN_DIR -> status 0 when its launcher still runs
+    pid_file_alive "$1/launcher.pid"
+}
+
+pid_file_alive() { # pid_file_alive FILE -> status 0 when the process it names (pid, boot, start) lives
     local pid boot start
-    read -r pid boot start <"$1/launcher.pid" 2>/dev/null || return 1
+    read -r pid boot start <"$1" 2>/dev/null || return 1
     [ "$boot" = "$BOOT_ID" ] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
     [ "$(proc_start "$pid")" = "$start" ]
@@ -64,6 +83,27 @@ now_ms() { # set NOW to milliseconds since the epoch, without forking
 }
 
 # ---------------------------------------------------------------- dispatch
+dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made, say why
+    if [ "$D_MADE" = 1 ] && [ -d "$D_WT" ]; then
+        # The worktree is fresh (nothing of anyone's is in it yet): remove it and its branch,
+        # so the same dispatch works again once the cause is fixed.
+        git -C "$D_REPO" worktree remove --force "$D_WT" >/dev/null 2>&1
+    fi
+    if [ "$D_MADE" = 1 ]; then
+        git -C "$D_REPO" worktree prune >/dev/null 2>&1
+        git -C "$D_REPO" branch -D "$D_BRANCH" >/dev/null 2>&1
+    fi
+    # Record the failure in the run dir for a coordinator that died meanwhile; when even
+    # that cannot be written (a full disk) leave nothing half-made behind.
+    local msg now=${EPOCHREALTIME/,/.}
+    json_str msg "$2"
+    rm -f "$D_RUN/env.fifo" "$D_RUN/dispatch.pid"
+    printf '{"exit_code":%s,"reason":"dispatch_failed","error":%s,"finished_at":%s}\n' \
+        "$1" "$msg" "$now" >"$D_RUN/exit.json.tmp" 2>/dev/null &&
+        mv -f "$D_RUN/exit.json.tmp" "$D_RUN/exit.json" 2>/dev/null ||
+        rm -rf "$D_RUN"
+}
+
 cmd_dispatch() {
     [ $# -eq 12 ] || die 2 "dispatch: expected 12 arguments, got $#"
     local workdir id repo wt branch base sock hash nbrief nspec nlaunch mode
@@ -75,7 +115,15 @@ cmd_dispatch() {
     command -v git >/dev/null 2>&1 || die 20 "git is not installed on this machine (apt-get install git)"
     git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 ||
         die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
+
+    # Claim the run directory first (mkdir is atomic) and say who is dispatching it, so a
+    # status probe sees a dispatch in flight even if the coordinator that sent it died.
+    mkdir -p "$workdir/runs" || die 14 "cannot create $workdir/runs (disk full?)"
     [ -e "$run" ] && die 13 "run directory $run already exists"
+    mkdir "$run" 2>/dev/null || die 13 "cannot create the run directory $run (disk full, or it exists)"
+    D_RUN=$run D_REPO=$repo D_WT=$wt D_BRANCH=$branch D_MADE=0 ON_DIE=dispatch_failed
+    printf '%s %s %s\n' "$$" "$BOOT_ID" "$(proc_start $$)" >"$run/dispatch.pid" ||
+        die 14 "cannot write in $run (disk full?)"
 
     # Concurrent dispatches to one repo would race on git's own lock files.
     mkdir -p "$workdir/locks" || die 14 "cannot create $workdir/locks"
@@ -100,13 +148,14 @@ cmd_dispatch() {
         if git -C "$repo" show-ref --verify --quiet "refs/heads/$branch"; then
             die 12 "branch $branch already exists in $repo (finish or delete it: git -C $repo branch -D $branch)"
         fi
-        mkdir -p "$(dirname "$wt")" || die 14 "cannot create $(dirname "$wt")"
+        mkdir -p "$(dirname "$wt")" || die 14 "cannot create $(dirname "$wt") (disk full?)"
+        D_MADE=1 # from here on a failure removes the fresh worktree and branch again
         git -C "$repo" worktree add --quiet -b "$branch" "$wt" "$start" >&2 ||
             die 12 "git worktree add $wt from $start failed in $repo"
     fi
     exec 9>&-
 
-    mkdir -p "$run" "$workdir/bin" || die 14 "cannot create $run"
+    mkdir -p "$workdir/bin" || die 14 "cannot create $workdir/bin (disk full?)"
     head -c "$nbrief" >"$run/briefing.md" &&
         head -c "$nspec" >"$run/spec.json" &&
         head -c "$nlaunch" >"$run/launch.env" &&
@@ -121,9 +170,11 @@ cmd_dispatch() {
     fi
 
     mkfifo "$run/env.fifo" || die 15 "cannot create $run/env.fifo"
-    local session="coord-$id" cmd
-    cmd=$(printf 'exec bash %q run %q' "$bin" "$run")
-    tmux -L "$sock" new-session -d -s "$session" -c "$wt" "$cmd" ||
+    local session="coord-$id" qbin qrun
+    # tmux runs this with the account's shell, which may be dash: quote for any sh.
+    sq qbin "$bin"
+    sq qrun "$run"
+    tmux -L "$sock" new-session -d -s "$session" -c "$wt" "exec bash $qbin run $qrun" ||
         { rm -f "$run/env.fifo"; die 16 "tmux could not start session $session"; }
     # The launcher blocks opening the FIFO until we write into it; the
     # environment (secrets included) goes from our stdin to its memory and is
@@ -132,6 +183,7 @@ cmd_dispatch() {
         tmux -L "$sock" kill-session -t "=$session" 2>/dev/null
         die 17 "the launcher did not start within 30 s (see $run/launcher.log)"
     fi
+    ON_DIE="" # the launcher runs: from here it records the run's end itself
     local pid="" _b _s
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         read -r pid _b _s <"$run/launcher.pid" 2>/dev/null && break
@@ -152,16 +204,30 @@ kill_group() { # kill_group PID: TERM the worker's process group, KILL it after 
     kill -KILL -- -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null
 }
 
-write_exit() { # write_exit RUN CODE REASON STARTED
-    local now=$EPOCHREALTIME
-    printf '{"exit_code":%s,"reason":"%s","started_at":%s,"finished_at":%s}\n' \
-        "$2" "$3" "$4" "${now/,/.}" >"$1/exit.json.tmp" && mv -f "$1/exit.json.tmp" "$1/exit.json"
+write_exit() { # write_exit RUN CODE REASON STARTED [EXTRA_JSON_FIELDS]
+    local now=$EPOCHREALTIME json
+    printf -v json '{"exit_code":%s,"reason":"%s","started_at":%s,"finished_at":%s%s}' \
+        "$2" "$3" "$4" "${now/,/.}" "${5:+,$5}"
+    # exit.json.next was filled with spaces when the run began: overwriting it in place needs
+    # no new disk blocks, so the end is recorded even on a full disk.  (Trailing spaces are
+    # JSON whitespace.)
+    if [ -f "$1/exit.json.next" ] && printf '%s\n' "$json" 1<>"$1/exit.json.next"; then
+        mv -f "$1/exit.json.next" "$1/exit.json" && return 0
+    fi
+    printf '%s\n' "$json" >"$1/exit.json.tmp" && mv -f "$1/exit.json.tmp" "$1/exit.json"
+}
+
+disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
+    local avail
+    avail=$(df -P -k "$1" 2>/dev/null | awk 'NR == 2 { print $4 }')
+    [ -n "$avail" ] && [ "$avail" -le 16 ]
 }
 
 cmd_run() {
     local run=$1
     exec 2>>"$run/launcher.log"
     printf '%s %s %s\n' "$$" "$BOOT_ID" "$(proc_start $$)" >"$run/launcher.pid"
+    printf '%1023s\n' '' >"$run/exit.json.next" 2>/dev/null || rm -f "$run/exit.json.next"
     local started=$EPOCHREALTIME
     started=${started/,/.}
 
@@ -212,7 +278,9 @@ cmd_run() {
         while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
         for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
         cd "$(expand_home "$COORD_WORKTREE")" || exit 127
-        exec setsid "${COORD_CMD[@]}" -p "$(cat "$run/briefing.md")" "${COORD_ARGS[@]}" \
+        # read -d '' keeps the briefing byte for byte (a $(cat …) would drop trailing newlines)
+        IFS= read -r -d '' prompt <"$run/briefing.md"
+        exec setsid "${COORD_CMD[@]}" -p "$prompt" "${COORD_ARGS[@]}" \
             </dev/null >>"$run/events.jsonl" 2>>"$run/stderr.log" 8>&-
     ) &
     local wpid=$!
@@ -270,7 +338,12 @@ cmd_run() {
         wait "$wpid"
         rc=$?
     fi
-    write_exit "$run" "$rc" "$reason" "$started" || echo "cannot write exit.json (disk full?)" >&2
+    local more=""
+    if [ "$rc" != 0 ] && disk_full "$run"; then
+        more='"disk_full":true'
+    fi
+    write_exit "$run" "$rc" "$reason" "$started" "$more" ||
+        echo "cannot write exit.json (disk full?)" >&2
     exit "$rc"
 }
 
@@ -289,20 +362,22 @@ cmd_status() {
     if command -v tmux >/dev/null 2>&1; then
         tmux -L "$sock" list-sessions -F 'tmux #{session_name}' 2>/dev/null
     fi
-    local d id size alive ex off n
+    local d id size alive disp ex off n
     for d in "$workdir"/runs/*/; do
         [ -d "$d" ] || continue
         d=${d%/}
         id=${d##*/}
         ex=""
         [ -f "$d/exit.json" ] && IFS= read -r ex <"$d/exit.json"
-        alive=0
+        alive=0 disp=0
         [ -z "$ex" ] && launcher_alive "$d" && alive=1
+        # A dispatch still on its way (its process lives, no launcher yet) is in flight.
+        [ -z "$ex" ] && [ "$alive" = 0 ] && pid_file_alive "$d/dispatch.pid" && disp=1
         size=-1
         if [ -n "${want[$id]+x}" ] || [ "$alive" = 1 ]; then
             size=$(stat -c %s "$d/events.jsonl" 2>/dev/null || echo -1)
         fi
-        printf 'run %s alive=%s size=%s\n' "$id" "$alive" "$size"
+        printf 'run %s alive=%s size=%s dispatching=%s\n' "$id" "$alive" "$size" "$disp"
         printf 'exit %s\n' "$ex"
         if [ -n "${want[$id]+x}" ]; then
             off=${want[$id]} n=$((size - off))
