@@ -234,7 +234,7 @@ class Coordinator:
 
     def assignments(self, *, history: bool = False) -> list[Assignment]:
         """Return the board's assignments (and the archived ones too with history)."""
-        rows = (self.board.history() if history else []) + self.board.all()
+        rows = _merged(self.board.history(), self.board.all()) if history else self.board.all()
         return [Assignment.from_dict(r) for r in rows]
 
     # ------------------------------------------------------------ assign
@@ -756,7 +756,9 @@ class Coordinator:
         if ended:
             await asyncio.gather(*(self.trail.post_ending(a) for a in ended))
         if history:
-            rows = [Assignment.from_dict(r) for r in self.board.history()] + rows
+            live_ids = {a.id for a in rows}
+            archived = [r for r in _merged(self.board.history(), []) if r["id"] not in live_ids]
+            rows = [Assignment.from_dict(r) for r in archived] + rows
         for ms in machines:
             ms.running = sum(1 for a in rows if a.machine == ms.name and a.status == Status.RUNNING)
         if machine:
@@ -994,6 +996,14 @@ def _dispatch_error(text: str) -> str:
     reason = lines[-1].removeprefix("coord-run: ")
     causes = [ln for ln in lines[:-1] if ln.startswith(("fatal:", "error:"))][-2:]
     return f"{reason}: {'; '.join(causes)}" if causes else reason
+
+
+def _merged(history: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A crash between the history append and the live write leaves a row in both (and
+    # an archive retried after a crash can append it twice): each id once, the live wins.
+    rows = {r["id"]: r for r in history}
+    rows.update((r["id"], r) for r in live)
+    return list(rows.values())
 
 
 def _check_prompt(text: str, what: str) -> None:

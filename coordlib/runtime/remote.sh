@@ -54,11 +54,14 @@ expand_home() { # print $1 with a leading "~/" replaced by $HOME
 BOOT_ID=unknown
 read -r BOOT_ID 2>/dev/null </proc/sys/kernel/random/boot_id
 
-proc_start() { # print the start time (clock ticks since boot) of pid $1
+proc_start() { # set PSTART to the start time (clock ticks since boot) of pid $1, no fork
     local f
+    PSTART=""
     read -r -a f </proc/"$1"/stat 2>/dev/null || return 1
-    # field 2 (comm) has no spaces for our processes, so field 22 is index 21
-    printf '%s' "${f[21]}"
+    # field 2 (comm) has no spaces for our processes, so field 3 (state) is index 2 and
+    # field 22 (start time) is index 21.  A zombie has ended, whoever has yet to reap it.
+    [ "${f[2]}" != Z ] || return 1
+    PSTART=${f[21]}
 }
 
 launcher_alive() { # launcher_alive RUN_DIR -> status 0 when its launcher still runs
@@ -70,7 +73,7 @@ pid_file_alive() { # pid_file_alive FILE -> status 0 when the process it names (
     read -r pid boot start <"$1" 2>/dev/null || return 1
     [ "$boot" = "$BOOT_ID" ] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    [ "$(proc_start "$pid")" = "$start" ]
+    proc_start "$pid" && [ "$PSTART" = "$start" ]
 }
 
 wt_lock() { # wt_lock WORKDIR WORKTREE: print the lock file that one worker per worktree holds
@@ -122,7 +125,8 @@ cmd_dispatch() {
     [ -e "$run" ] && die 13 "run directory $run already exists"
     mkdir "$run" 2>/dev/null || die 13 "cannot create the run directory $run (disk full, or it exists)"
     D_RUN=$run D_REPO=$repo D_WT=$wt D_BRANCH=$branch D_MADE=0 ON_DIE=dispatch_failed
-    printf '%s %s %s\n' "$$" "$BOOT_ID" "$(proc_start $$)" >"$run/dispatch.pid" ||
+    proc_start $$
+    printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/dispatch.pid" ||
         die 14 "cannot write in $run (disk full?)"
 
     # Concurrent dispatches to one repo would race on git's own lock files.
@@ -179,7 +183,9 @@ cmd_dispatch() {
     # The launcher blocks opening the FIFO until we write into it; the
     # environment (secrets included) goes from our stdin to its memory and is
     # never stored on disk or put on a command line.
-    if ! timeout 30 cat >"$run/env.fifo"; then
+    # timeout must open the FIFO itself: opened by this shell, a launcher that died before
+    # opening its end would block the dispatch forever.
+    if ! timeout 30 bash --norc -c 'exec cat >"$1"' coord-env "$run/env.fifo"; then
         tmux -L "$sock" kill-session -t "=$session" 2>/dev/null
         die 17 "the launcher did not start within 30 s (see $run/launcher.log)"
     fi
@@ -226,7 +232,8 @@ disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
 cmd_run() {
     local run=$1
     exec 2>>"$run/launcher.log"
-    printf '%s %s %s\n' "$$" "$BOOT_ID" "$(proc_start $$)" >"$run/launcher.pid"
+    proc_start $$
+    printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/launcher.pid"
     printf '%1023s\n' '' >"$run/exit.json.next" 2>/dev/null || rm -f "$run/exit.json.next"
     local started=$EPOCHREALTIME
     started=${started/,/.}
@@ -352,7 +359,7 @@ cmd_status() {
     local workdir sock
     workdir=$(expand_home "$1") sock=$2
     shift 2
-    local -A want=() maxb=()
+    local -A want=() maxb=() sizes=()
     local spec
     for spec in "$@"; do
         IFS=: read -r sid soff smax <<<"$spec"
@@ -362,7 +369,9 @@ cmd_status() {
     if command -v tmux >/dev/null 2>&1; then
         tmux -L "$sock" list-sessions -F 'tmux #{session_name}' 2>/dev/null
     fi
-    local d id size alive disp ex off n
+    # First every run's exit record and liveness (builtins only, no fork per run) ...
+    local d id ex alive disp size off n sz path
+    local -a ids=() exits=() states=()
     for d in "$workdir"/runs/*/; do
         [ -d "$d" ] || continue
         d=${d%/}
@@ -373,9 +382,22 @@ cmd_status() {
         [ -z "$ex" ] && launcher_alive "$d" && alive=1
         # A dispatch still on its way (its process lives, no launcher yet) is in flight.
         [ -z "$ex" ] && [ "$alive" = 0 ] && pid_file_alive "$d/dispatch.pid" && disp=1
+        ids+=("$id") exits+=("$ex") states+=("$alive $disp")
+    done
+    # ... then every events.jsonl size in one find.  Sizes are read after the exit records,
+    # so a run that has ended reports every event it wrote before its end.
+    while read -r sz path; do
+        path=${path%/events.jsonl}
+        sizes[${path##*/}]=$sz
+    done < <(find "$workdir/runs" -mindepth 2 -maxdepth 2 -name events.jsonl -printf '%s %p\n' 2>/dev/null)
+    local i
+    for i in "${!ids[@]}"; do
+        id=${ids[$i]} ex=${exits[$i]}
+        alive=${states[$i]% *} disp=${states[$i]#* }
+        d="$workdir/runs/$id"
         size=-1
         if [ -n "${want[$id]+x}" ] || [ "$alive" = 1 ]; then
-            size=$(stat -c %s "$d/events.jsonl" 2>/dev/null || echo -1)
+            size=${sizes[$id]:--1}
         fi
         printf 'run %s alive=%s size=%s dispatching=%s\n' "$id" "$alive" "$size" "$disp"
         printf 'exit %s\n' "$ex"

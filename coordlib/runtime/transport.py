@@ -73,7 +73,7 @@ class Transport(abc.ABC):
     def _checked(self, result: CompletedCommand, check: bool, what: str | None) -> CompletedCommand:
         if check and result.returncode != 0:
             raise CommandError(
-                [*result.argv[:2], "…"] if _is_script(result.argv) else list(result.argv),
+                [*result.argv[:3], "…"] if _is_script(result.argv) else list(result.argv),
                 result.returncode,
                 result.out,
                 result.err,
@@ -84,4 +84,4 @@ class Transport(abc.ABC):
 
 
 def _is_script(argv: Sequence[str]) -> bool:
-    return len(argv) > 2 and argv[0] == "bash" and argv[1] == "-c"
+    return len(argv) > 3 and argv[0] == "bash" and argv[2] == "-c"
