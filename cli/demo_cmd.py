@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +71,8 @@ def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmu
                    tmux_socket=tmux_socket, claude=claude, model_url=model_url)  # fmt: skip
     click.echo(_SAYS[mode].format(claude=claude))
     click.echo(f"workspace {ws.root}\n")
+
+    import asyncio
 
     async def go() -> list[Assignment]:
         environ = {**_os_environ(), **ws.environ}

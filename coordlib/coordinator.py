@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .assignment import TERMINAL, Assignment, Status
@@ -35,7 +35,6 @@ from .errors import (
     UnreachableError,
     WaitTimeout,
 )
-from .forge.base import Forge, Issue
 from .reconcile import dispatch_may_be_in_flight, reconcile
 from .runtime.command import (
     LaunchSpec,
@@ -47,7 +46,6 @@ from .runtime.command import (
 )
 from .runtime.local import LocalTransport
 from .runtime.probe import MachineProbe, parse_probe
-from .runtime.ssh import SSHTarget, SSHTransport
 from .runtime.transport import Transport
 from .stream import (
     Event,
@@ -56,12 +54,18 @@ from .stream import (
 )
 from .trail import Trail, sort_into_sections
 
+if TYPE_CHECKING:  # imported where used: asyncssh alone costs ~200 ms to import
+    from .forge.base import Branch, Forge, Issue
+    from .runtime.ssh import SSHTarget
+
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
 # Events read per run per status call; the rest waits for the next call.
 _MAX_EVENT_BYTES = 8 * 1024 * 1024
 _DISPATCH_TIMEOUT = 180.0
 _PROBE_TIMEOUT = 30.0
+# A burst of dispatches to one repo shares one listing of its remote's issue branches.
+_BRANCH_CACHE_SECONDS = 3.0
 RATE_LIMIT_GUIDANCE = (
     "Your previous run was interrupted by an API rate limit. Continue the task from where "
     "you left off; check `git status` and `git log` to see what is already done."
@@ -165,6 +169,8 @@ class Coordinator:
         self._environ = dict(os.environ if environ is None else environ)
         self._transports: dict[str, Transport] = {}
         self._forges: dict[str, Forge] = {}
+        self._branch_cache: dict[str, tuple[float, list[Branch]]] = {}
+        self._branch_locks: dict[str, asyncio.Lock] = {}
         self._host = socket.gethostname()
         # Things worth telling a person that are not errors (a forge rate limit being
         # waited out, a trail comment that could not be posted); the CLI prints them.
@@ -207,7 +213,12 @@ class Coordinator:
         t = self._transports.get(machine)
         if t is None:
             m = self.config.machine(machine)
-            t = LocalTransport(m.name) if m.is_local else SSHTransport(self.ssh_target(m.name))
+            if m.is_local:
+                t = LocalTransport(m.name)
+            else:
+                from .runtime.ssh import SSHTransport
+
+                t = SSHTransport(self.ssh_target(m.name))
             self._transports[machine] = t
         return t
 
@@ -218,6 +229,8 @@ class Coordinator:
             raise MachineError(
                 "is the local machine: there is no host key to trust", machine=m.name
             )
+        from .runtime.ssh import SSHTarget
+
         return SSHTarget(
             name=m.name,
             host=m.host,
@@ -387,8 +400,19 @@ class Coordinator:
             await self._check_branch_claims(forge, repo, issue)
         return info
 
+    async def _issue_branches(self, forge: Forge, repo: str) -> list[Branch]:
+        """The remote's ``issue-*`` branches, listed once for concurrent dispatches."""
+        lock = self._branch_locks.setdefault(repo, asyncio.Lock())
+        async with lock:
+            cached = self._branch_cache.get(repo)
+            if cached is None or time.monotonic() - cached[0] > _BRANCH_CACHE_SECONDS:
+                cached = (time.monotonic(), await forge.branches("issue-"))
+                self._branch_cache[repo] = cached
+            return cached[1]
+
     async def _check_branch_claims(self, forge: Forge, repo: str, issue: int) -> None:
-        branches = await forge.issue_branches(issue)
+        prefix = f"issue-{issue}-"
+        branches = [b for b in await self._issue_branches(forge, repo) if b.name.startswith(prefix)]
         if not branches:
             return
         mine = {a.branch for a in self.assignments(history=True) if a.repo == repo}
@@ -721,7 +745,16 @@ class Coordinator:
 
     # ------------------------------------------------------------ status
     async def status(self, *, machine: str | None = None, history: bool = False) -> StatusReport:
-        """Ask every machine (or one) once, reconcile the board, and report."""
+        """Ask every machine (or one) once, reconcile the board, and report.
+
+        A machine's ``orphans`` are the runs there that the board does not know and that
+        are still running (`resume` lists ended ones too).
+        """
+        return await self._status(machine=machine, history=history, all_orphans=False)
+
+    async def _status(
+        self, *, machine: str | None, history: bool, all_orphans: bool
+    ) -> StatusReport:
         names = [machine] if machine else list(self.config.machines)
         if machine:
             self.config.machine(machine)  # unknown name -> ConfigError with a suggestion
@@ -740,7 +773,11 @@ class Coordinator:
             ms = MachineStatus(name, reachable=True)
             known = {a.id for a in rows if a.machine == name}
             unknown = set(outcome.runs) - known
-            if unknown:  # reading the history costs; only when a run is not live
+            if not all_orphans:
+                # A status only cares about workers running unseen; the ended runs of
+                # archived work are many, and reading the history to place them costs.
+                unknown = {i for i in unknown if outcome.runs[i].exit is None}
+            if unknown:
                 unknown -= self._history_ids()
             ms.orphans = sorted(unknown)
             for a in (x for x in live if x.machine == name):
@@ -960,7 +997,7 @@ class Coordinator:
         and the board does not (a lost or deleted board file).
         """
         restored = await self.rebuild_from_forge() if from_forge else []
-        report = await self.status()
+        report = await self._status(machine=None, history=False, all_orphans=True)
         unreachable = [m for m in report.machines if not m.reachable]
         down = {m.name for m in unreachable}
         still = [a.id for a in report.assignments if not a.is_terminal and a.machine in down]

@@ -375,9 +375,8 @@ def test_open_forge_without_a_remote_explains_url(tmp_path: Path) -> None:
         open_forge(config, "api")
     with pytest.raises(ConfigError, match="no repo named 'nope'"):
         open_forge(config, "nope")
-    bad = _config(tmp_path, "repos:\n  - name: api\n    url: /x.git\nforge: {root: 5}\n")
-    with pytest.raises(ForgeError, match=re.escape("`forge.root` must be a non-empty string")):
-        open_forge(bad, "api")
+    with pytest.raises(ConfigError, match=r"forge\.root: expected"):
+        _config(tmp_path, "repos:\n  - name: api\n    url: /x.git\nforge: {root: [a]}\n")
 
 
 def test_open_forge_picks_github_by_slug_unless_told_local(tmp_path: Path) -> None:

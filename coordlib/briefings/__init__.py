@@ -24,14 +24,16 @@ conflict  ``base``, ``conflicts`` [path]
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, CoordError
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = ["KINDS", "files_in_scope", "render_briefing"]
 
@@ -48,7 +50,12 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 _ISSUE_DEFAULTS = {"body": "", "labels": [], "comments": [], "url": ""}
 
 
+@functools.lru_cache(maxsize=8)
 def _environment(user_dir: Path | None) -> jinja2.Environment:
+    # Imported here: jinja2 costs ~30 ms, and most coord commands render nothing.  The
+    # environment is cached (its loaders notice a user's edited template by mtime).
+    import jinja2
+
     loaders: list[jinja2.BaseLoader] = []
     if user_dir is not None:
         loaders.append(jinja2.FileSystemLoader(str(user_dir)))
@@ -68,6 +75,8 @@ def render_briefing(kind: str, context: Mapping[str, Any], *, user_dir: Path | N
     A known kind's optional variables get their defaults; a missing required one is a
     `CoordError` naming it.  Unknown kinds (a user's own template) render as given.
     """
+    import jinja2
+
     name = f"{kind}.md.j2"
     ctx = dict(context)
     if kind in KINDS:

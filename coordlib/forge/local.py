@@ -36,6 +36,7 @@ import fcntl
 import json
 import os
 import re
+import subprocess
 import tempfile
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -586,23 +587,22 @@ class _Git:
     ) -> tuple[int, str]:
         """Run git with argv `args` (never a shell); return (exit status, stdout)."""
         argv = ["git", *(["-C", str(cwd)] if cwd else []), *args]
+        # A thread, not asyncio's subprocess: on Python 3.11 a task cancelled inside
+        # create_subprocess_exec (a gather of assigns where one fails) can hang the loop's
+        # shutdown for good (CPython gh-103847).  These git commands are short.
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            proc = await asyncio.to_thread(
+                subprocess.run,
+                argv,
+                input=stdin,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
+                capture_output=True,
                 env={**self.env, **(env or {})},
+                check=False,
             )
         except OSError as exc:
             raise ForgeError(f"cannot run git: {exc.strerror or exc}; install git") from exc
-        try:
-            out, err = await proc.communicate(stdin)
-        except BaseException:  # cancelled: don't leave git running on its own
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
+        out, err = proc.stdout, proc.stderr
         status = proc.returncode if proc.returncode is not None else -1
         if status not in ok:
             lines = err.decode(errors="replace").strip().splitlines() or ["no output"]
