@@ -230,7 +230,9 @@ disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
 }
 
 cmd_run() {
-    local run=$1
+    local run=$1 stop_req=0
+    # First of all: a stop that comes while the launcher starts must not kill it unrecorded.
+    trap 'stop_req=1' TERM INT HUP
     exec 2>>"$run/launcher.log"
     proc_start $$
     printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/launcher.pid"
@@ -253,6 +255,11 @@ cmd_run() {
         exec 3<&-
     fi
     rm -f "$run/env.fifo"
+    if [ "$stop_req" = 1 ] || [ -e "$run/stop" ]; then
+        echo "stopped before the worker started" >&2
+        write_exit "$run" 143 stopped "$started"
+        exit 143
+    fi
     if [ "$complete" != 1 ]; then
         echo "environment stream incomplete; not starting the worker" >&2
         write_exit "$run" 125 crashed "$started"
@@ -273,8 +280,6 @@ cmd_run() {
         fi
     fi
 
-    local stop_req=0
-    trap 'stop_req=1' TERM INT HUP
 
     (
         # A clean, stated environment: a few basics kept, then the machine's env.
