@@ -235,6 +235,9 @@ class Trail:
     async def _post(
         self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
     ) -> None:
+        known = a.extra.get("trail")
+        if not isinstance(known, dict) or known.get("off"):
+            return  # work that is not on the forge: no need to lock the board to know it
         with self.board.transaction() as txn:
             if a.id not in txn:
                 return
