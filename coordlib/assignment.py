@@ -75,7 +75,10 @@ class Assignment:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Assignment:
         """Build from a board record, ignoring fields a newer version may have added."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs = {k: v for k, v in data.items() if k in _FIELD_NAMES}
         kwargs["status"] = Status(kwargs.get("status", Status.PENDING))
         return cls(**kwargs)
+
+
+# Computed once: building a board's worth of rows asks for them hundreds of times.
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Assignment))

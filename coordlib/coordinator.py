@@ -142,8 +142,10 @@ _PUBLIC_FIELDS = (
 
 
 def _public(a: Assignment) -> dict[str, Any]:
-    data = a.to_dict()
-    return {k: data[k] for k in _PUBLIC_FIELDS}
+    # Only these fields, read directly: to_dict() deep-copies every row's extra first.
+    data = {k: getattr(a, k) for k in _PUBLIC_FIELDS}
+    data["status"] = str(a.status)
+    return data
 
 
 class Coordinator:

@@ -14,7 +14,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 __all__ = [
     "LaunchSpec",
@@ -64,7 +64,8 @@ def remote_script() -> str:
     """Return the text of the coord-run script that runs on worker machines."""
     global _SCRIPT
     if _SCRIPT is None:
-        _SCRIPT = resources.files("coordlib.runtime").joinpath("remote.sh").read_text("utf-8")
+        # A plain file read: importlib.resources costs more to import than this whole read.
+        _SCRIPT = Path(__file__).with_name("remote.sh").read_text("utf-8")
     return _SCRIPT
 
 

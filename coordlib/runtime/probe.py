@@ -4,9 +4,10 @@ The format is framed text rather than JSON so the remote side needs nothing but
 bash and coreutils, and so a run's new events travel as raw bytes with a length::
 
     coord-probe 1 boot=<boot id> now=<epoch seconds>
-    tmux <session name>                        one per tmux session on the coord socket
+    tmux <session name>                        (accepted; today's probe sends none)
     run <id> alive=<0|1> size=<bytes|-1> dispatching=<0|1>
-    exit <exit.json on one line, or nothing>
+    exit <exit.json on one line, or nothing>   (for runs not asked about, only that they
+                                               ended: {"reason":"ended"})
     events <offset> <n>                        only for runs the caller asked about
     <n raw bytes of events.jsonl>\\n
     missing <id>                               asked about, but no such run dir

@@ -371,9 +371,8 @@ cmd_status() {
         want[$sid]=$soff maxb[$sid]=$smax
     done
     printf 'coord-probe 1 boot=%s now=%s\n' "$BOOT_ID" "${EPOCHREALTIME/,/.}"
-    if command -v tmux >/dev/null 2>&1; then
-        tmux -L "$sock" list-sessions -F 'tmux #{session_name}' 2>/dev/null
-    fi
+    # (No `tmux list-sessions`: liveness is the launcher's process and exit.json, and the
+    # tmux client would cost a fork and a socket round trip on every status.)
     # First every run's exit record and liveness (builtins only, no fork per run) ...
     local d id ex alive disp size off n sz path
     local -a ids=() exits=() states=()
@@ -382,7 +381,15 @@ cmd_status() {
         d=${d%/}
         id=${d##*/}
         ex=""
-        [ -f "$d/exit.json" ] && IFS= read -r ex <"$d/exit.json"
+        if [ -f "$d/exit.json" ]; then
+            # Only the runs asked about need their record; the ended runs of archived work
+            # (thousands, on a busy machine) are only told apart from running ones.
+            if [ -n "${want[$id]+x}" ]; then
+                IFS= read -r ex <"$d/exit.json"
+            else
+                ex='{"reason":"ended"}'
+            fi
+        fi
         alive=0 disp=0
         [ -z "$ex" ] && launcher_alive "$d" && alive=1
         # A dispatch still on its way (its process lives, no launcher yet) is in flight.
