@@ -249,8 +249,14 @@ class Coordinator:
 
     def assignments(self, *, history: bool = False) -> list[Assignment]:
         """Return the board's assignments (and the archived ones too with history)."""
-        rows = _merged(self.board.history(), self.board.all()) if history else self.board.all()
-        return [Assignment.from_dict(r) for r in rows]
+        rows = self.board.all()
+        return [Assignment.from_dict(r) for r in (self._with_history(rows) if history else rows)]
+
+    def _with_history(self, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # A crash between the history append and the live write leaves a row in both:
+        # the archived rows come first, each id once, and the live row wins.
+        ids = {r["id"] for r in live}
+        return [r for r in self.board.history() if r["id"] not in ids] + live
 
     # ------------------------------------------------------------ assign
     def _launch_spec(
@@ -632,13 +638,10 @@ class Coordinator:
                 f"assignment {prev.id} is still {prev.status}; stop it first "
                 f"(`coord stop {prev.id}`) or use `coord resume-stuck` to steer it"
             )
-        info: Issue | None = None
-        try:
-            info = await self.forge(prev.repo).get_issue(prev.issue)
-        except NotFoundError:
-            pass
-        except ForgeError as exc:
-            self.notify(f"{prev.repo}#{prev.issue}: retrying without the forge: {exc}")
+        # The issue as the forge has it now; its own earlier branch is no claim against it.
+        info = await self._issue_for(
+            prev.repo, prev.issue, title=prev.title, briefing=briefing, force=True
+        )
         a, text, launch = self.plan_assignment(
             machine or prev.machine,
             prev.repo,
@@ -796,7 +799,7 @@ class Coordinator:
             await asyncio.gather(*(self.trail.post_ending(a) for a in ended))
         if history:
             live_ids = {a.id for a in rows}
-            archived = [r for r in _merged(self.board.history(), []) if r["id"] not in live_ids]
+            archived = [r for r in self.board.history() if r["id"] not in live_ids]
             rows = [Assignment.from_dict(r) for r in archived] + rows
         for ms in machines:
             ms.running = sum(1 for a in rows if a.machine == ms.name and a.status == Status.RUNNING)
@@ -1035,14 +1038,6 @@ def _dispatch_error(text: str) -> str:
     reason = lines[-1].removeprefix("coord-run: ")
     causes = [ln for ln in lines[:-1] if ln.startswith(("fatal:", "error:"))][-2:]
     return f"{reason}: {'; '.join(causes)}" if causes else reason
-
-
-def _merged(history: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # A crash between the history append and the live write leaves a row in both (and
-    # an archive retried after a crash can append it twice): each id once, the live wins.
-    rows = {r["id"]: r for r in history}
-    rows.update((r["id"], r) for r in live)
-    return list(rows.values())
 
 
 def _check_prompt(text: str, what: str) -> None:

@@ -380,7 +380,6 @@ def test_open_forge_without_a_remote_explains_url(tmp_path: Path) -> None:
 
 
 def test_open_forge_picks_github_by_slug_unless_told_local(tmp_path: Path) -> None:
-    pytest.importorskip("coordlib.forge.github")
     config = _config(
         tmp_path,
         "repos:\n  - {name: api, github: acme/api}\n"

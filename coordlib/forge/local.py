@@ -497,11 +497,7 @@ class _Files:
                 pr = self.pr_path(number)
                 if pr is None:
                     raise NotFoundError(f"no issue #{number} in {self.root}")
-                record = self._parse_pr(pr)
-                change(record)
-                record["updated_at"] = _now()
-                _write_atomic(pr, _dump(record, _Dumper))
-                return self._pr_as_issue(record, pr, comments=False)
+                return self._pr_as_issue(self._rewrite_pr(pr, change), pr, comments=False)
             self._parse_issue(path, number, comments=False)  # refuse to rewrite a broken file
             front, body = _split_front_matter(self._read(path), path)
             change(front)
@@ -543,10 +539,15 @@ class _Files:
             path = self.pr_path(number)
             if path is None:
                 raise NotFoundError(f"no pull request #{number} in {self.pulls}")
-            record = self._parse_pr(path)
-            change(record)
-            record["updated_at"] = _now()
-            _write_atomic(path, _dump(record, _Dumper))
+            self._rewrite_pr(path, change)
+
+    def _rewrite_pr(self, path: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        # Under the lock: read the record, let `change` edit it, write it back.
+        record = self._parse_pr(path)
+        change(record)
+        record["updated_at"] = _now()
+        _write_atomic(path, _dump(record, _Dumper))
+        return record
 
     def add_review(self, number: int, state: str, body: str) -> Review:
         with self._locked():
