@@ -21,6 +21,18 @@ pytest_plugins = ["coordlib.testing.plugin", "tests.fakegithub.plugin"]
 FAKE_CLAUDE = Path(coordlib.testing.__file__).with_name("fake_claude.py")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _config_cache_of_our_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the config parse cache of the suite's thousands of configs out of ~/.cache."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture
 def tmux_socket() -> Iterator[str]:
     """A tmux socket name of this test's own; its server is killed afterwards."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -760,3 +761,83 @@ def test_forge_sections_parse(tmp_path: Path) -> None:
         "write_interval": 0.0,
     }
     assert config.extra["forge"] == {"root": "x"}
+
+
+# ------------------------------------------------------------------ the parse cache
+
+
+@pytest.fixture
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home / "coordlib" / "config"
+
+
+def _no_parse(*args: object, **kwargs: object) -> None:
+    raise AssertionError("parsed the YAML again instead of using the cache")
+
+
+def test_cache_serves_an_unchanged_config_without_parsing(
+    tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coordlib.config_yaml
+
+    path = write(tmp_path, FULL)
+    first = load_config(path)
+    (entry,) = cache_home.iterdir()
+    assert entry.stat().st_mode & 0o777 == 0o600
+    assert cache_home.stat().st_mode & 0o777 == 0o700
+
+    monkeypatch.setattr(coordlib.config_yaml, "parse_config", _no_parse)
+    again = load_config(path)
+    assert again == first
+    assert again.machines["gpu-box"].env == first.machines["gpu-box"].env
+    assert isinstance(again.repos["web"].depends_on, tuple)
+    assert isinstance(again.board.path, Path)
+    with pytest.raises(TypeError):  # still frozen all the way down
+        again.machines["gpu-box"].env["X"] = "y"  # type: ignore[index]
+
+
+def test_cache_notices_an_edit_and_survives_a_broken_entry(
+    tmp_path: Path, cache_home: Path
+) -> None:
+    path = write(tmp_path, "machines: [{name: a, host: h1}]\n")
+    assert load_config(path).machines["a"].host == "h1"
+    path.write_text("machines: [{name: a, host: h2}]\n")
+    assert load_config(path).machines["a"].host == "h2"  # same size, same second: new text
+
+    (entry,) = cache_home.iterdir()
+    for junk in ("{not json", '{"key": 1}', '{"key": "x", "config": []}', ""):
+        entry.write_text(junk)
+        assert load_config(path).machines["a"].host == "h2"
+    assert len(list(cache_home.iterdir())) == 1  # one entry per config file, rewritten
+
+
+def test_cache_never_keeps_a_bad_config_or_one_json_would_change(
+    tmp_path: Path, cache_home: Path
+) -> None:
+    path = write(tmp_path, "machines:\n  - name: a\n    port: 22\n")  # no host
+    for _ in range(2):
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert info.value.line == 2
+    assert not cache_home.exists()
+
+    dated = write(tmp_path, "hooks: {since: 2024-01-02}\n")  # YAML makes that a date
+    assert load_config(dated).extra["hooks"]["since"].year == 2024
+    assert load_config(dated).extra["hooks"]["since"].year == 2024  # parsed again, still a date
+    assert not cache_home.exists()
+
+    load_config(write(tmp_path, "machines: [{name: a, host: h}]\n"), cache=False)
+    assert not cache_home.exists()
+
+
+def test_a_cached_load_does_not_import_yaml(tmp_path: Path, cache_home: Path) -> None:
+    path = write(tmp_path, FULL)
+    load_config(path)
+    code = (
+        "import sys; from coordlib.config import load_config; "
+        f"load_config({str(path)!r}); print('yaml' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
