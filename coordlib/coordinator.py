@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -281,7 +280,7 @@ class Coordinator:
         )
 
     def _new_id(self, repo: str, issue: int) -> str:
-        return f"{slugify(repo, max_length=16) or 'repo'}-{issue}-{secrets.token_hex(2)}"
+        return f"{slugify(repo, max_length=16) or 'repo'}-{issue}-{os.urandom(2).hex()}"
 
     def plan_assignment(
         self,
@@ -767,7 +766,7 @@ class Coordinator:
         # Queued (rate-limited) work has no run to ask about until it is continued.
         live = [a for a in rows if not a.is_terminal and a.status != Status.QUEUED]
         probes = await asyncio.gather(
-            *(self._probe(n, [a for a in live if a.machine == n]) for n in names)
+            *(self._probe(n, [a for a in live if a.machine == n], ended=all_orphans) for n in names)
         )
         machines: list[MachineStatus] = []
         updates: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -813,13 +812,17 @@ class Coordinator:
     def _history_ids(self) -> set[str]:
         return {r["id"] for r in self.board.history()}
 
-    async def _probe(self, name: str, live: Sequence[Assignment]) -> MachineProbe | CoordError:
+    async def _probe(
+        self, name: str, live: Sequence[Assignment], *, ended: bool
+    ) -> MachineProbe | CoordError:
+        """Ask one machine about `live` (and every running run; every ended one too if `ended`)."""
         m = self.config.machine(name)
         wants = [f"{a.id}:{a.events_offset}:{_MAX_EVENT_BYTES}" for a in live]
+        scope = "all" if ended else "live"
         try:
             result = await asyncio.wait_for(
                 self.transport(name).run(
-                    remote_argv("status", m.workdir, m.tmux_socket, *wants),
+                    remote_argv("status", m.workdir, m.tmux_socket, scope, *wants),
                     timeout=_PROBE_TIMEOUT,
                     what="status probe",
                 ),

@@ -464,3 +464,42 @@ def test_status_reads_events_by_offset_and_limit(tmp_path: Path) -> None:
     assert limited.events == events[:5]
     past_end = parse_probe(run_status(tmp_path, f"r-done:{len(events) + 10}:100")).runs["r-done"]
     assert past_end.events == b""
+
+
+def _live_pid_file(path: Path, pid: int) -> None:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    path.write_text(f"{pid} {boot} {start}\n")
+
+
+def test_status_live_scope_leaves_out_ended_runs_not_asked_about(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        names = ("asked-ended", "unasked-ended", "asked-live", "unasked-live")
+        for name in names:
+            run = runs / name
+            run.mkdir(parents=True)
+            (run / "events.jsonl").write_bytes(f'{{"run":"{name}"}}\n'.encode())
+            if name.endswith("ended"):
+                (run / "exit.json").write_text('{"exit_code":0,"reason":"exited"}\n')
+            else:
+                _live_pid_file(run / "launcher.pid", sleeper.pid)
+        wants = ("asked-ended:0:1000", "asked-live:0:1000")
+
+        everything = parse_probe(run_status(tmp_path, "all", *wants))
+        assert set(everything.runs) == set(names)
+        assert everything.runs["unasked-ended"].exit == {"reason": "ended"}
+        assert parse_probe(run_status(tmp_path, *wants)).runs == everything.runs  # all: default
+
+        live = parse_probe(run_status(tmp_path, "live", *wants))
+        assert set(live.runs) == {"asked-ended", "asked-live", "unasked-live"}
+        for name in ("asked-ended", "asked-live"):  # both asked: both get their events
+            assert live.runs[name].events == f'{{"run":"{name}"}}\n'.encode()
+        assert live.runs["asked-ended"].exit == {"exit_code": 0, "reason": "exited"}
+        assert live.runs["asked-live"].alive and live.runs["unasked-live"].alive
+        assert live.runs["unasked-live"].size == len(b'{"run":"unasked-live"}\n')
+        assert live.runs["unasked-live"].events is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -12,7 +12,8 @@
 #            reuses the existing worktree (a session resumed with guidance, or after a
 #            rate limit), and refuses while another worker still holds it.
 #   run      RUN_DIR                  the launcher + watchdog (started by dispatch in tmux)
-#   status   WORKDIR SOCKET [ID:OFFSET:MAX ...]   state of every run, framed text on stdout
+#   status   WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]   state of every run (live:
+#            only the running ones and those asked about), framed text on stdout
 #   stop     WORKDIR ID               ask a run to stop and wait for its exit record
 #   tail     WORKDIR ID OFFSET FILE FOLLOW  print FILE from byte OFFSET; FOLLOW=1 keeps
 #            streaming until the run's launcher exits
@@ -69,11 +70,14 @@ launcher_alive() { # launcher_alive RUN_DIR -> status 0 when its launcher still 
 }
 
 pid_file_alive() { # pid_file_alive FILE -> status 0 when the process it names (pid, boot, start) lives
-    local pid boot start
+    local pid boot start state pstart
     read -r pid boot start <"$1" 2>/dev/null || return 1
     [ "$boot" = "$BOOT_ID" ] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    proc_start "$pid" && [ "$PSTART" = "$start" ]
+    # As proc_start, inline (status probes call this for every run): a gone process has no
+    # stat file, a zombie has ended, and another process behind a reused pid started later.
+    read -r _ _ state _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ pstart _ </proc/"$pid"/stat 2>/dev/null ||
+        return 1
+    [ "$state" != Z ] && [ "$pstart" = "$start" ]
 }
 
 wt_lock() { # wt_lock WORKDIR WORKTREE: print the lock file that one worker per worktree holds
@@ -360,75 +364,80 @@ cmd_run() {
 }
 
 # ---------------------------------------------------------------- status
-cmd_status() {
-    local workdir sock
-    workdir=$(expand_home "$1") sock=$2
+cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
+    local workdir=$1 mode=all
+    case $workdir in "~") workdir=$HOME ;; "~/"*) workdir=$HOME/${workdir#\~/} ;; esac
     shift 2
+    case ${1:-} in live | all) mode=$1 && shift ;; esac
     local -A want=() maxb=() sizes=()
-    local spec
-    for spec in "$@"; do
-        IFS=: read -r sid soff smax <<<"$spec"
-        want[$sid]=$soff maxb[$sid]=$smax
+    local spec sid rest
+    for spec in "$@"; do # ID:OFFSET:MAX, split without a here-string (a temp file each)
+        sid=${spec%%:*} rest=${spec#*:}
+        want[$sid]=${rest%%:*} maxb[$sid]=${rest#*:}
     done
     printf 'coord-probe 1 boot=%s now=%s\n' "$BOOT_ID" "${EPOCHREALTIME/,/.}"
     # (No `tmux list-sessions`: liveness is the launcher's process and exit.json, and the
     # tmux client would cost a fork and a socket round trip on every status.)
     # First every run's exit record and liveness (builtins only, no fork per run) ...
-    local d id ex alive disp size off n sz path
-    local -a ids=() exits=() states=()
+    local d id ex alive disp size off n sz path out=""
+    local -a ids=() exits=() states=() sized=()
     for d in "$workdir"/runs/*/; do
-        [ -d "$d" ] || continue
         d=${d%/}
         id=${d##*/}
-        ex=""
+        ex="" alive=0 disp=0
         if [ -f "$d/exit.json" ]; then
-            # Only the runs asked about need their record; the ended runs of archived work
-            # (thousands, on a busy machine) are only told apart from running ones.
             if [ -n "${want[$id]+x}" ]; then
                 IFS= read -r ex <"$d/exit.json"
+            elif [ "$mode" = live ]; then
+                continue # the ended runs of archived work: thousands, on a busy machine
             else
-                ex='{"reason":"ended"}'
+                ex='{"reason":"ended"}' # only told apart from running ones
             fi
+        elif [ ! -d "$d" ]; then
+            continue # the glob matched nothing
+        elif launcher_alive "$d"; then
+            alive=1
+        elif pid_file_alive "$d/dispatch.pid"; then
+            disp=1 # a dispatch still on its way (its process lives, no launcher yet)
         fi
-        alive=0 disp=0
-        [ -z "$ex" ] && launcher_alive "$d" && alive=1
-        # A dispatch still on its way (its process lives, no launcher yet) is in flight.
-        [ -z "$ex" ] && [ "$alive" = 0 ] && pid_file_alive "$d/dispatch.pid" && disp=1
         ids+=("$id") exits+=("$ex") states+=("$alive $disp")
+        if [ -n "${want[$id]+x}" ] || [ "$alive" = 1 ]; then
+            sized+=("$d/events.jsonl")
+        fi
     done
-    # ... then every events.jsonl size in one find.  Sizes are read after the exit records,
-    # so a run that has ended reports every event it wrote before its end.
-    while read -r sz path; do
-        path=${path%/events.jsonl}
-        sizes[${path##*/}]=$sz
-    done < <(find "$workdir/runs" -mindepth 2 -maxdepth 2 -name events.jsonl -printf '%s %p\n' 2>/dev/null)
+    # ... then the sizes of the events files wanted, in one find.  Sizes are read after the
+    # exit records, so a run that has ended reports every event it wrote before its end.
+    if ((${#sized[@]})); then
+        while read -r sz path; do
+            path=${path%/events.jsonl}
+            sizes[${path##*/}]=$sz
+        done < <(find "${sized[@]}" -maxdepth 0 -printf '%s %p\n' 2>/dev/null)
+    fi
+    # The lines collect in `out` and leave in one write (a printf each is a write each).
     local i
     for i in "${!ids[@]}"; do
         id=${ids[$i]} ex=${exits[$i]}
         alive=${states[$i]% *} disp=${states[$i]#* }
-        d="$workdir/runs/$id"
-        size=-1
-        if [ -n "${want[$id]+x}" ] || [ "$alive" = 1 ]; then
-            size=${sizes[$id]:--1}
-        fi
-        printf 'run %s alive=%s size=%s dispatching=%s\n' "$id" "$alive" "$size" "$disp"
-        printf 'exit %s\n' "$ex"
+        size=${sizes[$id]:--1}
+        out+="run $id alive=$alive size=$size dispatching=$disp"$'\n'"exit $ex"$'\n'
         if [ -n "${want[$id]+x}" ]; then
             off=${want[$id]} n=$((size - off))
             ((n < 0)) && n=0
             ((n > maxb[$id])) && n=${maxb[$id]}
-            printf 'events %s %s\n' "$off" "$n"
+            out+="events $off $n"$'\n'
             if ((n > 0)); then
-                tail -c +"$((off + 1))" "$d/events.jsonl" | head -c "$n"
+                printf '%s' "$out"
+                out=""
+                tail -c +"$((off + 1))" "$workdir/runs/$id/events.jsonl" | head -c "$n"
             fi
-            printf '\n'
+            out+=$'\n'
             unset "want[$id]"
         fi
     done
     for id in "${!want[@]}"; do
-        printf 'missing %s\n' "$id"
+        out+="missing $id"$'\n'
     done
-    printf 'end\n'
+    printf '%send\n' "$out"
 }
 
 # ---------------------------------------------------------------- stop
