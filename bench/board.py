@@ -164,7 +164,7 @@ def profile_status(config: Path) -> tuple[float, str, dict[str, float]]:
         m = c.config.machine("local")
         ids = [f"{a['id']}:{a.get('events_offset', 0)}:8388608" for a in c.board.all()
                if a["status"] == "running"]  # fmt: skip
-        argv = remote_argv("status", m.workdir, m.tmux_socket, *ids)
+        argv = remote_argv("status", m.workdir, m.tmux_socket, "live", *ids)
 
         async def probe() -> None:
             await c.transport("local").run(argv, what="probe")
@@ -248,6 +248,7 @@ def main() -> int:
     info = C.machine_info()
     C.print_machine(info)
     coord = C.bin_of("coord")
+    C.compile_bytecode()
 
     with C.Cleanup() as cleanup:
         root = C.bench_root(cleanup)

@@ -67,6 +67,7 @@ def main() -> int:
     info = C.machine_info()
     C.print_machine(info)
     coord = C.bin_of("coord")
+    C.compile_bytecode()
     tools = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "coord --help": [coord, "--help"],

@@ -25,8 +25,14 @@ class ForgeCase:
     default_branch: str = "main"
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
-    def push_branch(self, branch: str, files: dict[str, str], *, base: str | None = None,
-                    message: str | None = None) -> str:
+    def push_branch(
+        self,
+        branch: str,
+        files: dict[str, str],
+        *,
+        base: str | None = None,
+        message: str | None = None,
+    ) -> str:
         """Commit `files` on `branch` (from `base`, default the default branch) and push it;
         return the new head sha."""
         start = f"origin/{base or self.default_branch}"
