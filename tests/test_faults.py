@@ -261,3 +261,39 @@ def test_unknown_host_key_is_refused_until_trusted(
     assert out.exit_code == 0, out.output
     assert arun(probe()).machines[0].reachable
     assert os.stat(known).st_mode & 0o077 == 0
+
+
+def test_dispatch_starts_again_when_the_tmux_server_was_exiting(
+    setup: Setup, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that connects while the machine's tmux server exits (its last session just
+    # ended) gets "server exited unexpectedly" and nothing starts.  Seen in a burst of
+    # dispatches; a shim makes it happen on the first try, every time.
+    import shutil
+
+    real = shutil.which("tmux")
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "tmux").write_text(
+        "#!/bin/bash\n"
+        f'if [[ " $* " == *" new-session "* ]] && [ ! -e "{shims}/failed-once" ]; then\n'
+        f'    : > "{shims}/failed-once"\n'
+        '    echo "server exited unexpectedly" >&2\n'
+        "    exit 1\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    (shims / "tmux").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "ok"})
+
+    async def go() -> Any:
+        async with setup.coordinator() as c:
+            a = await c.assign("local", "api", 31, title="again")
+            return a, await c.wait(a.id, timeout=30)
+
+    a, done = asyncio.run(go())
+    assert (shims / "failed-once").exists()
+    assert a.status == Status.RUNNING and done.status == Status.DONE
+    launches = (setup.root / "wd-local" / "runs" / a.id / "launcher.log").read_text()
+    assert launches.count("environment stream incomplete") == 0  # one launcher, not two

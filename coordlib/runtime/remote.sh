@@ -17,6 +17,9 @@
 #   stop     WORKDIR ID               ask a run to stop and wait for its exit record
 #   tail     WORKDIR ID OFFSET FILE FOLLOW  print FILE from byte OFFSET; FOLLOW=1 keeps
 #            streaming until the run's launcher exits
+#   clean    WORKDIR MODE KEEP_RUNS   stdin: ID NUL WORKTREE NUL per finished run; removes
+#            (MODE remove) or checks (MODE check) each clean worktree coord made and each
+#            run dir (unless KEEP_RUNS=1); a JSON line per run, then "end"
 #
 # Every argument arrives as a separate, already-quoted word: no user text is
 # ever parsed by a shell here.  Briefings travel on stdin and are read from files.
@@ -58,7 +61,7 @@ read -r BOOT_ID 2>/dev/null </proc/sys/kernel/random/boot_id
 proc_start() { # set PSTART to the start time (clock ticks since boot) of pid $1, no fork
     local f
     PSTART=""
-    read -r -a f </proc/"$1"/stat 2>/dev/null || return 1
+    read -r -a f 2>/dev/null </proc/"$1"/stat || return 1
     # field 2 (comm) has no spaces for our processes, so field 3 (state) is index 2 and
     # field 22 (start time) is index 21.  A zombie has ended, whoever has yet to reap it.
     [ "${f[2]}" != Z ] || return 1
@@ -71,11 +74,11 @@ launcher_alive() { # launcher_alive RUN_DIR -> status 0 when its launcher still 
 
 pid_file_alive() { # pid_file_alive FILE -> status 0 when the process it names (pid, boot, start) lives
     local pid boot start state pstart
-    read -r pid boot start <"$1" 2>/dev/null || return 1
+    read -r pid boot start 2>/dev/null <"$1" || return 1
     [ "$boot" = "$BOOT_ID" ] || return 1
     # As proc_start, inline (status probes call this for every run): a gone process has no
     # stat file, a zombie has ended, and another process behind a reused pid started later.
-    read -r _ _ state _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ pstart _ </proc/"$pid"/stat 2>/dev/null ||
+    read -r _ _ state _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ pstart _ 2>/dev/null </proc/"$pid"/stat ||
         return 1
     [ "$state" != Z ] && [ "$pstart" = "$start" ]
 }
@@ -182,8 +185,19 @@ cmd_dispatch() {
     # tmux runs this with the account's shell, which may be dash: quote for any sh.
     sq qbin "$bin"
     sq qrun "$run"
-    tmux -L "$sock" new-session -d -s "$session" -c "$wt" "exec bash $qbin run $qrun" ||
-        { rm -f "$run/env.fifo"; die 16 "tmux could not start session $session"; }
+    # A client that connects while the server is exiting (its last session just ended) is
+    # told "server exited unexpectedly" and nothing starts: start again.  A session that did
+    # start (it exists, or its launcher has begun) is never started twice.
+    local terr="" try
+    for try in 1 2 3 4 5; do
+        terr=$(tmux -L "$sock" new-session -d -s "$session" -c "$wt" "exec bash $qbin run $qrun" 2>&1) &&
+            break
+        if tmux -L "$sock" has-session -t "=$session" 2>/dev/null || [ -e "$run/launcher.pid" ]; then
+            terr="" && break
+        fi
+        [ "$try" = 5 ] && { rm -f "$run/env.fifo"; die 16 "tmux could not start session $session: ${terr//$'\n'/ }"; }
+        sleep 0.2
+    done
     # The launcher blocks opening the FIFO until we write into it; the
     # environment (secrets included) goes from our stdin to its memory and is
     # never stored on disk or put on a command line.
@@ -458,6 +472,94 @@ cmd_stop() {
     cat "$run/exit.json" 2>/dev/null || echo '{}'
 }
 
+# ---------------------------------------------------------------- clean
+linked_worktree() { # linked_worktree DIR -> status 0 when DIR is the top of a linked (not main) worktree
+    (
+        cd "$1" 2>/dev/null || exit 1
+        here=$(pwd -P)
+        { read -r top && read -r gd && read -r cm; } < <(git rev-parse --show-toplevel --git-dir --git-common-dir 2>/dev/null)
+        [ -n "${cm:-}" ] || exit 1
+        [ "$(cd "$top" && pwd -P)" = "$here" ] || exit 1 # a subdirectory of some checkout
+        gd=$(cd "$gd" && pwd -P) && cm=$(cd "$cm" && pwd -P) || exit 1
+        [ "$gd" != "$cm" ] # the main checkout's git dir is its common dir
+    )
+}
+
+clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE: set CW (what happened) and CN (why)
+    local workdir=$1 wt=$2 mode=$3 dirty n
+    CW="" CN=""
+    case $wt in
+        "") CW=none && return ;;
+        "~/"*) wt=$HOME/${wt#\~/} ;;
+    esac
+    case $wt in
+        "$workdir"/worktrees/?*) ;;
+        *) CW=refused CN="not under $workdir/worktrees: coord removes only worktrees it made" && return ;;
+    esac
+    case /$wt/ in */../* | */./*) CW=refused CN="the path has . or .. in it" && return ;; esac
+    [ -e "$wt" ] || { CW=missing && return; }
+    if ! linked_worktree "$wt"; then
+        CW=refused CN="not a linked git worktree (coord never removes a main checkout)"
+        return
+    fi
+    local lock
+    lock=$(wt_lock "$workdir" "$wt")
+    if [ -e "$lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$lock" true; then
+        CW=kept CN="a worker is still running in it" && return
+    fi
+    if ! dirty=$(git -C "$wt" status --porcelain --untracked-files=all 2>&1); then
+        CW=kept CN="git status failed: ${dirty//$'\n'/ }" && return
+    fi
+    if [ -n "$dirty" ]; then
+        n=${dirty//[!$'\n']/}
+        CW=kept CN="$((${#n} + 1)) uncommitted or untracked file(s): commit or remove them, then clean again"
+        return
+    fi
+    [ "$mode" = check ] && CW=would_remove && return
+    # Without --force, git itself refuses a worktree with changes or a lock: a last guard.
+    if dirty=$(git -C "$wt" worktree remove "$wt" 2>&1); then
+        CW=removed
+        rm -f "$lock"
+    else
+        CW=kept CN="git worktree remove: ${dirty//$'\n'/ }"
+    fi
+}
+
+clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR
+    local run=$1
+    if [ ! -d "$run" ]; then
+        CR=missing
+    elif [ ! -f "$run/exit.json" ] && { launcher_alive "$run" || pid_file_alive "$run/dispatch.pid"; }; then
+        CR=running
+    elif [ "$3" = 1 ]; then
+        CR=kept
+    elif [ "$2" = check ]; then
+        CR=would_remove
+    elif rm -rf -- "$run"; then
+        CR=removed
+    else
+        CR=kept
+    fi
+}
+
+cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per finished run
+    local workdir=$1 mode=$2 keep=$3 id wt line CW CN CR
+    case $workdir in "~") workdir=$HOME ;; "~/"*) workdir=$HOME/${workdir#\~/} ;; esac
+    case $mode in remove | check) ;; *) die 2 "clean: bad mode $mode" ;; esac
+    while IFS= read -r -d '' id && IFS= read -r -d '' wt; do
+        if [[ ! $id =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*$ ]]; then
+            json_str line "$id"
+            printf '{"id":%s,"worktree":"refused","run":"refused","note":"not a run id"}\n' "$line"
+            continue
+        fi
+        clean_worktree "$workdir" "$wt" "$mode"
+        clean_run "$workdir/runs/$id" "$mode" "$keep"
+        json_str line "$CN"
+        printf '{"id":"%s","worktree":"%s","run":"%s","note":%s}\n' "$id" "$CW" "$CR" "$line"
+    done
+    printf 'end\n'
+}
+
 # ---------------------------------------------------------------- tail
 cmd_tail() {
     local workdir id off file follow run
@@ -494,5 +596,6 @@ case $verb in
     status) cmd_status "$@" ;;
     stop) cmd_stop "$@" ;;
     tail) cmd_tail "$@" ;;
-    *) die 2 "unknown verb '$verb' (expected dispatch, run, status, stop or tail)" ;;
+    clean) cmd_clean "$@" ;;
+    *) die 2 "unknown verb '$verb' (expected dispatch, run, status, stop, tail or clean)" ;;
 esac
