@@ -87,9 +87,9 @@ def coord(ctx: click.Context, config: str | None) -> None:
     ctx.obj = State(config)
 
 
-from . import demo_cmd, issue_cmds, run_cmds, setup_cmds  # noqa: E402  (commands register)
+from . import clean_cmd, demo_cmd, issue_cmds, run_cmds, setup_cmds  # noqa: E402  (commands register)
 
-__all__ = ["coord", "demo_cmd", "issue_cmds", "main", "run_cmds", "setup_cmds"]
+__all__ = ["clean_cmd", "coord", "demo_cmd", "issue_cmds", "main", "run_cmds", "setup_cmds"]
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,6 +285,21 @@ class Board:
         if limit is not None:
             return archived[-limit:] if limit > 0 else []
         return archived
+
+    def amend_history(
+        self, ids: Iterable[str], change: Callable[[dict[str, Any]], Mapping[str, Any]]
+    ) -> list[str]:
+        """Set the fields `change(record)` returns on archived records; return the ids amended.
+
+        The amended records are appended to the history (readers keep the last line per
+        id), so the file only ever grows by whole lines.  Ids not archived are skipped.
+        """
+        with self._locked(exclusive=True):
+            archived = self._read_history()
+            amended = [{**archived[i], **change(archived[i])} for i in ids if i in archived]
+            if amended:
+                self._append_history(amended)
+        return [r["id"] for r in amended]
 
     @contextlib.contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:

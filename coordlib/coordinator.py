@@ -54,6 +54,7 @@ from .stream import (
 from .trail import Trail, sort_into_sections
 
 if TYPE_CHECKING:  # imported where used: asyncssh alone costs ~200 ms to import
+    from .cleanup import CleanReport
     from .forge.base import Branch, Forge, Issue
     from .runtime.ssh import SSHTarget
 
@@ -976,6 +977,14 @@ class Coordinator:
     ) -> AsyncIterator[bytes]:
         """Yield the raw bytes of the run's events.jsonl (or stderr.log)."""
         a = self.get(id)
+        cleaned = a.extra.get("cleaned")
+        if isinstance(cleaned, dict) and cleaned.get("run") == "removed":
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(cleaned.get("at", 0))))
+            raise MachineError(
+                f"the run directory of {a.id} was removed by `coord clean` on {when}; "
+                "its outcome is on the board (coord status --history --json)",
+                machine=a.machine,
+            )
         m = self.config.machine(a.machine)
         name = "stderr.log" if stderr else "events.jsonl"
         argv = remote_argv("tail", m.workdir, a.id, str(offset), name, "1" if follow else "0")
@@ -997,6 +1006,32 @@ class Coordinator:
             if exc.returncode != 3:  # 3: no such run; status settles it as lost
                 raise
         return await self._settle(a, tries=8)
+
+    async def clean(
+        self,
+        *ids: str,
+        older_than: float = 7 * 86400.0,
+        machine: str | None = None,
+        keep_runs: bool = False,
+        dry_run: bool = False,
+    ) -> CleanReport:
+        """Remove the worktrees and run dirs of ended work; keep anything with changes.
+
+        Without `ids`, every ended assignment that finished `older_than` seconds ago or
+        more.  A worktree with uncommitted or untracked files, a main checkout, or one a
+        live assignment still uses is never removed; branches always stay.  See
+        `coordlib.cleanup`.
+        """
+        from .cleanup import clean
+
+        return await clean(
+            self,
+            older_than=older_than,
+            ids=ids,
+            machine=machine,
+            keep_runs=keep_runs,
+            dry_run=dry_run,
+        )
 
     async def resume(self, *, from_forge: bool = False) -> ResumeReport:
         """Rebuild truth from every machine and repair the board.

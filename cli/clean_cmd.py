@@ -1,0 +1,84 @@
+"""``coord clean``: remove the worktrees and run directories of ended work."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from .main import EXIT_ERROR, State, coord, pass_state, run
+
+if TYPE_CHECKING:
+    from coordlib.cleanup import CleanReport
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from coordlib.config import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@coord.command()
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--older-than",
+    default="7d",
+    show_default=True,
+    callback=_duration,
+    help="Only work that ended at least this long ago (90s, 10m, 2h, 7d; 0 for all).",
+)
+@click.option("--machine", help="Only this machine.")
+@click.option("--keep-runs", is_flag=True, help="Keep run directories (events, logs).")
+@click.option("--dry-run", "-n", is_flag=True, help="Check and say what would go; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_state
+def clean(
+    state: State,
+    ids: tuple[str, ...],
+    older_than: float,
+    machine: str | None,
+    keep_runs: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove the worktrees and run directories of ended assignments (IDS, or all old ones).
+
+    A worktree with uncommitted or untracked files is kept and listed; a main checkout
+    is never touched; branches, and so every commit, always stay.
+    """
+
+    async def go() -> CleanReport:
+        async with state.coordinator() as c:
+            return await c.clean(
+                *ids, older_than=older_than, machine=machine, keep_runs=keep_runs,
+                dry_run=dry_run,
+            )  # fmt: skip
+
+    report = run(go)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print(report)
+    if report.errors:
+        raise SystemExit(EXIT_ERROR)
+
+
+def _print(report: CleanReport) -> None:
+    verb = "would remove" if report.dry_run else "removed"
+    gone = "would_remove" if report.dry_run else "removed"
+    for r in report.runs:
+        if r.worktree in {"kept", "refused", "in_use"} or r.run in {"kept", "running", "refused"}:
+            click.echo(f"{r.id:<22} {r.machine:<12} worktree {r.worktree:<8} run {r.run:<8} "
+                       f"{r.note}")  # fmt: skip
+    for name, error in report.errors.items():
+        click.echo(f"coord: {name}: not cleaned: {error}", err=True)
+    kept = report.count("worktree", "kept") + report.count("worktree", "refused")
+    click.echo(
+        f"{verb} {report.count('worktree', gone)} worktree(s) and "
+        f"{report.count('run', gone)} run dir(s) of {len(report.runs)} ended assignment(s)"
+        + (f"; kept {kept} worktree(s), listed above" if kept else "")
+    )

@@ -1,0 +1,255 @@
+"""Cleaning up after finished work: worktrees and run directories, never anyone's changes.
+
+Every assignment leaves a git worktree and a run directory on its machine.  `clean`
+removes them once the work has ended, with one remote command per machine:
+
+- only worktrees coord made (under the machine's ``workdir/worktrees/``) and only linked
+  worktrees: a main checkout is refused, whatever the board says;
+- a worktree with uncommitted or untracked changes is kept and reported, as is one a
+  worker still holds; its branch (and so every commit) always stays;
+- nothing an assignment that has not ended uses (its run, or a worktree a continued
+  session shares) is sent to the machine at all.
+
+Cleaned assignments are marked on the board (``extra["cleaned"]``), so the next clean
+skips them; the board keeps their outcome, and the forge keeps the trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .assignment import Assignment
+from .errors import CoordError, MachineError
+from .runtime.command import remote_argv
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+__all__ = ["CleanReport", "CleanedRun", "clean"]
+
+# What `clean` says of a worktree or a run directory.
+GONE = frozenset({"removed", "missing", "none"})
+_CLEAN_TIMEOUT = 300.0  # a big worktree takes a while to delete
+
+
+@dataclass
+class CleanedRun:
+    """What cleaning did (or, in a dry run, would do) for one assignment."""
+
+    id: str
+    machine: str
+    worktree: str  # removed | would_remove | kept | refused | in_use | missing | none | unreachable
+    run: str  # removed | would_remove | kept | running | missing | refused | unreachable
+    note: str = ""
+
+    @property
+    def done(self) -> bool:
+        """Tell whether nothing of this assignment is left on its machine."""
+        return self.worktree in GONE and self.run in GONE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready record."""
+        return {
+            "id": self.id,
+            "machine": self.machine,
+            "worktree": self.worktree,
+            "run": self.run,
+            "note": self.note,
+        }
+
+
+@dataclass
+class CleanReport:
+    """Every assignment `clean` looked at, and the machines it could not clean."""
+
+    runs: list[CleanedRun] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # machine -> what went wrong
+    dry_run: bool = False
+
+    def count(self, part: str, state: str) -> int:
+        """Count the runs whose `part` ("worktree" or "run") ended in `state`."""
+        return sum(1 for r in self.runs if getattr(r, part) == state)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready report."""
+        return {
+            "dry_run": self.dry_run,
+            "runs": [r.to_dict() for r in self.runs],
+            "errors": self.errors,
+        }
+
+
+def select(
+    rows: Sequence[Assignment],
+    *,
+    now: float,
+    older_than: float,
+    ids: Iterable[str] = (),
+    machine: str | None = None,
+    keep_runs: bool = False,
+) -> tuple[list[Assignment], dict[tuple[str, str], str]]:
+    """Return the ended assignments to clean, and the worktrees live work still uses.
+
+    With `ids`, exactly those (each must have ended); otherwise every ended one not yet
+    cleaned that finished at least `older_than` seconds ago.  The second value maps
+    (machine, worktree) to the id of the live assignment using it.
+    """
+    in_use = {(a.machine, a.worktree): a.id for a in rows if not a.is_terminal and a.worktree}
+    wanted = set(ids)
+    chosen: list[Assignment] = []
+    for a in rows:
+        if machine is not None and a.machine != machine:
+            continue
+        if wanted:
+            if a.id in wanted and not a.is_terminal:
+                raise CoordError(
+                    f"assignment {a.id} is {a.status}: only ended work is cleaned "
+                    f"(stop it first: coord stop {a.id})"
+                )
+            if a.id in wanted:
+                chosen.append(a)
+            continue
+        if not a.is_terminal or _cleaned(a, keep_runs):
+            continue
+        if now - (a.finished_at or a.created_at) >= older_than:
+            chosen.append(a)
+    return chosen, in_use
+
+
+def _cleaned(a: Assignment, keep_runs: bool) -> bool:
+    mark = a.extra.get("cleaned")
+    return isinstance(mark, dict) and (keep_runs or mark.get("run") in GONE)
+
+
+async def clean(
+    coord: Coordinator,
+    *,
+    older_than: float = 7 * 86400.0,
+    ids: Sequence[str] = (),
+    machine: str | None = None,
+    keep_runs: bool = False,
+    dry_run: bool = False,
+) -> CleanReport:
+    """Remove the worktrees and run directories of ended assignments (see the module)."""
+    if machine is not None:
+        coord.config.machine(machine)  # an unknown name: ConfigError with a suggestion
+    rows = coord.assignments(history=True)
+    full_ids = [coord.get(i).id for i in ids]  # prefixes resolved; unknown ids raise
+    chosen, in_use = select(
+        rows,
+        now=time.time(),
+        older_than=older_than,
+        ids=full_ids,
+        machine=machine,
+        keep_runs=keep_runs,
+    )
+    report = CleanReport(dry_run=dry_run)
+    by_machine: dict[str, list[Assignment]] = {}
+    for a in chosen:
+        by_machine.setdefault(a.machine, []).append(a)
+    results = await asyncio.gather(
+        *(
+            _clean_machine(coord, name, runs, in_use, keep_runs=keep_runs, dry_run=dry_run)
+            for name, runs in by_machine.items()
+        )
+    )
+    for name, outcome in zip(by_machine, results, strict=True):
+        if isinstance(outcome, CoordError):
+            report.errors[name] = str(outcome)
+            outcome = [
+                CleanedRun(a.id, name, "unreachable", "unreachable") for a in by_machine[name]
+            ]
+        report.runs.extend(outcome)
+    if not dry_run:
+        _mark(coord, report.runs, keep_runs=keep_runs)
+    return report
+
+
+async def _clean_machine(
+    coord: Coordinator,
+    name: str,
+    runs: Sequence[Assignment],
+    in_use: dict[tuple[str, str], str],
+    *,
+    keep_runs: bool,
+    dry_run: bool,
+) -> list[CleanedRun] | CoordError:
+    """Clean one machine's runs with one remote command."""
+    if name not in coord.config.machines:
+        return MachineError("not in the config any more; clean it by hand", machine=name)
+    m = coord.config.machine(name)
+    owner: dict[str, str] = {}  # worktree -> the id it is sent with (continued sessions share)
+    sent: list[tuple[Assignment, str]] = []
+    for a in runs:
+        wt = a.worktree
+        if not wt or (name, wt) in in_use or wt in owner:
+            wt = ""
+        else:
+            owner[wt] = a.id
+        sent.append((a, wt))
+    payload = b"".join(f"{a.id}\0{wt}\0".encode() for a, wt in sent)
+    argv = remote_argv("clean", m.workdir, "check" if dry_run else "remove", str(int(keep_runs)))
+    try:
+        done = await coord.transport(name).run(
+            argv, input=payload, timeout=_CLEAN_TIMEOUT, what="clean"
+        )
+    except CoordError as exc:
+        return exc
+    said = _parse(done.stdout)
+    out: list[CleanedRun] = []
+    for a, wt in sent:
+        line = said.get(a.id, {})
+        r = CleanedRun(
+            a.id,
+            name,
+            str(line.get("worktree", "unreachable")),
+            str(line.get("run", "unreachable")),
+            str(line.get("note") or ""),
+        )
+        if not wt and a.worktree:
+            if (name, a.worktree) in in_use:
+                live = in_use[(name, a.worktree)]
+                r.worktree, r.note = "in_use", f"its worktree is in use by {live}"
+            else:  # shared with an earlier run of the same session: that one's result holds
+                first = said.get(owner[a.worktree], {})
+                r.worktree = str(first.get("worktree", "unreachable"))
+                r.note = f"same worktree as {owner[a.worktree]}"
+        out.append(r)
+    return out
+
+
+def _parse(stdout: bytes) -> dict[str, dict[str, Any]]:
+    said: dict[str, dict[str, Any]] = {}
+    for raw in stdout.splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue  # "end", or noise a login script printed
+        if isinstance(line, dict) and isinstance(line.get("id"), str):
+            said[line["id"]] = line
+    return said
+
+
+def _mark(coord: Coordinator, runs: Sequence[CleanedRun], *, keep_runs: bool) -> None:
+    """Record on the board what is gone, so later cleans skip it."""
+    now = time.time()
+    marks = {
+        r.id: {"at": now, "worktree": r.worktree, "run": r.run}
+        for r in runs
+        if r.worktree in GONE and (r.run in GONE or (keep_runs and r.run == "kept"))
+    }
+    if not marks:
+        return
+    with coord.board.transaction() as txn:
+        for aid in [i for i in marks if i in txn]:
+            extra = {**txn.get(aid).get("extra", {}), "cleaned": marks.pop(aid)}
+            txn.update(aid, {"extra": extra})
+    if marks:
+        coord.board.amend_history(
+            marks, lambda r: {"extra": {**r.get("extra", {}), "cleaned": marks[r["id"]]}}
+        )
