@@ -9,7 +9,6 @@ through `slugify`, which keeps ``[a-z0-9-]``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -71,6 +70,8 @@ def remote_script() -> str:
 
 def script_hash() -> str:
     """Return a short hash that versions the installed launcher."""
+    import hashlib  # only dispatches need it: not imported by every `coord status`
+
     return hashlib.sha256(remote_script().encode()).hexdigest()[:12]
 
 
