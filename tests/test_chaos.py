@@ -67,6 +67,11 @@ BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 FAST_SHELL = "SetEnv SHLVL=1\n"
 
 
+def run_dirs(workdir: Path) -> list[Path]:
+    """The run directories under workdir/runs (not the .live index)."""
+    return [p for p in (workdir / "runs").iterdir() if not p.name.startswith(".")]
+
+
 def arun(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -593,7 +598,7 @@ def test_resume_while_a_killed_coordinators_dispatch_still_runs_remotely(
         config=rig.config,
     )
     assert other.exit_code != 0 and "already has live assignment" in other.stderr
-    assert len(list((rig.workdirs["stallbox"] / "runs").iterdir())) == 1
+    assert len(run_dirs(rig.workdirs["stallbox"])) == 1
 
 
 # ======================== 3. SIGKILL in the middle of board writes
@@ -1296,7 +1301,7 @@ def check_burst(setup: Setup, config: Path, ids: set[str], issues: range) -> Non
     assert sorted(r["issue"] for r in on_board) == list(issues)  # each once, none twice
     assert len({r["worktree"] for r in on_board}) == len(issues)
     workdir = Path(setup.machines[0]["workdir"])
-    assert len(list((workdir / "runs").iterdir())) == len(issues)
+    assert len(run_dirs(workdir)) == len(issues)
     for n in issues:
         assert len(branches(setup.repo.path, n)) == 1, n
 

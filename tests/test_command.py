@@ -472,27 +472,34 @@ def _live_pid_file(path: Path, pid: int) -> None:
     path.write_text(f"{pid} {boot} {start}\n")
 
 
-def test_status_live_scope_leaves_out_ended_runs_not_asked_about(tmp_path: Path) -> None:
+def test_status_live_scope_reads_the_live_index_not_every_run_dir(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
+    index = runs / ".live"
+    index.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        names = ("asked-ended", "unasked-ended", "asked-live", "unasked-live")
+        names = ("asked-ended", "unasked-ended", "asked-live", "unasked-live", "unindexed-live")
         for name in names:
             run = runs / name
-            run.mkdir(parents=True)
+            run.mkdir()
             (run / "events.jsonl").write_bytes(f'{{"run":"{name}"}}\n'.encode())
             if name.endswith("ended"):
                 (run / "exit.json").write_text('{"exit_code":0,"reason":"exited"}\n')
             else:
                 _live_pid_file(run / "launcher.pid", sleeper.pid)
+        (index / "unasked-live").touch()  # as a dispatch leaves it
+        (index / "unasked-ended").touch()  # its launcher died before unlisting it
+        (index / "gone").touch()  # its run dir was removed by hand
         wants = ("asked-ended:0:1000", "asked-live:0:1000")
 
         everything = parse_probe(run_status(tmp_path, "all", *wants))
         assert set(everything.runs) == set(names)
         assert everything.runs["unasked-ended"].exit == {"reason": "ended"}
         assert parse_probe(run_status(tmp_path, *wants)).runs == everything.runs  # all: default
+        assert sorted(p.name for p in index.iterdir()) == ["gone", "unasked-ended", "unasked-live"]
 
         live = parse_probe(run_status(tmp_path, "live", *wants))
+        # A run started before the index existed is found when asked about, and by `resume`.
         assert set(live.runs) == {"asked-ended", "asked-live", "unasked-live"}
         for name in ("asked-ended", "asked-live"):  # both asked: both get their events
             assert live.runs[name].events == f'{{"run":"{name}"}}\n'.encode()
@@ -500,6 +507,8 @@ def test_status_live_scope_leaves_out_ended_runs_not_asked_about(tmp_path: Path)
         assert live.runs["asked-live"].alive and live.runs["unasked-live"].alive
         assert live.runs["unasked-live"].size == len(b'{"run":"unasked-live"}\n')
         assert live.runs["unasked-live"].events is None
+        # Stale entries are dropped from the index as the probe finds them.
+        assert [p.name for p in index.iterdir()] == ["unasked-live"]
     finally:
         sleeper.kill()
         sleeper.wait()

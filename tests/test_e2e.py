@@ -239,10 +239,13 @@ def test_stop_kills_the_worker_and_keeps_the_worktree(setup: Setup, sshd: SSHSer
     async def go() -> Any:
         async with setup.coordinator() as c:
             a = await c.assign("remote", "api", 9, title="long")
+            # Listed in the machine's live index while it runs (what a status reads) ...
+            assert (setup.root / "wd-remote" / "runs" / ".live" / a.id).exists()
             await asyncio.sleep(0.5)
             return await c.stop(a.id)
 
     a = arun(go())
+    assert not (setup.root / "wd-remote" / "runs" / ".live" / a.id).exists()  # ... not after
     assert a.status == Status.STOPPED and a.failure_class == "stopped"
     assert a.exit_reason == "stopped"
     assert (setup.root / "wd-remote" / "worktrees" / "api" / a.id).is_dir()
@@ -264,6 +267,7 @@ def test_branch_exists_is_a_clear_dispatch_error(setup: Setup) -> None:
                 await c.assign("local", "api", 4, title="taken")
             rows = c.assignments()
             assert rows[0].status == Status.FAILED and rows[0].failure_class == "dispatch_failed"
+            assert list((setup.root / "wd-local" / "runs" / ".live").iterdir()) == []
 
     arun(go())
 

@@ -87,6 +87,10 @@ wt_lock() { # wt_lock WORKDIR WORKTREE: print the lock file that one worker per 
     printf '%s/locks/wt-%s.lock' "$1" "$(printf '%s' "$2" | cksum | cut -d' ' -f1)"
 }
 
+live_mark() { # live_mark RUN_DIR: print the marker that lists the run as live (runs/.live/ID)
+    printf '%s/.live/%s' "${1%/*}" "${1##*/}"
+}
+
 now_ms() { # set NOW to milliseconds since the epoch, without forking
     local t=${EPOCHREALTIME/[.,]/}
     NOW=$((t / 1000))
@@ -107,7 +111,7 @@ dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made
     # that cannot be written (a full disk) leave nothing half-made behind.
     local msg now=${EPOCHREALTIME/,/.}
     json_str msg "$2"
-    rm -f "$D_RUN/env.fifo" "$D_RUN/dispatch.pid"
+    rm -f "$D_RUN/env.fifo" "$D_RUN/dispatch.pid" "${D_RUN%/*}/.live/${D_RUN##*/}"
     printf '{"exit_code":%s,"reason":"dispatch_failed","error":%s,"finished_at":%s}\n' \
         "$1" "$msg" "$now" >"$D_RUN/exit.json.tmp" 2>/dev/null &&
         mv -f "$D_RUN/exit.json.tmp" "$D_RUN/exit.json" 2>/dev/null ||
@@ -135,6 +139,9 @@ cmd_dispatch() {
     proc_start $$
     printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/dispatch.pid" ||
         die 14 "cannot write in $run (disk full?)"
+    # The live index: a status reads it instead of every run dir (thousands, in time).
+    mkdir -p "$workdir/runs/.live" && : >"$workdir/runs/.live/$id" ||
+        die 14 "cannot write in $workdir/runs/.live (disk full?)"
 
     # Concurrent dispatches to one repo would race on git's own lock files.
     mkdir -p "$workdir/locks" || die 14 "cannot create $workdir/locks"
@@ -235,10 +242,13 @@ write_exit() { # write_exit RUN CODE REASON STARTED [EXTRA_JSON_FIELDS]
     # exit.json.next was filled with spaces when the run began: overwriting it in place needs
     # no new disk blocks, so the end is recorded even on a full disk.  (Trailing spaces are
     # JSON whitespace.)
-    if [ -f "$1/exit.json.next" ] && printf '%s\n' "$json" 1<>"$1/exit.json.next"; then
-        mv -f "$1/exit.json.next" "$1/exit.json" && return 0
+    if [ -f "$1/exit.json.next" ] && printf '%s\n' "$json" 1<>"$1/exit.json.next" &&
+        mv -f "$1/exit.json.next" "$1/exit.json"; then
+        :
+    elif ! { printf '%s\n' "$json" >"$1/exit.json.tmp" && mv -f "$1/exit.json.tmp" "$1/exit.json"; }; then
+        return 1
     fi
-    printf '%s\n' "$json" >"$1/exit.json.tmp" && mv -f "$1/exit.json.tmp" "$1/exit.json"
+    rm -f "$(live_mark "$1")" # recorded: no longer live
 }
 
 disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
@@ -394,8 +404,20 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
     # tmux client would cost a fork and a socket round trip on every status.)
     # First every run's exit record and liveness (builtins only, no fork per run) ...
     local d id ex alive disp size off n sz path out=""
-    local -a ids=() exits=() states=() sized=()
-    for d in "$workdir"/runs/*/; do
+    local -a ids=() exits=() states=() sized=() dirs=() stale=()
+    if [ "$mode" = live ]; then
+        # The runs asked about, and those the live index lists (dispatch adds a run, its
+        # end removes it): never a walk through every run dir there has ever been.
+        local -A pick=()
+        for id in "${!want[@]}"; do pick[$id]=1; done
+        for d in "$workdir"/runs/.live/*; do
+            [ -e "$d" ] && pick[${d##*/}]=1
+        done
+        for id in "${!pick[@]}"; do dirs+=("$workdir/runs/$id/"); done
+    else
+        dirs=("$workdir"/runs/*/)
+    fi
+    for d in "${dirs[@]}"; do
         d=${d%/}
         id=${d##*/}
         ex="" alive=0 disp=0
@@ -403,12 +425,14 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
             if [ -n "${want[$id]+x}" ]; then
                 IFS= read -r ex <"$d/exit.json"
             elif [ "$mode" = live ]; then
-                continue # the ended runs of archived work: thousands, on a busy machine
+                stale+=("$workdir/runs/.live/$id") # ended, yet still listed as live
+                continue
             else
                 ex='{"reason":"ended"}' # only told apart from running ones
             fi
         elif [ ! -d "$d" ]; then
-            continue # the glob matched nothing
+            [ "$mode" = live ] && [ -z "${want[$id]+x}" ] && stale+=("$workdir/runs/.live/$id")
+            continue # the glob matched nothing, or the run dir is gone
         elif launcher_alive "$d"; then
             alive=1
         elif pid_file_alive "$d/dispatch.pid"; then
@@ -452,6 +476,9 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
         out+="missing $id"$'\n'
     done
     printf '%send\n' "$out"
+    if ((${#stale[@]})); then
+        rm -f -- "${stale[@]}"
+    fi
 }
 
 # ---------------------------------------------------------------- stop
@@ -535,7 +562,7 @@ clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR
         CR=kept
     elif [ "$2" = check ]; then
         CR=would_remove
-    elif rm -rf -- "$run"; then
+    elif rm -rf -- "$run" "$(live_mark "$run")"; then
         CR=removed
     else
         CR=kept
