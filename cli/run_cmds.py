@@ -114,42 +114,40 @@ def _age(ts: float | None) -> str:
 
 
 def _print_status(report: StatusReport) -> None:
-    for m in report.machines:
-        if m.reachable:
-            click.echo(f"{m.name:<16} up      {m.running} running")
-        else:
-            click.echo(f"{m.name:<16} DOWN    {m.error}")
+    lines = [
+        f"{m.name:<16} up      {m.running} running"
+        if m.reachable
+        else f"{m.name:<16} DOWN    {m.error}"
+        for m in report.machines
+    ]
     if not report.assignments:
-        click.echo("\nno assignments; start one with `coord assign MACHINE REPO ISSUE`")
-        return
-    click.echo("")
-    click.echo(
-        f"{'ID':<22} {'MACHINE':<12} {'ISSUE':<18} {'STATUS':<9} "
-        f"{'AGE':>5} {'TURNS':>5} {'COST':>8}  NOTE"
+        lines += ["", "no assignments; start one with `coord assign MACHINE REPO ISSUE`"]
+    else:
+        lines += ["", f"{'ID':<22} {'MACHINE':<12} {'ISSUE':<18} {'STATUS':<9} "
+                      f"{'AGE':>5} {'TURNS':>5} {'COST':>8}  NOTE"]  # fmt: skip
+        lines += [_status_line(a) for a in report.assignments]
+    click.echo("\n".join(lines))  # one write: a big board is hundreds of lines
+
+
+def _status_line(a: Assignment) -> str:
+    cost = f"${a.cost_usd:.4f}" if a.cost_usd is not None else "-"
+    turns = str(a.num_turns) if a.num_turns is not None else "-"
+    if a.status == "done":
+        note = a.last_status or ""
+    elif a.status == "queued":
+        until = float(a.extra.get("not_before") or 0)
+        note = f"rate limited; continues after {time.strftime('%H:%M:%S', time.localtime(until))}"
+    elif a.is_terminal:
+        note = a.failure_class or a.exit_reason or ""
+        if a.error and a.status != "done":
+            note = f"{note}: {a.error}" if note else a.error
+    else:
+        note = " | ".join(x for x in (a.last_status, a.last_tool and f"[tool] {a.last_tool}") if x)
+    issue = f"{a.repo}#{a.issue}"
+    return (
+        f"{a.id:<22} {a.machine:<12} {issue:<18} {a.status:<9} "
+        f"{_age(a.started_at or a.created_at):>5} {turns:>5} {cost:>8}  {note[:80]}"
     )
-    for a in report.assignments:
-        cost = f"${a.cost_usd:.4f}" if a.cost_usd is not None else "-"
-        turns = str(a.num_turns) if a.num_turns is not None else "-"
-        if a.status == "done":
-            note = a.last_status or ""
-        elif a.status == "queued":
-            until = float(a.extra.get("not_before") or 0)
-            note = (
-                f"rate limited; continues after {time.strftime('%H:%M:%S', time.localtime(until))}"
-            )
-        elif a.is_terminal:
-            note = a.failure_class or a.exit_reason or ""
-            if a.error and a.status != "done":
-                note = f"{note}: {a.error}" if note else a.error
-        else:
-            note = " | ".join(
-                x for x in (a.last_status, a.last_tool and f"[tool] {a.last_tool}") if x
-            )
-        issue = f"{a.repo}#{a.issue}"
-        click.echo(
-            f"{a.id:<22} {a.machine:<12} {issue:<18} {a.status:<9} "
-            f"{_age(a.started_at or a.created_at):>5} {turns:>5} {cost:>8}  {note[:80]}"
-        )
 
 
 @coord.command()

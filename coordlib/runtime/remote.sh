@@ -430,11 +430,11 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
             else
                 ex='{"reason":"ended"}' # only told apart from running ones
             fi
+        elif pid_file_alive "$d/launcher.pid"; then # (launcher_alive, a call less per run)
+            alive=1
         elif [ ! -d "$d" ]; then
             [ "$mode" = live ] && [ -z "${want[$id]+x}" ] && stale+=("$workdir/runs/.live/$id")
             continue # the glob matched nothing, or the run dir is gone
-        elif launcher_alive "$d"; then
-            alive=1
         elif pid_file_alive "$d/dispatch.pid"; then
             disp=1 # a dispatch still on its way (its process lives, no launcher yet)
         fi
