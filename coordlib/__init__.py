@@ -23,6 +23,7 @@ from .errors import (
     HostKeyError,
     MachineError,
     UnreachableError,
+    UsageError,
     WaitTimeout,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "StatusReport",
     "Transport",
     "UnreachableError",
+    "UsageError",
     "WaitTimeout",
     "__version__",
     "format_event",

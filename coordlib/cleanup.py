@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .assignment import Assignment
-from .errors import CoordError, MachineError
+from .errors import CoordError, MachineError, UsageError
 from .runtime.command import remote_argv
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def select(
             continue
         if wanted:
             if a.id in wanted and not a.is_terminal:
-                raise CoordError(
+                raise UsageError(
                     f"assignment {a.id} is {a.status}: only ended work is cleaned "
                     f"(stop it first: coord stop {a.id})"
                 )

@@ -32,6 +32,7 @@ from .errors import (
     MachineError,
     NotFoundError,
     UnreachableError,
+    UsageError,
     WaitTimeout,
 )
 from .reconcile import dispatch_may_be_in_flight, reconcile
@@ -311,7 +312,7 @@ class Coordinator:
                 machine=m.name,
             )
         if issue < 0:
-            raise CoordError(f"issue number must be positive, got {issue}")
+            raise UsageError(f"issue number must be positive, got {issue}")
         if model is None and issue_info is not None:
             # A label can pick the tier (models.labels: {chore: haiku}).
             model = next((self.config.models.labels[x] for x in issue_info.labels
@@ -682,7 +683,7 @@ class Coordinator:
         row can be continued once, and on the machine one worker holds the worktree.
         """
         if not guidance.strip():
-            raise CoordError("give the worker some guidance (--guidance TEXT)")
+            raise UsageError("give the worker some guidance (--guidance TEXT)")
         _check_prompt(guidance, "guidance")
         prev = self.get(id)
         if not prev.is_terminal:
@@ -1081,7 +1082,7 @@ def _dispatch_error(text: str) -> str:
 def _check_prompt(text: str, what: str) -> None:
     # The prompt becomes one argument of `claude -p`; an argument cannot hold a NUL byte.
     if "\0" in text:
-        raise CoordError(f"the {what} contains a NUL byte, which no program argument can carry; "
+        raise UsageError(f"the {what} contains a NUL byte, which no program argument can carry; "
                          f"remove it and try again")  # fmt: skip
 
 

@@ -7,6 +7,8 @@
     ├── BoardError             the board file is unreadable or from a newer schema
     ├── AssignmentNotFound     no assignment (live or archived) has that id  (also KeyError)
     ├── ClaimError             the issue already has a live assignment
+    ├── UsageError             asked for something that cannot be done as asked (a bad
+    │                          argument, or work in the wrong state)  (also ValueError)
     ├── MachineError           something went wrong on or on the way to a machine
     │   ├── UnreachableError   could not connect (refused, timed out, DNS, connection lost)
     │   ├── AuthError          the machine refused our credentials (never retried)
@@ -47,6 +49,7 @@ __all__ = [
     "MergeConflictError",
     "NotFoundError",
     "UnreachableError",
+    "UsageError",
     "WaitTimeout",
 ]
 
@@ -94,6 +97,10 @@ class AssignmentNotFound(CoordError, KeyError):
 
 class ClaimError(CoordError):
     """The issue is already claimed by a live assignment."""
+
+
+class UsageError(CoordError, ValueError):
+    """A request that cannot be carried out as asked: a bad argument, or the wrong state."""
 
 
 class MachineError(CoordError):

@@ -190,7 +190,7 @@ def test_resume_on_a_clean_board_has_nothing_to_repair(ok_run: OkRun) -> None:
     }
 
 
-@pytest.mark.parametrize("command", ["watch", "wait", "log", "stop"])
+@pytest.mark.parametrize("command", ["watch", "wait", "log", "stop", "clean"])
 def test_unknown_assignment_id(ok_run: OkRun, command: str) -> None:
     result = invoke(ok_run.config, command, "api-999-zzzz")
     assert result.exit_code == 1
