@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from coordlib import CoordError, Status
+from coordlib import CoordError, Status, UsageError
 from coordlib.testing import SSHServer
 from coordlib.testing.gitrepo import git
 
@@ -113,7 +113,7 @@ def test_main_checkouts_and_live_work_are_never_touched(setup: Setup) -> None:
     async def go() -> None:
         async with setup.coordinator() as c:
             live = await c.assign("local", "api", 7, title="still going")
-            with pytest.raises(CoordError, match=f"{live.id} is running.*coord stop"):
+            with pytest.raises(UsageError, match=f"{live.id} is running.*coord stop"):
                 await c.clean(live.id)
             # Rows as a damaged or hand-edited board might hold them: an ended one whose
             # worktree is the main checkout, and one that shares the live worktree.
