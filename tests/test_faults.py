@@ -297,3 +297,31 @@ def test_dispatch_starts_again_when_the_tmux_server_was_exiting(
     assert a.status == Status.RUNNING and done.status == Status.DONE
     launches = (setup.root / "wd-local" / "runs" / a.id / "launcher.log").read_text()
     assert launches.count("environment stream incomplete") == 0  # one launcher, not two
+
+
+def test_an_idle_launcher_polls_without_forking_stat(
+    setup: Setup, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each poll used to fork a `stat` for the events file's size: with many workers per
+    # machine, a steady drain on the CPU.  A shim on PATH counts any call.
+    import shutil
+
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    calls = tmp_path / "stat-calls"
+    (shims / "stat").write_text(
+        f'#!/bin/bash\necho "$*" >> "{calls}"\nexec {shutil.which("stat")} "$@"\n'
+    )
+    (shims / "stat").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    setup.worker["poll_interval"] = 0.1
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "slow", "FAKE_CLAUDE_DELAY": "2"})
+
+    async def go() -> Any:
+        async with setup.coordinator() as c:
+            a = await c.assign("local", "api", 32, title="idle")
+            return await c.wait(a.id, timeout=30)
+
+    done = asyncio.run(go())
+    assert done.status == Status.DONE  # the events were seen: the result was folded
+    assert not calls.exists(), calls.read_text()

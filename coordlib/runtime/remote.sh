@@ -332,6 +332,12 @@ cmd_run() {
     if ((BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1))); then
         fast_wait=1
     fi
+    # Has events.jsonl changed since the last look?  Its mtime against .seen, touched at each
+    # look, takes no fork (a poll used to fork a `stat`); "not older" looks again at a write
+    # made in the same clock tick as the touch, so none is missed.  With no room even for
+    # an empty .seen, the size is stat'ed as before.
+    local seen="$run/.seen" by_mtime=1 changed
+    : >"$seen" 2>/dev/null || by_mtime=0
     now_ms
     start_ms=$NOW last_change=$NOW
     while kill -0 "$wpid" 2>/dev/null; do
@@ -341,9 +347,18 @@ cmd_run() {
             kill_group "$wpid"
             break
         fi
-        size=$(stat -c %s "$run/events.jsonl" 2>/dev/null || echo 0)
-        if [ "$size" != "$last_size" ]; then
-            last_size=$size last_change=$NOW
+        changed=0
+        if ((by_mtime)); then
+            if ! [ "$run/events.jsonl" -ot "$seen" ]; then
+                : >"$seen" 2>/dev/null
+                changed=1
+            fi
+        else
+            size=$(stat -c %s "$run/events.jsonl" 2>/dev/null || echo 0)
+            [ "$size" != "$last_size" ] && last_size=$size changed=1
+        fi
+        if ((changed)); then
+            last_change=$NOW
             if [ "$result_at" = 0 ] && tail -n 1 "$run/events.jsonl" | grep -q '"type":"result"'; then
                 result_at=$NOW
             fi
