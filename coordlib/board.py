@@ -291,8 +291,9 @@ class Board:
     ) -> list[str]:
         """Set the fields `change(record)` returns on archived records; return the ids amended.
 
-        The amended records are appended to the history (readers keep the last line per
-        id), so the file only ever grows by whole lines.  Ids not archived are skipped.
+        The amended records are appended to the history (readers take the last line of an
+        id, in the place of its first), so the file only ever grows by whole lines.  Ids not
+        archived are skipped.
         """
         with self._locked(exclusive=True):
             archived = self._read_history()
@@ -384,8 +385,8 @@ class Board:
                 except ValueError:
                     continue  # a torn append; its record stayed live and was archived again
                 if isinstance(record, dict) and isinstance(record.get("id"), str):
-                    # Pop first so a re-archived record takes the position of its last line.
-                    archived.pop(record["id"], None)
+                    # A record keeps the position of its first line (when it was archived);
+                    # a later line (archived again after a crash, or amended) replaces it.
                     archived[record["id"]] = record
         return archived
 

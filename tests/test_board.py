@@ -317,7 +317,7 @@ def test_history_dedupes_and_survives_a_torn_line(path: Path) -> None:
         history.write('{"id": "torn", "sta')  # an append cut short
     board.insert(rec("c", "failed", finished_at=3.0))
 
-    assert [r["id"] for r in board.history()] == ["b", "a", "c"]
+    assert [r["id"] for r in board.history()] == ["a", "b", "c"]  # in the place of its first
     assert board.get("a")["note"] == "again"
     assert board.get("c")["status"] == "failed"
     assert board.all() == []
