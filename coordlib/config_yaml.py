@@ -510,8 +510,11 @@ def _read_worker(doc: _Doc, node: yaml.Node | None) -> WorkerConfig:
 def _read_board(doc: _Doc, node: yaml.Node | None, base_dir: Path) -> BoardConfig:
     f = _Fields(doc, node or _EMPTY, "board", _keys(BoardConfig), "board settings")
     path = Path(f.text("path", ".coord/board.json")).expanduser()
+    # Absolute but not resolved: a symlink on the way is followed when the board is opened,
+    # so a parse (or the parse cache) never pins where it pointed at the time.
     return BoardConfig(
-        path=(base_dir / path).resolve(), keep_finished=f.integer("keep_finished", 300, 0)
+        path=Path(os.path.abspath(base_dir / path)),
+        keep_finished=f.integer("keep_finished", 300, 0),
     )
 
 
