@@ -5,8 +5,10 @@ removes them once the work has ended, with one remote command per machine:
 
 - only worktrees coord made (under the machine's ``workdir/worktrees/``) and only linked
   worktrees: a main checkout is refused, whatever the board says;
-- a worktree with uncommitted or untracked changes is kept and reported, as is one a
-  worker still holds; its branch (and so every commit) always stays;
+- a worktree with uncommitted or untracked changes, a detached HEAD, or a rebase or merge
+  in progress is kept and reported, as is one a worker still holds or runs in; its
+  branch (and so every commit) always stays.  Ignored files (build output, caches) go
+  with their worktree;
 - nothing an assignment that has not ended uses (its run, or a worktree a continued
   session shares) is sent to the machine at all.
 
@@ -34,7 +36,8 @@ __all__ = ["CleanReport", "CleanedRun", "clean"]
 
 # What `clean` says of a worktree or a run directory.
 GONE = frozenset({"removed", "missing", "none"})
-_CLEAN_TIMEOUT = 300.0  # a big worktree takes a while to delete
+_CLEAN_TIMEOUT = 300.0  # a big worktree (node_modules, build output) takes a while to delete
+_CLEAN_TIMEOUT_PER_RUN = 30.0
 
 
 @dataclass
@@ -193,10 +196,14 @@ async def _clean_machine(
             owner[wt] = a.id
         sent.append((a, wt))
     payload = b"".join(f"{a.id}\0{wt}\0".encode() for a, wt in sent)
-    argv = remote_argv("clean", m.workdir, "check" if dry_run else "remove", str(int(keep_runs)))
+    workdir = m.workdir.rstrip("/") or "~/.coord"  # as the worktree paths were made
+    argv = remote_argv("clean", workdir, "check" if dry_run else "remove", str(int(keep_runs)))
     try:
         done = await coord.transport(name).run(
-            argv, input=payload, timeout=_CLEAN_TIMEOUT, what="clean"
+            argv,
+            input=payload,
+            timeout=max(_CLEAN_TIMEOUT, _CLEAN_TIMEOUT_PER_RUN * len(sent)),
+            what="clean",
         )
     except CoordError as exc:
         return exc

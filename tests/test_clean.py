@@ -211,3 +211,75 @@ def test_cli_clean_reports_and_a_dead_machine_fails_alone(
     assert (by_id[aid]["worktree"], by_id[aid]["run"]) == ("removed", "removed")
     assert by_id["api-4-dead"]["worktree"] == "unreachable"
     assert "cannot connect" in report["errors"]["dead"]
+
+
+def test_work_that_no_branch_holds_and_live_processes_keep_a_worktree(setup: Setup) -> None:
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "ok"})
+    setup.machines[0]["workdir"] += "/"  # a trailing slash in the config changes nothing
+
+    async def go() -> None:
+        async with setup.coordinator() as c:
+            a = await c.wait((await c.assign("local", "api", 10, title="d")).id, timeout=30)
+            b = await c.wait((await c.assign("local", "api", 11, title="e")).id, timeout=30)
+            wt_a, wt_b = Path(a.worktree.replace("//", "/")), Path(b.worktree.replace("//", "/"))
+            # a: a commit on a detached HEAD, which no branch would keep once it is gone.
+            git("checkout", "-q", "--detach", cwd=wt_a)
+            git("commit", "-q", "--allow-empty", "-m", "only here", cwd=wt_a)
+            # b: its worker outlived the launcher (still running in the worktree).
+            straggler = subprocess.Popen(["sleep", "60"], cwd=wt_b)
+            run_b = setup.root / "wd-local" / "runs" / b.id
+            (run_b / "worker.pid").write_text(f"{straggler.pid}\n")
+            try:
+                by_id = {r.id: r for r in (await c.clean(older_than=0)).runs}
+                assert by_id[a.id].worktree == "kept" and "detached" in by_id[a.id].note
+                assert (by_id[b.id].worktree, by_id[b.id].run) == ("kept", "running")
+                assert f"pid {straggler.pid}" in by_id[b.id].note
+                assert wt_a.is_dir() and wt_b.is_dir() and run_b.is_dir()
+            finally:
+                straggler.kill()
+                straggler.wait()
+
+            git("checkout", "-q", a.branch, cwd=wt_a)
+            by_id = {r.id: r for r in (await c.clean(older_than=0)).runs}
+            assert by_id[a.id].worktree == "removed" and by_id[b.id].worktree == "removed"
+
+    arun(go())
+
+
+def test_a_held_worktree_lock_or_a_symlink_out_keeps_it(setup: Setup, tmp_path: Path) -> None:
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "ok"})
+    wd = setup.root / "wd-local"
+
+    async def go() -> None:
+        async with setup.coordinator() as c:
+            a = await c.wait((await c.assign("local", "api", 12, title="f")).id, timeout=30)
+            b = await c.wait((await c.assign("local", "api", 13, title="g")).id, timeout=30)
+            # a: a worker about to start holds the worktree's lock.
+            lock_of = subprocess.run(
+                ["bash", "-c", "printf '%s' \"$1\" | cksum | cut -d' ' -f1", "-", a.worktree],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            holder = subprocess.Popen(
+                ["flock", str(wd / "locks" / f"wt-{lock_of}.lock"), "sleep", "60"]
+            )
+            # b: its path is a symlink to a linked worktree of the user's, elsewhere.
+            mine = tmp_path / "my-own-worktree"
+            git("worktree", "add", "-q", "-b", "mine", str(mine), cwd=setup.repo.path)
+            git("worktree", "remove", b.worktree, cwd=setup.repo.path)
+            Path(b.worktree).symlink_to(mine)
+            try:
+                for _ in range(50):  # until flock holds it
+                    if (wd / "locks" / f"wt-{lock_of}.lock").exists():
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                by_id = {r.id: r for r in (await c.clean(older_than=0)).runs}
+                assert by_id[a.id].worktree == "kept"
+                assert "a worker is still running in it" in by_id[a.id].note
+                assert by_id[b.id].worktree == "refused" and "symlink" in by_id[b.id].note
+                assert Path(a.worktree).is_dir() and (mine / ".git").exists()
+            finally:
+                holder.kill()
+                holder.wait()
+
+    arun(go())

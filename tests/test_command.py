@@ -490,13 +490,18 @@ def test_status_live_scope_reads_the_live_index_not_every_run_dir(tmp_path: Path
         (index / "unasked-live").touch()  # as a dispatch leaves it
         (index / "unasked-ended").touch()  # its launcher died before unlisting it
         (index / "gone").touch()  # its run dir was removed by hand
+        dead = runs / "dead-no-record"  # the machine rebooted under it: no exit.json
+        dead.mkdir()
+        (dead / "launcher.pid").write_text("1 another-boot 1\n")
+        (index / dead.name).touch()
         wants = ("asked-ended:0:1000", "asked-live:0:1000")
 
         everything = parse_probe(run_status(tmp_path, "all", *wants))
-        assert set(everything.runs) == set(names)
+        assert set(everything.runs) == {*names, dead.name}
+        assert not everything.runs[dead.name].alive and everything.runs[dead.name].exit is None
         assert everything.runs["unasked-ended"].exit == {"reason": "ended"}
         assert parse_probe(run_status(tmp_path, *wants)).runs == everything.runs  # all: default
-        assert sorted(p.name for p in index.iterdir()) == ["gone", "unasked-ended", "unasked-live"]
+        assert len(list(index.iterdir())) == 4  # scope all never changes the index
 
         live = parse_probe(run_status(tmp_path, "live", *wants))
         # A run started before the index existed is found when asked about, and by `resume`.

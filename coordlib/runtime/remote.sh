@@ -309,6 +309,15 @@ cmd_run() {
     fi
 
 
+    # Has events.jsonl changed since the last look?  Its mtime against .seen's takes no fork
+    # (a poll used to fork a `stat`).  .seen holds one byte, rewritten in place at each look
+    # (a write sets the mtime on every file system, and needs no new block on a full disk),
+    # and exists before the worker does.  "Not older" looks again at a write made in the
+    # clock tick of a touch, so none is missed; before a stall is declared, the file's own
+    # mtime is stat'ed once, in case the clock stepped back.  No room for .seen: stat sizes.
+    local seen="$run/.seen" by_mtime=1 changed mtime
+    printf x >"$seen" 2>/dev/null || by_mtime=0
+
     (
         # A clean, stated environment: a few basics kept, then the machine's env.
         keep=()
@@ -332,12 +341,6 @@ cmd_run() {
     if ((BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1))); then
         fast_wait=1
     fi
-    # Has events.jsonl changed since the last look?  Its mtime against .seen, touched at each
-    # look, takes no fork (a poll used to fork a `stat`); "not older" looks again at a write
-    # made in the same clock tick as the touch, so none is missed.  With no room even for
-    # an empty .seen, the size is stat'ed as before.
-    local seen="$run/.seen" by_mtime=1 changed
-    : >"$seen" 2>/dev/null || by_mtime=0
     now_ms
     start_ms=$NOW last_change=$NOW
     while kill -0 "$wpid" 2>/dev/null; do
@@ -348,14 +351,20 @@ cmd_run() {
             break
         fi
         changed=0
-        if ((by_mtime)); then
-            if ! [ "$run/events.jsonl" -ot "$seen" ]; then
-                : >"$seen" 2>/dev/null
-                changed=1
-            fi
-        else
+        if ((by_mtime)) && ! [ "$run/events.jsonl" -ot "$seen" ]; then
+            printf x 1<>"$seen" 2>/dev/null
+            changed=1
+        elif ((!by_mtime)); then
             size=$(stat -c %s "$run/events.jsonl" 2>/dev/null || echo 0)
             [ "$size" != "$last_size" ] && last_size=$size changed=1
+        elif ((NOW - last_change >= COORD_STALL_MS)); then
+            # About to call it a stall: was the file written within the window, by its own
+            # mtime?  (After the clock steps back, new writes look older than .seen.)
+            mtime=$(stat -c %Y "$run/events.jsonl" 2>/dev/null || echo 0)
+            if ((${EPOCHREALTIME%[.,]*} - mtime < COORD_STALL_MS / 1000)); then
+                printf x 1<>"$seen" 2>/dev/null
+                changed=1
+            fi
         fi
         if ((changed)); then
             last_change=$NOW
@@ -452,6 +461,11 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
             continue # the glob matched nothing, or the run dir is gone
         elif pid_file_alive "$d/dispatch.pid"; then
             disp=1 # a dispatch still on its way (its process lives, no launcher yet)
+        elif [ "$mode" = live ] && [ -z "${want[$id]+x}" ]; then
+            # Dead with no exit record (the machine rebooted): not live, whatever the index
+            # says.  A board that knows the run asks about it; `resume` walks every run.
+            stale+=("$workdir/runs/.live/$id")
+            continue
         fi
         ids+=("$id") exits+=("$ex") states+=("$alive $disp")
         if [ -n "${want[$id]+x}" ] || [ "$alive" = 1 ]; then
@@ -527,52 +541,89 @@ linked_worktree() { # linked_worktree DIR -> status 0 when DIR is the top of a l
     )
 }
 
+run_busy() { # run_busy RUN_DIR WORKTREE: status 0, with BUSY saying why, while the run lives
+    local run=$1 pid cwd wt
+    BUSY=""
+    if [ ! -f "$run/exit.json" ]; then
+        pid_file_alive "$run/launcher.pid" && BUSY="its launcher is running" && return 0
+        pid_file_alive "$run/dispatch.pid" && BUSY="its dispatch is on its way" && return 0
+    fi
+    # A worker can outlive its launcher (killed, or the machine's tmux server gone).
+    if [ -n "$2" ] && read -r pid 2>/dev/null <"$run/worker.pid" && kill -0 "$pid" 2>/dev/null; then
+        cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) && wt=$(cd "$2" 2>/dev/null && pwd -P) &&
+            case $cwd/ in "$wt"/*) BUSY="its worker (pid $pid) is still running" && return 0 ;; esac
+    fi
+    return 1
+}
+
+worktree_unsafe() { # worktree_unsafe WT: status 0, with CN saying why, when removing WT could lose work
+    local dirty n gd f
+    if ! dirty=$(git -C "$1" status --porcelain --untracked-files=all 2>&1); then
+        CN="git status failed: ${dirty//$'\n'/ }" && return 0
+    fi
+    if [ -n "$dirty" ]; then
+        n=${dirty//[!$'\n']/}
+        CN="$((${#n} + 1)) uncommitted or untracked file(s): commit or remove them, then clean again"
+        return 0
+    fi
+    if ! git -C "$1" symbolic-ref -q HEAD >/dev/null 2>&1; then
+        CN="HEAD is detached: commits made there are on no branch (check one out, then clean)"
+        return 0
+    fi
+    gd=$(git -C "$1" rev-parse --absolute-git-dir 2>/dev/null) || { CN="no git dir" && return 0; }
+    for f in rebase-merge rebase-apply MERGE_HEAD CHERRY_PICK_HEAD REVERT_HEAD BISECT_LOG; do
+        [ -e "$gd/$f" ] && CN="a ${f,,} is in progress: finish or abort it, then clean" && return 0
+    done
+    return 1
+}
+
 clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE: set CW (what happened) and CN (why)
-    local workdir=$1 wt=$2 mode=$3 dirty n
+    local workdir=$1 wt=$2 mode=$3 root phys lk="" out
     CW="" CN=""
-    case $wt in
-        "") CW=none && return ;;
-        "~/"*) wt=$HOME/${wt#\~/} ;;
-    esac
+    [ -n "$wt" ] || { CW=none && return; }
     case $wt in
         "$workdir"/worktrees/?*) ;;
         *) CW=refused CN="not under $workdir/worktrees: coord removes only worktrees it made" && return ;;
     esac
     case /$wt/ in */../* | */./*) CW=refused CN="the path has . or .. in it" && return ;; esac
     [ -e "$wt" ] || { CW=missing && return; }
+    # Physically under the worktrees dir too: a symlink there must not lead anywhere else.
+    root=$(cd "$workdir/worktrees" 2>/dev/null && pwd -P) && phys=$(cd "$wt" 2>/dev/null && pwd -P)
+    case $phys in
+        "$root"/?*) ;;
+        *) CW=refused CN="it resolves outside $workdir/worktrees (a symlink?)" && return ;;
+    esac
     if ! linked_worktree "$wt"; then
         CW=refused CN="not a linked git worktree (coord never removes a main checkout)"
         return
     fi
-    local lock
-    lock=$(wt_lock "$workdir" "$wt")
-    if [ -e "$lock" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$lock" true; then
-        CW=kept CN="a worker is still running in it" && return
+    # Hold the worktree's lock (the one each launcher holds while its worker lives) from the
+    # checks to the removal, so no worker can start in it meanwhile.
+    if command -v flock >/dev/null 2>&1 && mkdir -p "$workdir/locks" 2>/dev/null; then
+        { exec {lk}>"$(wt_lock "$workdir" "$wt")"; } 2>/dev/null || lk=""
+        if [ -n "$lk" ] && ! flock -n "$lk"; then
+            exec {lk}>&-
+            CW=kept CN="a worker is still running in it" && return
+        fi
     fi
-    if ! dirty=$(git -C "$wt" status --porcelain --untracked-files=all 2>&1); then
-        CW=kept CN="git status failed: ${dirty//$'\n'/ }" && return
-    fi
-    if [ -n "$dirty" ]; then
-        n=${dirty//[!$'\n']/}
-        CW=kept CN="$((${#n} + 1)) uncommitted or untracked file(s): commit or remove them, then clean again"
-        return
-    fi
-    [ "$mode" = check ] && CW=would_remove && return
-    # Without --force, git itself refuses a worktree with changes or a lock: a last guard.
-    if dirty=$(git -C "$wt" worktree remove "$wt" 2>&1); then
+    if worktree_unsafe "$wt"; then
+        CW=kept
+    elif [ "$mode" = check ]; then
+        CW=would_remove
+    elif out=$(git -C "$wt" worktree remove "$wt" 2>&1); then
+        # Without --force, git itself refuses a worktree with changes or a lock: a last
+        # guard.  Ignored files (build output, caches) go with the worktree.
         CW=removed
-        rm -f "$lock"
     else
-        CW=kept CN="git worktree remove: ${dirty//$'\n'/ }"
+        CW=kept CN="git worktree remove: ${out//$'\n'/ }"
     fi
+    if [ -n "$lk" ]; then exec {lk}>&-; fi
 }
 
-clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR
+clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR (the run has ended: see run_busy)
     local run=$1
     if [ ! -d "$run" ]; then
         CR=missing
-    elif [ ! -f "$run/exit.json" ] && { launcher_alive "$run" || pid_file_alive "$run/dispatch.pid"; }; then
-        CR=running
     elif [ "$3" = 1 ]; then
         CR=kept
     elif [ "$2" = check ]; then
@@ -585,13 +636,21 @@ clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR
 }
 
 cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per finished run
-    local workdir=$1 mode=$2 keep=$3 id wt line CW CN CR
+    local workdir=$1 mode=$2 keep=$3 id wt line CW CN CR BUSY
     case $workdir in "~") workdir=$HOME ;; "~/"*) workdir=$HOME/${workdir#\~/} ;; esac
+    workdir=${workdir%/}
     case $mode in remove | check) ;; *) die 2 "clean: bad mode $mode" ;; esac
     while IFS= read -r -d '' id && IFS= read -r -d '' wt; do
         if [[ ! $id =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*$ ]]; then
             json_str line "$id"
             printf '{"id":%s,"worktree":"refused","run":"refused","note":"not a run id"}\n' "$line"
+            continue
+        fi
+        case $wt in "~/"*) wt=$HOME/${wt#\~/} ;; esac
+        if run_busy "$workdir/runs/$id" "$wt"; then
+            json_str line "$BUSY"
+            printf '{"id":"%s","worktree":"%s","run":"running","note":%s}\n' \
+                "$id" "$([ -n "$wt" ] && echo kept || echo none)" "$line"
             continue
         fi
         clean_worktree "$workdir" "$wt" "$mode"
