@@ -9,40 +9,28 @@ few remote commands as it can: a dispatch is one, a status is one per machine.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
 from .assignment import TERMINAL, Assignment, Status
 from .board import Board
-from .briefings import files_in_scope, render_briefing
-from .config import Config, find_config, is_secret_name, load_config, resolve_env
+from .config import Config, find_config, load_config
+from .dispatch import Dispatcher
 from .errors import (
-    ClaimError,
     CommandError,
     CoordError,
-    DispatchError,
-    ForgeError,
     MachineError,
-    NotFoundError,
     UnreachableError,
-    UsageError,
     WaitTimeout,
 )
 from .reconcile import dispatch_may_be_in_flight, reconcile
 from .runtime.command import (
     LaunchSpec,
-    branch_name,
-    encode_env,
     remote_argv,
-    script_hash,
-    slugify,
 )
 from .runtime.local import LocalTransport
 from .runtime.probe import MachineProbe, parse_probe
@@ -56,21 +44,14 @@ from .trail import Trail, sort_into_sections
 
 if TYPE_CHECKING:  # imported where used: asyncssh alone costs ~200 ms to import
     from .cleanup import CleanReport
-    from .forge.base import Branch, Forge, Issue
+    from .forge.base import Forge, Issue
     from .runtime.ssh import SSHTarget
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
 # Events read per run per status call; the rest waits for the next call.
 _MAX_EVENT_BYTES = 8 * 1024 * 1024
-_DISPATCH_TIMEOUT = 180.0
 _PROBE_TIMEOUT = 30.0
-# A burst of dispatches to one repo shares one listing of its remote's issue branches.
-_BRANCH_CACHE_SECONDS = 3.0
-RATE_LIMIT_GUIDANCE = (
-    "Your previous run was interrupted by an API rate limit. Continue the task from where "
-    "you left off; check `git status` and `git log` to see what is already done."
-)
 
 
 @dataclass
@@ -172,13 +153,12 @@ class Coordinator:
         self._environ = dict(os.environ if environ is None else environ)
         self._transports: dict[str, Transport] = {}
         self._forges: dict[str, Forge] = {}
-        self._branch_cache: dict[str, tuple[float, list[Branch]]] = {}
-        self._branch_locks: dict[str, asyncio.Lock] = {}
         self._host = socket.gethostname()
         # Things worth telling a person that are not errors (a forge rate limit being
         # waited out, a trail comment that could not be posted); the CLI prints them.
         self.notify: Callable[[str], None] = notify or (lambda message: None)
         self.trail = Trail(self.board, self.forge, lambda message: self.notify(message))
+        self._dispatcher = Dispatcher(self)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Coordinator:
@@ -259,31 +239,7 @@ class Coordinator:
         ids = {r["id"] for r in live}
         return [r for r in self.board.history() if r["id"] not in ids] + live
 
-    # ------------------------------------------------------------ assign
-    def _launch_spec(
-        self, machine: str, worktree: str, model_id: str, *, resume: str | None = None
-    ) -> LaunchSpec:
-        m = self.config.machine(machine)
-        w = self.config.worker
-        args = ["--output-format", "stream-json", "--verbose", "--model", model_id]
-        args += ["--allowedTools", w.allowed_tools]
-        if w.max_turns:
-            args += ["--max-turns", str(w.max_turns)]
-        if resume:
-            args += ["--resume", resume]
-        return LaunchSpec(
-            worktree=worktree,
-            command=m.claude_argv(),
-            args=[*args, *w.extra_args],
-            stall_ms=int(w.stall_timeout * 1000),
-            max_runtime_ms=int(w.max_runtime * 1000),
-            grace_ms=int(w.result_grace * 1000),
-            poll_seconds=w.poll_interval,
-        )
-
-    def _new_id(self, repo: str, issue: int) -> str:
-        return f"{slugify(repo, max_length=16) or 'repo'}-{issue}-{os.urandom(2).hex()}"
-
+    # ------------------------------------------------------------ assign, retry, continue
     def plan_assignment(
         self,
         machine: str,
@@ -303,148 +259,10 @@ class Coordinator:
         the forge has it) and from the board: the files other live workers on the repo
         are changing go in its "do not touch" list.
         """
-        m = self.config.machine(machine)
-        r = self.config.repo(repo)
-        if m.repos and r.name not in m.repos:
-            raise DispatchError(
-                f"does not work on repo {r.name} (its repos: {', '.join(m.repos)}); "
-                f"add it to machines.{m.name}.repos in {self.config.path}",
-                machine=m.name,
-            )
-        if issue < 0:
-            raise UsageError(f"issue number must be positive, got {issue}")
-        if model is None and issue_info is not None:
-            # A label can pick the tier (models.labels: {chore: haiku}).
-            model = next((self.config.models.labels[x] for x in issue_info.labels
-                          if x in self.config.models.labels), None)  # fmt: skip
-        tier, model_id = self.config.models.resolve(model or self.config.models.default)
-        if not (title or "").strip() and issue_info is not None:
-            title = issue_info.title
-        title = (title or "").strip() or f"issue {issue}"
-        branch = branch_name(issue, title)
-        if attempt > 1:  # a retry starts afresh beside the earlier attempt's branch
-            branch = f"{branch}-r{attempt}"
-        aid = self._new_id(r.name, issue)
-        workdir = m.workdir.rstrip("/") or "~/.coord"
-        worktree = f"{workdir}/worktrees/{r.name}/{aid}"
-        a = Assignment(
-            id=aid,
-            machine=m.name,
-            repo=r.name,
-            issue=issue,
-            branch=branch,
-            model=model_id,
-            tier=tier,
-            title=title,
-            worktree=worktree,
-            run_dir=f"{workdir}/runs/{aid}",
-            created_at=time.time(),
-            attempt=attempt,
-        )
-        scope = files_in_scope(issue_info.body) if issue_info is not None else []
-        if scope:
-            a.extra["files_in_scope"] = scope
-        if briefing is None:
-            info = issue_info.to_dict() if issue_info is not None else {}
-            briefing = render_briefing(
-                "work",
-                {
-                    "issue": {**info, "number": issue, "title": title},
-                    "repo": r,
-                    "branch": branch,
-                    "machine": m,
-                    "model": model_id,
-                    "attempt": attempt,
-                    "previous": previous,
-                    "files_in_scope": scope,
-                    "do_not_touch": self._in_flight_files(r.name, issue),
-                },
-                user_dir=self._briefing_dir(),
-            )
-        _check_prompt(briefing, "briefing")
-        launch = self._launch_spec(m.name, worktree, model_id)
-        a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
-        return a, briefing, launch
-
-    def _in_flight_files(self, repo: str, issue: int) -> list[dict[str, str]]:
-        """The files other live workers on repo are changing (or are scoped to)."""
-        seen: dict[str, dict[str, str]] = {}
-        for x in self.assignments():
-            if x.repo != repo or x.issue == issue or x.is_terminal:
-                continue
-            for path in [*x.extra.get("files_touched", []), *x.extra.get("files_in_scope", [])]:
-                seen.setdefault(path, {"path": path, "branch": x.branch, "assignment": x.id})
-        return [seen[k] for k in sorted(seen)]
-
-    async def _issue_for(
-        self, repo: str, issue: int, *, title: str | None, briefing: str | None, force: bool
-    ) -> Issue | None:
-        """Read the issue from repo's forge and check nobody's unmerged branch claims it.
-
-        An issue the forge does not have is fine when the caller gave a title (the
-        work is then briefed from the title alone and leaves no trail).
-        """
-        self.config.repo(repo)  # unknown repo -> ConfigError with a suggestion
-        titled = bool((title or "").strip()) or briefing is not None
-        info: Issue | None = None
-        try:
-            forge = self.forge(repo)
-            info = await forge.get_issue(issue)
-        except NotFoundError:
-            if not titled:
-                raise NotFoundError(
-                    f"issue #{issue} is not on {repo}'s {forge.kind} forge; create it with "
-                    f"`coord issue new {repo} --title ...`, or give --title to work without it"
-                ) from None
-        except ForgeError as exc:
-            if not titled:
-                raise
-            # The caller said what the work is: go on without the forge, but say so.
-            self.notify(f"{repo}#{issue}: working without the forge (no trail, no branch "
-                        f"claim check): {exc}")  # fmt: skip
-            return None
-        if not force:
-            # The board first: it is the cheaper check, and the likelier reason.
-            _refuse_live_clash([a for a in self.assignments() if not a.is_terminal], repo, issue)
-            await self._check_branch_claims(forge, repo, issue)
-        return info
-
-    async def _issue_branches(self, forge: Forge, repo: str) -> list[Branch]:
-        """The remote's ``issue-*`` branches, listed once for concurrent dispatches."""
-        lock = self._branch_locks.setdefault(repo, asyncio.Lock())
-        async with lock:
-            cached = self._branch_cache.get(repo)
-            if cached is None or time.monotonic() - cached[0] > _BRANCH_CACHE_SECONDS:
-                cached = (time.monotonic(), await forge.branches("issue-"))
-                self._branch_cache[repo] = cached
-            return cached[1]
-
-    async def _check_branch_claims(self, forge: Forge, repo: str, issue: int) -> None:
-        prefix = f"issue-{issue}-"
-        branches = [b for b in await self._issue_branches(forge, repo) if b.name.startswith(prefix)]
-        if not branches:
-            return
-        mine = {a.branch for a in self.assignments(history=True) if a.repo == repo}
-        unmerged = []
-        for b in branches:
-            prs = await forge.list_prs(state="all", head=b.name)
-            if any(p.merged for p in prs):
-                continue
-            unmerged.append(b.name + (" (an earlier coord assignment)" if b.name in mine else ""))
-        if unmerged:
-            raise ClaimError(
-                f"issue {repo}#{issue} has unmerged remote branch "
-                f"{', '.join(unmerged)}: someone is (or was) working on it; "
-                f"merge or delete the branch, `coord retry` the earlier assignment, "
-                f"or pass --force"
-            )
-
-    def _briefing_dir(self) -> Path | None:
-        raw = self.config.extra.get("briefings")
-        if isinstance(raw, Mapping) and raw.get("dir"):
-            base = self.config.path.parent if self.config.path else Path.cwd()
-            return (base / os.path.expanduser(str(raw["dir"]))).resolve()
-        return None
+        return self._dispatcher.plan_assignment(
+            machine, repo, issue, model=model, briefing=briefing, title=title,
+            attempt=attempt, issue_info=issue_info, previous=previous,
+        )  # fmt: skip
 
     async def assign(
         self,
@@ -464,159 +282,11 @@ class Coordinator:
         session.  The row is on the board as ``pending`` before the machine is
         touched, so a crash at any point leaves something `resume` can repair.
         """
-        info = await self._issue_for(repo, issue, title=title, briefing=briefing, force=force)
-        a, text, launch = self.plan_assignment(
-            machine, repo, issue, model=model, briefing=briefing, title=title, issue_info=info
-        )
-        if dry_run:
-            a.extra["briefing"] = text
-            return a
-        a.extra["trail"] = {} if info is not None else {"off": "the issue is not on the forge"}
-        self._claim(a, force=force)
-        a = await self._dispatch(a, text, launch, mode="new")
-        await self.trail.post_dispatch(a, text, info.labels if info is not None else None)
-        return a
+        return await self._dispatcher.assign(
+            machine, repo, issue, model=model, briefing=briefing, title=title,
+            dry_run=dry_run, force=force,
+        )  # fmt: skip
 
-    def _claim(self, a: Assignment, *, force: bool = False, replaces: str | None = None) -> None:
-        """Put a on the board as pending, unless its issue is taken or capacity is full.
-
-        `replaces` names the assignment a continues or retries: it may still be live
-        (a queued one), and is not counted as a clash.
-        """
-        m = self.config.machine(a.machine)
-        a.extra["coordinator"] = {"host": self._host, "pid": os.getpid()}
-        with self.board.transaction() as txn:
-            rows = [Assignment.from_dict(x) for x in txn.all()]
-            live = [x for x in rows if not x.is_terminal and x.id != replaces]
-            if not force:
-                _refuse_live_clash(live, a.repo, a.issue)
-            working = [x for x in live if x.status != Status.QUEUED]
-            cap = self.config.concurrency.max_workers
-            if len(working) >= cap and not force:
-                raise DispatchError(
-                    f"{len(working)} workers are live, the limit of concurrency.max_workers "
-                    f"({cap}); wait for one to end or raise the limit in {self.config.path}"
-                )
-            busy = sum(1 for x in working if x.machine == m.name)
-            if busy >= m.max_workers and not force:
-                raise DispatchError(
-                    f"is running {busy} of its {m.max_workers} workers; wait, pick another "
-                    f"machine, or raise machines.{m.name}.max_workers",
-                    machine=m.name,
-                )
-            if replaces is not None and replaces in txn:
-                prev = txn.get(replaces)
-                taken = prev.get("extra", {}).get("continued_by")
-                if taken:
-                    raise ClaimError(
-                        f"assignment {replaces} was already continued by {taken}; "
-                        f"one session is never driven by two workers"
-                    )
-                txn.update(replaces, {"extra": {**prev.get("extra", {}), "continued_by": a.id}})
-            txn.insert(a.to_dict())
-
-    async def _dispatch(
-        self, a: Assignment, text: str, launch: LaunchSpec, *, mode: str = "new"
-    ) -> Assignment:
-        """Send one pending assignment to its machine (one remote command) and record it."""
-        m = self.config.machine(a.machine)
-        r = self.config.repo(a.repo)
-        try:
-            env = resolve_env(m.env, self._environ, machine=m.name)
-        except CoordError as exc:
-            self._fail_dispatch(a, str(exc))
-            raise
-        spec = {
-            "id": a.id,
-            "machine": a.machine,
-            "repo": a.repo,
-            "issue": a.issue,
-            "title": a.title,
-            "branch": a.branch,
-            "base": r.default_branch,
-            "model": a.model,
-            "mode": mode,
-            "argv": a.extra["argv"],
-            # names only for secrets: their values exist only in the worker's memory
-            "env": {k: ("<secret>" if is_secret_name(k) else v) for k, v in env.items()},
-            "created_at": a.created_at,
-            "coordlib_version": __version__,
-        }
-        brief_b = text.encode()
-        spec_b = (json.dumps(spec, indent=2) + "\n").encode()
-        launch_b = launch.render().encode()
-        argv = remote_argv(
-            "dispatch",
-            m.workdir,
-            a.id,
-            m.repo_path(r.name),
-            a.worktree,
-            a.branch,
-            r.default_branch,
-            m.tmux_socket,
-            script_hash(),
-            str(len(brief_b)),
-            str(len(spec_b)),
-            str(len(launch_b)),
-            mode,
-        )
-        payload = brief_b + spec_b + launch_b + encode_env(env)
-        try:
-            result = await self.transport(m.name).run(
-                argv, input=payload, timeout=_DISPATCH_TIMEOUT, what="dispatch"
-            )
-        except CommandError as exc:
-            # The script exited with its own error: nothing was started.
-            reason = _dispatch_error(exc.stderr) or str(exc)
-            self._fail_dispatch(a, reason)
-            raise DispatchError(f"could not start {a.id}: {reason}", machine=m.name) from exc
-        except MachineError as exc:
-            if isinstance(exc, UnreachableError) and "cannot" in str(exc):
-                self._fail_dispatch(a, str(exc))  # never connected: nothing started
-            else:
-                # It may have started: leave it pending for status/resume to settle.
-                self.board.update(a.id, error=f"dispatch outcome unknown: {exc}")
-            raise
-        info = _json_or_empty(result.out)
-        fields: dict[str, Any] = {"status": str(Status.RUNNING), "started_at": time.time()}
-        with self.board.transaction() as txn:
-            row = txn.get(a.id)
-            if row.get("status") == str(Status.PENDING):
-                if info.get("head"):
-                    fields["extra"] = {**row.get("extra", {}), "base_sha": info["head"]}
-                txn.update(a.id, fields)
-            row = txn.get(a.id)
-        return Assignment.from_dict(row)
-
-    def _fail_dispatch(self, a: Assignment, error: str) -> None:
-        with self.board.transaction() as txn:
-            txn.update(
-                a.id,
-                {
-                    "status": str(Status.FAILED),
-                    "failure_class": "dispatch_failed",
-                    "error": error,
-                    "finished_at": time.time(),
-                },
-            )
-            prev = a.extra.get("continues")
-            if isinstance(prev, str) and prev in txn:  # free the session for another try
-                row = txn.get(prev)
-                extra = {k: v for k, v in row.get("extra", {}).items() if k != "continued_by"}
-                txn.update(prev, {"extra": extra})
-
-    # ------------------------------------------------------------ issues
-    async def issue_sections(self, repo: str) -> dict[str, list[Issue]]:
-        """Sort repo's issues into the pipeline's sections (see `trail.sort_into_sections`)."""
-        issues = await self.forge(repo).list_issues(state="all")
-        live = {a.issue for a in self.assignments() if a.repo == repo and not a.is_terminal}
-        return sort_into_sections(issues, live)
-
-    async def rebuild_from_forge(self, repos: Sequence[str] | None = None) -> list[Assignment]:
-        """Put back on the board every assignment the forge's trail knows and the board lost."""
-        return await self.trail.rebuild(repos or list(self.config.repos), self.config.machines)
-
-    # ------------------------------------------------------------ retry / continue
     async def retry(
         self,
         id: str,
@@ -633,46 +303,9 @@ class Coordinator:
         two are linked: ``extra["retry_of"]`` on the new row, ``extra["retried_by"]``
         on the old.
         """
-        prev = self.get(id)
-        if not prev.is_terminal and prev.status != Status.QUEUED:
-            raise ClaimError(
-                f"assignment {prev.id} is still {prev.status}; stop it first "
-                f"(`coord stop {prev.id}`) or use `coord resume-stuck` to steer it"
-            )
-        # The issue as the forge has it now; its own earlier branch is no claim against it.
-        info = await self._issue_for(
-            prev.repo, prev.issue, title=prev.title, briefing=briefing, force=True
+        return await self._dispatcher.retry(
+            id, machine=machine, model=model, briefing=briefing, force=force
         )
-        a, text, launch = self.plan_assignment(
-            machine or prev.machine,
-            prev.repo,
-            prev.issue,
-            model=model or prev.tier or prev.model,
-            briefing=briefing,
-            title=prev.title,
-            attempt=prev.attempt + 1,
-            issue_info=info,
-            previous=prev,
-        )
-        a.extra["retry_of"] = prev.id
-        a.extra["trail"] = {} if info is not None else {"off": "the issue is not on the forge"}
-        self._claim(a, force=force, replaces=prev.id)
-        self._close_replaced(prev, a, retried=True)
-        a = await self._dispatch(a, text, launch, mode="new")
-        await self.trail.post_dispatch(a, text, info.labels if info is not None else None)
-        return a
-
-    def _close_replaced(self, prev: Assignment, new: Assignment, *, retried: bool) -> None:
-        with self.board.transaction() as txn:
-            if prev.id not in txn:
-                return
-            row = txn.get(prev.id)
-            extra = {**row.get("extra", {})}
-            extra["retried_by" if retried else "continued_by"] = new.id
-            fields: dict[str, Any] = {"extra": extra}
-            if row.get("status") == str(Status.QUEUED):
-                fields.update(status=str(Status.FAILED), finished_at=time.time())
-            txn.update(prev.id, fields)
 
     async def resume_stuck(self, id: str, guidance: str, *, model: str | None = None) -> Assignment:
         """Stop a stuck worker and continue its session with guidance, in the same worktree.
@@ -682,72 +315,27 @@ class Coordinator:
         same worktree and Claude config dir.  A session is never driven twice: the old
         row can be continued once, and on the machine one worker holds the worktree.
         """
-        if not guidance.strip():
-            raise UsageError("give the worker some guidance (--guidance TEXT)")
-        _check_prompt(guidance, "guidance")
-        prev = self.get(id)
-        if not prev.is_terminal:
-            prev = await self.stop(prev.id)
-        return await self._continue(prev, guidance, model=model)
+        return await self._dispatcher.resume_stuck(id, guidance, model=model)
+
+    async def dispatch_due(self, *, now: float | None = None) -> list[Assignment]:
+        """Continue every queued (rate-limited) assignment whose wait is over."""
+        return await self._dispatcher.dispatch_due(now=now)
 
     async def _continue(
         self, prev: Assignment, prompt: str, *, model: str | None = None
     ) -> Assignment:
-        if prev.status == Status.LOST:
-            raise DispatchError(
-                f"assignment {prev.id} is lost with its run; start it again with "
-                f"`coord retry {prev.id}`",
-                machine=prev.machine,
-            )
-        tier, model_id = (prev.tier, prev.model)
-        if model:
-            tier, model_id = self.config.models.resolve(model)
-        m = self.config.machine(prev.machine)
-        aid = self._new_id(prev.repo, prev.issue)
-        workdir = m.workdir.rstrip("/") or "~/.coord"
-        launch = self._launch_spec(m.name, prev.worktree, model_id, resume=prev.session_id)
-        a = Assignment(
-            id=aid,
-            machine=prev.machine,
-            repo=prev.repo,
-            issue=prev.issue,
-            branch=prev.branch,
-            model=model_id,
-            tier=tier,
-            title=prev.title,
-            worktree=prev.worktree,
-            run_dir=f"{workdir}/runs/{aid}",
-            created_at=time.time(),
-            attempt=prev.attempt,  # steering or waiting out a limit is not a new attempt
-            session_id=prev.session_id,
-        )
-        a.extra["continues"] = prev.id
-        a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
-        trail = prev.extra.get("trail")
-        a.extra["trail"] = (
-            {"off": trail["off"]} if isinstance(trail, dict) and trail.get("off") else {}
-        )
-        self._claim(a, force=True, replaces=prev.id)
-        self._close_replaced(prev, a, retried=False)
-        a = await self._dispatch(a, prompt, launch, mode="continue")
-        await self.trail.post_dispatch(a, prompt)
-        return a
+        return await self._dispatcher._continue(prev, prompt, model=model)
 
-    async def dispatch_due(self, *, now: float | None = None) -> list[Assignment]:
-        """Continue every queued (rate-limited) assignment whose wait is over."""
-        now = time.time() if now is None else now
-        started: list[Assignment] = []
-        for a in self.assignments():
-            if a.status != Status.QUEUED or float(a.extra.get("not_before") or 0) > now:
-                continue
-            prompt = RATE_LIMIT_GUIDANCE
-            if not a.session_id:  # it never got going: no session to resume
-                prompt = f"Work on issue #{a.issue} of {a.repo}: {a.title}"
-            try:
-                started.append(await self._continue(a, prompt))
-            except ClaimError:
-                continue  # another process continued it first
-        return started
+    # ------------------------------------------------------------ issues
+    async def issue_sections(self, repo: str) -> dict[str, list[Issue]]:
+        """Sort repo's issues into the pipeline's sections (see `trail.sort_into_sections`)."""
+        issues = await self.forge(repo).list_issues(state="all")
+        live = {a.issue for a in self.assignments() if a.repo == repo and not a.is_terminal}
+        return sort_into_sections(issues, live)
+
+    async def rebuild_from_forge(self, repos: Sequence[str] | None = None) -> list[Assignment]:
+        """Put back on the board every assignment the forge's trail knows and the board lost."""
+        return await self.trail.rebuild(repos or list(self.config.repos), self.config.machines)
 
     # ------------------------------------------------------------ status
     async def status(self, *, machine: str | None = None, history: bool = False) -> StatusReport:
@@ -1055,42 +643,4 @@ class Coordinator:
             still_running=still,
             continued=continued,
             restored=[a.id for a in restored],
-        )
-
-
-def _json_or_empty(text: str) -> dict[str, Any]:
-    for line in reversed(text.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return {}
-
-
-def _dispatch_error(text: str) -> str:
-    """The script's own reason, with the cause git gave just before it (if any)."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    reason = lines[-1].removeprefix("coord-run: ")
-    causes = [ln for ln in lines[:-1] if ln.startswith(("fatal:", "error:"))][-2:]
-    return f"{reason}: {'; '.join(causes)}" if causes else reason
-
-
-def _check_prompt(text: str, what: str) -> None:
-    # The prompt becomes one argument of `claude -p`; an argument cannot hold a NUL byte.
-    if "\0" in text:
-        raise UsageError(f"the {what} contains a NUL byte, which no program argument can carry; "
-                         f"remove it and try again")  # fmt: skip
-
-
-def _refuse_live_clash(live: Sequence[Assignment], repo: str, issue: int) -> None:
-    clash = [x for x in live if x.repo == repo and x.issue == issue]
-    if clash:
-        c = clash[0]
-        raise ClaimError(
-            f"issue {repo}#{issue} already has live assignment {c.id} "
-            f"({c.status} on {c.machine}); stop it with `coord stop {c.id}` or pass --force"
         )
