@@ -6,6 +6,7 @@ Heavy imports (asyncssh, the coordinator) happen inside commands so that
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,8 +59,43 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     sys.exit(code)
 
 
+# Each command's module, imported when the command is used: `coord status` loads only
+# run_cmds.  (`coord --help` lists them all, so it loads them all.)
+_COMMAND_MODULES = {
+    "assign": "run_cmds",
+    "status": "run_cmds",
+    "watch": "run_cmds",
+    "wait": "run_cmds",
+    "log": "run_cmds",
+    "stop": "run_cmds",
+    "resume": "run_cmds",
+    "retry": "run_cmds",
+    "resume-stuck": "run_cmds",
+    "clean": "clean_cmd",
+    "issue": "issue_cmds",
+    "issues": "issue_cmds",
+    "version": "setup_cmds",
+    "init": "setup_cmds",
+    "config": "setup_cmds",
+    "trust": "setup_cmds",
+    "demo": "demo_cmd",
+}
+
+
 class CoordGroup(click.Group):
-    """A group that turns coordlib errors into one clear line and an exit code."""
+    """A group that turns coordlib errors into one clear line and an exit code.
+
+    Its commands live in modules of their own, imported on first use.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*_COMMAND_MODULES, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"{__package__}.{module}")  # its decorators register it
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         from coordlib.errors import CoordError
@@ -87,9 +123,7 @@ def coord(ctx: click.Context, config: str | None) -> None:
     ctx.obj = State(config)
 
 
-from . import clean_cmd, demo_cmd, issue_cmds, run_cmds, setup_cmds  # noqa: E402  (commands register)
-
-__all__ = ["clean_cmd", "coord", "demo_cmd", "issue_cmds", "main", "run_cmds", "setup_cmds"]
+__all__ = ["coord", "main"]
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,3 +371,26 @@ def test_init_asks_which_repos(tmp_path: Path) -> None:
     result = ok(None, "init", "--search", str(tmp_path / "src"), "--path", str(out), input="2\n")
     assert "1. " in result.stdout and "2. " in result.stdout
     assert list(json.loads(ok(out, "config", "--json").stdout)["repos"]) == ["beta"]
+
+
+def test_commands_load_on_use_and_the_map_names_each_module() -> None:
+    import importlib
+
+    from cli import main as cli_main
+
+    for module in set(cli_main._COMMAND_MODULES.values()):
+        importlib.import_module(f"cli.{module}")
+    registered = {
+        name: command.callback.__module__
+        for name, command in coord.commands.items()
+        if command.callback is not None
+    }
+    assert registered == {n: f"cli.{m}" for n, m in cli_main._COMMAND_MODULES.items()}
+    # A command imports its own module only.
+    code = (
+        "import sys; from click.testing import CliRunner; from cli.main import coord; "
+        "CliRunner().invoke(coord, ['version']); "
+        "print(sorted(m for m in sys.modules if m.startswith('cli.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "['cli.main', 'cli.setup_cmds']", done.stderr
