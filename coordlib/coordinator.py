@@ -35,17 +35,13 @@ from .runtime.command import (
 from .runtime.local import LocalTransport
 from .runtime.probe import MachineProbe, parse_probe
 from .runtime.transport import Transport
-from .stream import (
-    Event,
-    Init,
-    parse_line,
-)
 from .trail import Trail, sort_into_sections
 
 if TYPE_CHECKING:  # imported where used: asyncssh alone costs ~200 ms to import
     from .cleanup import CleanReport
     from .forge.base import Forge, Issue
     from .runtime.ssh import SSHTarget
+    from .stream import Event
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
@@ -501,6 +497,8 @@ class Coordinator:
 
     async def watch(self, id: str, *, offset: int = 0) -> AsyncIterator[Event]:
         """Yield the run's parsed events until it ends, then record its outcome."""
+        from .stream import Init, parse_line
+
         a = self.get(id)
         cwd: str | None = None
         async for line in self.watch_lines(a.id, offset=offset):

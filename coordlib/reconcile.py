@@ -11,11 +11,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .assignment import Assignment, Status
 from .runtime.probe import MachineProbe, RunProbe
-from .stream import FailureClass, Result, RunProgress, ToolUse, classify, parse_line
+
+if TYPE_CHECKING:  # the parser is imported when there are events to fold, not before
+    from .stream import RunProgress
 
 __all__ = ["DISPATCH_GRACE", "dispatch_may_be_in_flight", "fold", "reconcile"]
 
@@ -47,8 +49,8 @@ def reconcile(
             "error": "its run directory is gone from the machine (rebooted or cleaned?)",
             "finished_at": time.time(),
         }
-    fields, progress = fold(a, run)
     if run.exit is not None:
+        fields, progress = fold(a, run)
         unread = (
             run.events is not None
             and run.events_offset is not None
@@ -57,6 +59,8 @@ def reconcile(
         if unread:
             return fields  # more events to read before the result can be trusted
         return _ended(fields, progress, run.exit)
+    # An idle worker (thinking, or in a long tool call) has no new events: nothing to parse.
+    fields = fold(a, run)[0] if run.events else {}
     if run.dispatching and a.status == Status.PENDING:
         return fields  # its dispatch is still running on the machine, whoever sent it
     if run.alive:
@@ -79,6 +83,8 @@ def reconcile(
 def _ended(
     fields: dict[str, Any], progress: RunProgress, exit: Mapping[str, Any]
 ) -> dict[str, Any]:
+    from .stream import FailureClass, classify
+
     reason = exit.get("reason")
     code = exit.get("exit_code")
     finished = exit.get("finished_at")
@@ -129,6 +135,8 @@ def _ended(
 
 def fold(a: Assignment, run: RunProbe) -> tuple[dict[str, Any], RunProgress]:
     """Fold the run's new events into a's fields; return the changes and the progress."""
+    from .stream import Result, RunProgress, ToolUse, parse_line
+
     progress = RunProgress(
         session_id=a.session_id,
         turns=a.num_turns or 0,
