@@ -106,6 +106,7 @@ def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmu
     click.echo(f"the board:    {cfg} status")
     click.echo(f"the trail:    {cfg} issue show demo 1   (briefing and result, as comments)")
     click.echo(f"the issues:   {cfg} issues")
+    click.echo(f"tidy up:      {cfg} clean --older-than 0   (branches stay)")
 
 
 def _os_environ() -> dict[str, str]:
