@@ -97,6 +97,15 @@ class CoordGroup(click.Group):
             importlib.import_module(f"{__package__}.{module}")  # its decorators register it
         return super().get_command(ctx, cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # click suggests a near name from the commands loaded so far: load them all first.
+        if args and args[0] not in self.commands and args[0] not in _COMMAND_MODULES:
+            for name in self.list_commands(ctx):
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         from coordlib.errors import CoordError
 

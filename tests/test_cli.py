@@ -394,3 +394,10 @@ def test_commands_load_on_use_and_the_map_names_each_module() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "['cli.main', 'cli.setup_cmds']", done.stderr
+
+
+def test_a_mistyped_command_suggests_the_nearest() -> None:
+    # In a fresh process, where no command module is loaded yet.
+    done = subprocess.run([sys.executable, "-m", "cli", "stauts"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "Did you mean 'status'?" in done.stderr
