@@ -283,3 +283,30 @@ def test_a_held_worktree_lock_or_a_symlink_out_keeps_it(setup: Setup, tmp_path: 
                 holder.wait()
 
     arun(go())
+
+
+def test_any_process_working_in_a_worktree_keeps_it(setup: Setup) -> None:
+    # Not the worker (its pid file says nothing of it): a daemon it left, or a person's
+    # shell, in a subdirectory.
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "ok"})
+
+    async def go() -> None:
+        async with setup.coordinator() as c:
+            a = await c.wait((await c.assign("local", "api", 14, title="h")).id, timeout=30)
+            sub = Path(a.worktree) / "deep"
+            sub.mkdir()
+            (sub / ".gitkeep").touch()
+            git("add", "deep/.gitkeep", cwd=a.worktree)
+            git("commit", "-qm", "a dir", cwd=a.worktree)
+            lingering = subprocess.Popen(["sleep", "60"], cwd=sub)
+            try:
+                (r,) = (await c.clean(older_than=0)).runs
+                assert r.worktree == "kept" and str(lingering.pid) in r.note
+                assert sub.is_dir()
+            finally:
+                lingering.kill()
+                lingering.wait()
+            (r,) = (await c.clean(older_than=0)).runs
+            assert r.worktree == "removed"
+
+    arun(go())

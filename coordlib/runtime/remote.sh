@@ -91,9 +91,14 @@ live_mark() { # live_mark RUN_DIR: print the marker that lists the run as live (
     printf '%s/.live/%s' "${1%/*}" "${1##*/}"
 }
 
-now_ms() { # set NOW to milliseconds since the epoch, without forking
-    local t=${EPOCHREALTIME/[.,]/}
-    NOW=$((t / 1000))
+now_ms() { # set NOW to milliseconds on a clock that never steps (uptime), without forking
+    local up _
+    if read -r up _ 2>/dev/null </proc/uptime; then
+        NOW=$((10#${up/./} * 10)) # centiseconds
+    else
+        local t=${EPOCHREALTIME/[.,]/}
+        NOW=$((t / 1000))
+    fi
 }
 
 # ---------------------------------------------------------------- dispatch
@@ -445,7 +450,18 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
         d=${d%/}
         id=${d##*/}
         ex="" alive=0 disp=0
-        if [ -f "$d/exit.json" ]; then
+        if [ ! -f "$d/exit.json" ]; then
+            if pid_file_alive "$d/launcher.pid"; then # (launcher_alive, a call less per run)
+                alive=1
+            elif [ ! -d "$d" ]; then
+                [ "$mode" = live ] && [ -z "${want[$id]+x}" ] && stale+=("$workdir/runs/.live/$id")
+                continue # the glob matched nothing, or the run dir is gone
+            elif pid_file_alive "$d/dispatch.pid"; then
+                disp=1 # a dispatch still on its way (its process lives, no launcher yet)
+            fi
+        fi
+        # Looked at again once the launcher is found gone: it may have ended in between.
+        if ((!alive && !disp)) && [ -f "$d/exit.json" ]; then
             if [ -n "${want[$id]+x}" ]; then
                 IFS= read -r ex <"$d/exit.json"
             elif [ "$mode" = live ]; then
@@ -454,14 +470,7 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
             else
                 ex='{"reason":"ended"}' # only told apart from running ones
             fi
-        elif pid_file_alive "$d/launcher.pid"; then # (launcher_alive, a call less per run)
-            alive=1
-        elif [ ! -d "$d" ]; then
-            [ "$mode" = live ] && [ -z "${want[$id]+x}" ] && stale+=("$workdir/runs/.live/$id")
-            continue # the glob matched nothing, or the run dir is gone
-        elif pid_file_alive "$d/dispatch.pid"; then
-            disp=1 # a dispatch still on its way (its process lives, no launcher yet)
-        elif [ "$mode" = live ] && [ -z "${want[$id]+x}" ]; then
+        elif ((!alive && !disp)) && [ "$mode" = live ] && [ -z "${want[$id]+x}" ]; then
             # Dead with no exit record (the machine rebooted): not live, whatever the index
             # says.  A board that knows the run asks about it; `resume` walks every run.
             stale+=("$workdir/runs/.live/$id")
@@ -548,8 +557,10 @@ run_busy() { # run_busy RUN_DIR WORKTREE: status 0, with BUSY saying why, while 
         pid_file_alive "$run/launcher.pid" && BUSY="its launcher is running" && return 0
         pid_file_alive "$run/dispatch.pid" && BUSY="its dispatch is on its way" && return 0
     fi
-    # A worker can outlive its launcher (killed, or the machine's tmux server gone).
-    if [ -n "$2" ] && read -r pid 2>/dev/null <"$run/worker.pid" && kill -0 "$pid" 2>/dev/null; then
+    # A worker can outlive its launcher (killed, or the machine's tmux server gone).  With
+    # no worktree to tell it by, a live pid is enough to leave the run alone.
+    if read -r pid 2>/dev/null <"$run/worker.pid" && kill -0 "$pid" 2>/dev/null; then
+        [ -z "$2" ] && BUSY="its worker (pid $pid) may still be running" && return 0
         cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) && wt=$(cd "$2" 2>/dev/null && pwd -P) &&
             case $cwd/ in "$wt"/*) BUSY="its worker (pid $pid) is still running" && return 0 ;; esac
     fi
@@ -606,7 +617,26 @@ clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE: set CW (what happened
             CW=kept CN="a worker is still running in it" && return
         fi
     fi
-    if worktree_unsafe "$wt"; then
+    # git (and anything it starts) must not inherit the lock.
+    if [ -n "$lk" ]; then
+        remove_worktree "$wt" "$phys" "$mode" {lk}>&-
+        exec {lk}>&-
+    else
+        remove_worktree "$wt" "$phys" "$mode"
+    fi
+}
+
+remove_worktree() { # remove_worktree WT PHYSICAL_PATH MODE: set CW and CN
+    local wt=$1 pat=$2 pids out
+    # Any process of ours working in it (a worker that outlived its launcher, a daemon it
+    # left, a continued session's worker): keep it.  One find over /proc's cwd links.
+    pat=${pat//\\/\\\\} pat=${pat//\*/\\*} pat=${pat//\?/\\?} pat=${pat//\[/\\[}
+    pids=$(find /proc/[0-9]*/cwd -maxdepth 0 \( -lname "$pat" -o -lname "$pat/*" \) \
+        -printf '%h ' 2>/dev/null)
+    if [ -n "$pids" ]; then
+        pids=${pids//\/proc\//}
+        CW=kept CN="processes are running in it (pid ${pids% }): stop them, then clean again"
+    elif worktree_unsafe "$wt"; then
         CW=kept
     elif [ "$mode" = check ]; then
         CW=would_remove
@@ -617,7 +647,6 @@ clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE: set CW (what happened
     else
         CW=kept CN="git worktree remove: ${out//$'\n'/ }"
     fi
-    if [ -n "$lk" ]; then exec {lk}>&-; fi
 }
 
 clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR (the run has ended: see run_busy)
