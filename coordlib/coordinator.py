@@ -27,7 +27,7 @@ from .errors import (
     UnreachableError,
     WaitTimeout,
 )
-from .reconcile import dispatch_may_be_in_flight, reconcile
+from .reconcile import DISPATCH_GRACE, dispatch_may_be_in_flight, reconcile
 from .runtime.command import (
     LaunchSpec,
     remote_argv,
@@ -155,6 +155,7 @@ class Coordinator:
         self.notify: Callable[[str], None] = notify or (lambda message: None)
         self.trail = Trail(self.board, self.forge, lambda message: self.notify(message))
         self._dispatcher = Dispatcher(self)
+        self._dispatching: set[str] = set()  # ids whose dispatch this process is sending
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Coordinator:
@@ -393,6 +394,8 @@ class Coordinator:
         return StatusReport(machines=machines, assignments=rows, changed=changed)
 
     def _in_flight(self, a: Assignment) -> bool:
+        if a.id in self._dispatching and time.time() - a.created_at < DISPATCH_GRACE:
+            return True  # another task of ours is sending it right now
         return dispatch_may_be_in_flight(a, self._host)
 
     def _history_ids(self) -> set[str]:

@@ -306,11 +306,20 @@ class Dispatcher:
                     )
                 txn.update(replaces, {"extra": {**prev.get("extra", {}), "continued_by": a.id}})
             txn.insert(a.to_dict())
+        # Until its dispatch returns, a status in this process (another task's `wait`) must
+        # not take the row's missing run for a lost one.
+        self.c._dispatching.add(a.id)
 
     async def _dispatch(
         self, a: Assignment, text: str, launch: LaunchSpec, *, mode: str = "new"
     ) -> Assignment:
         """Send one pending assignment to its machine (one remote command) and record it."""
+        try:
+            return await self._send(a, text, launch, mode=mode)
+        finally:
+            self.c._dispatching.discard(a.id)
+
+    async def _send(self, a: Assignment, text: str, launch: LaunchSpec, *, mode: str) -> Assignment:
         m = self.c.config.machine(a.machine)
         r = self.c.config.repo(a.repo)
         try:

@@ -325,3 +325,37 @@ def test_an_idle_launcher_polls_without_forking_stat(
     done = asyncio.run(go())
     assert done.status == Status.DONE  # the events were seen: the result was folded
     assert not calls.exists(), calls.read_text()
+
+
+def test_a_status_during_another_tasks_dispatch_leaves_the_row_pending(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two `wait`s in one process (asyncio.gather): one continues a queued session while
+    # the other's status probes.  The new row is on the board before its run dir exists
+    # on the machine; it was taken for lost, and the worker then ran unrecorded.
+    from coordlib.runtime.local import LocalTransport
+
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "ok"})
+    real_run = LocalTransport.run
+    sending = asyncio.Event()
+
+    async def slow_dispatch(self: Any, argv: Any, **kwargs: Any) -> Any:
+        if argv[5:6] == ["dispatch"]:  # bash --norc -c SCRIPT coord-run VERB ...
+            sending.set()
+            await asyncio.sleep(1.0)
+        return await real_run(self, argv, **kwargs)
+
+    monkeypatch.setattr(LocalTransport, "run", slow_dispatch)
+
+    async def go() -> Any:
+        async with setup.coordinator() as c:
+            task = asyncio.create_task(c.assign("local", "api", 33, title="slow start"))
+            await sending.wait()
+            report = await c.status()
+            (row,) = report.assignments
+            assert row.status == Status.PENDING, (row.status, row.error)
+            a = await task
+            assert a.status == Status.RUNNING
+            return await c.wait(a.id, timeout=30)
+
+    assert asyncio.run(go()).status == Status.DONE
