@@ -196,8 +196,7 @@ async def _clean_machine(
             owner[wt] = a.id
         sent.append((a, wt))
     payload = b"".join(f"{a.id}\0{wt}\0".encode() for a, wt in sent)
-    workdir = m.workdir.rstrip("/") or "~/.coord"  # as the worktree paths were made
-    argv = remote_argv("clean", workdir, "check" if dry_run else "remove", str(int(keep_runs)))
+    argv = remote_argv("clean", m.root, "check" if dry_run else "remove", str(int(keep_runs)))
     try:
         done = await coord.transport(name).run(
             argv,

@@ -106,6 +106,11 @@ class MachineConfig:
         """Return where `repo` is checked out on this machine."""
         return self.repo_paths.get(repo, f"~/src/{repo}")
 
+    @property
+    def root(self) -> str:
+        """The workdir with no trailing slash: the prefix of every run and worktree path."""
+        return self.workdir.rstrip("/") or "~/.coord"
+
     def claude_argv(self) -> list[str]:
         """Return the command that starts Claude Code, split into argv."""
         return shlex.split(self.claude_command)

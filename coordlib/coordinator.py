@@ -155,7 +155,6 @@ class Coordinator:
         self.notify: Callable[[str], None] = notify or (lambda message: None)
         self.trail = Trail(self.board, self.forge, lambda message: self.notify(message))
         self._dispatcher = Dispatcher(self)
-        self._dispatching: set[str] = set()  # ids whose dispatch this process is sending
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Coordinator:
@@ -394,7 +393,7 @@ class Coordinator:
         return StatusReport(machines=machines, assignments=rows, changed=changed)
 
     def _in_flight(self, a: Assignment) -> bool:
-        if a.id in self._dispatching and time.time() - a.created_at < DISPATCH_GRACE:
+        if a.id in self._dispatcher.sending and time.time() - a.created_at < DISPATCH_GRACE:
             return True  # another task of ours is sending it right now
         return dispatch_may_be_in_flight(a, self._host)
 

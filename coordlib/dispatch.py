@@ -61,6 +61,7 @@ class Dispatcher:
         self.c = coord
         self._branch_cache: dict[str, tuple[float, list[Branch]]] = {}
         self._branch_locks: dict[str, asyncio.Lock] = {}
+        self.sending: set[str] = set()  # ids on the board whose dispatch is on its way
 
     def _launch_spec(
         self, machine: str, worktree: str, model_id: str, *, resume: str | None = None
@@ -122,8 +123,7 @@ class Dispatcher:
         if attempt > 1:  # a retry starts afresh beside the earlier attempt's branch
             branch = f"{branch}-r{attempt}"
         aid = self._new_id(r.name, issue)
-        workdir = m.workdir.rstrip("/") or "~/.coord"
-        worktree = f"{workdir}/worktrees/{r.name}/{aid}"
+        worktree = f"{m.root}/worktrees/{r.name}/{aid}"
         a = Assignment(
             id=aid,
             machine=m.name,
@@ -134,7 +134,7 @@ class Dispatcher:
             tier=tier,
             title=title,
             worktree=worktree,
-            run_dir=f"{workdir}/runs/{aid}",
+            run_dir=f"{m.root}/runs/{aid}",
             created_at=time.time(),
             attempt=attempt,
         )
@@ -308,7 +308,7 @@ class Dispatcher:
             txn.insert(a.to_dict())
         # Until its dispatch returns, a status in this process (another task's `wait`) must
         # not take the row's missing run for a lost one.
-        self.c._dispatching.add(a.id)
+        self.sending.add(a.id)
 
     async def _dispatch(
         self, a: Assignment, text: str, launch: LaunchSpec, *, mode: str = "new"
@@ -317,7 +317,7 @@ class Dispatcher:
         try:
             return await self._send(a, text, launch, mode=mode)
         finally:
-            self.c._dispatching.discard(a.id)
+            self.sending.discard(a.id)
 
     async def _send(self, a: Assignment, text: str, launch: LaunchSpec, *, mode: str) -> Assignment:
         m = self.c.config.machine(a.machine)
@@ -482,7 +482,6 @@ class Dispatcher:
             tier, model_id = self.c.config.models.resolve(model)
         m = self.c.config.machine(prev.machine)
         aid = self._new_id(prev.repo, prev.issue)
-        workdir = m.workdir.rstrip("/") or "~/.coord"
         launch = self._launch_spec(m.name, prev.worktree, model_id, resume=prev.session_id)
         a = Assignment(
             id=aid,
@@ -494,7 +493,7 @@ class Dispatcher:
             tier=tier,
             title=prev.title,
             worktree=prev.worktree,
-            run_dir=f"{workdir}/runs/{aid}",
+            run_dir=f"{m.root}/runs/{aid}",
             created_at=time.time(),
             attempt=prev.attempt,  # steering or waiting out a limit is not a new attempt
             session_id=prev.session_id,

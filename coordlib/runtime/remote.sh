@@ -47,11 +47,11 @@ sq() { # sq VAR TEXT: set VAR to TEXT single-quoted for any POSIX shell (dash to
     printf -v "$1" "'%s'" "${2//\'/\'\\\'\'}"
 }
 
-expand_home() { # print $1 with a leading "~/" replaced by $HOME
-    case $1 in
-        "~") printf '%s' "$HOME" ;;
-        "~/"*) printf '%s/%s' "$HOME" "${1#\~/}" ;;
-        *) printf '%s' "$1" ;;
+home_path() { # home_path VAR PATH: set VAR to PATH with a leading "~" or "~/" made $HOME, no fork
+    case $2 in
+        "~") printf -v "$1" '%s' "$HOME" ;;
+        "~/"*) printf -v "$1" '%s/%s' "$HOME" "${2#\~/}" ;;
+        *) printf -v "$1" '%s' "$2" ;;
     esac
 }
 
@@ -126,8 +126,8 @@ dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made
 cmd_dispatch() {
     [ $# -eq 12 ] || die 2 "dispatch: expected 12 arguments, got $#"
     local workdir id repo wt branch base sock hash nbrief nspec nlaunch mode
-    workdir=$(expand_home "$1") id=$2 repo=$(expand_home "$3") wt=$(expand_home "$4")
-    branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11} mode=${12}
+    home_path workdir "$1" && home_path repo "$3" && home_path wt "$4"
+    id=$2 branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11} mode=${12}
     local run="$workdir/runs/$id" bin="$workdir/bin/coord-run-$hash"
 
     command -v tmux >/dev/null 2>&1 || die 20 "tmux is not installed on this machine (apt-get install tmux)"
@@ -299,13 +299,15 @@ cmd_run() {
         exit 125
     fi
 
+    local wtx
+    home_path wtx "$COORD_WORKTREE"
     # One worker per worktree, so a session is never driven by two processes.  The
     # launcher holds the lock while its worker lives; the worker does not inherit it, so
     # a daemon the worker leaves behind cannot keep the worktree locked forever.
     if command -v flock >/dev/null 2>&1; then
         local workdir=${run%/runs/*}
         mkdir -p "$workdir/locks"
-        exec 8>"$(wt_lock "$workdir" "$(expand_home "$COORD_WORKTREE")")"
+        exec 8>"$(wt_lock "$workdir" "$wtx")"
         if ! flock -n 8; then
             echo "another worker is still running in $COORD_WORKTREE; not starting" >&2
             write_exit "$run" 124 busy "$started"
@@ -331,7 +333,7 @@ cmd_run() {
         done
         while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
         for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
-        cd "$(expand_home "$COORD_WORKTREE")" || exit 127
+        cd "$wtx" || exit 127
         # read -d '' keeps the briefing byte for byte (a $(cat …) would drop trailing newlines)
         IFS= read -r -d '' prompt <"$run/briefing.md"
         exec setsid "${COORD_CMD[@]}" -p "$prompt" "${COORD_ARGS[@]}" \
@@ -418,8 +420,8 @@ cmd_run() {
 
 # ---------------------------------------------------------------- status
 cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
-    local workdir=$1 mode=all
-    case $workdir in "~") workdir=$HOME ;; "~/"*) workdir=$HOME/${workdir#\~/} ;; esac
+    local workdir mode=all
+    home_path workdir "$1"
     shift 2
     case ${1:-} in live | all) mode=$1 && shift ;; esac
     local -A want=() maxb=() sizes=()
@@ -522,8 +524,8 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
 # ---------------------------------------------------------------- stop
 cmd_stop() {
     local workdir id run pid _rest
-    workdir=$(expand_home "$1") id=$2
-    run="$workdir/runs/$id"
+    home_path workdir "$1"
+    id=$2 run="$workdir/runs/$2"
     [ -d "$run" ] || die 3 "no run $id on this machine"
     : >"$run/stop"
     if launcher_alive "$run"; then
@@ -665,8 +667,8 @@ clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR (the run has ended: see
 }
 
 cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per finished run
-    local workdir=$1 mode=$2 keep=$3 id wt line CW CN CR BUSY
-    case $workdir in "~") workdir=$HOME ;; "~/"*) workdir=$HOME/${workdir#\~/} ;; esac
+    local workdir mode=$2 keep=$3 id wt line CW CN CR BUSY
+    home_path workdir "$1"
     workdir=${workdir%/}
     case $mode in remove | check) ;; *) die 2 "clean: bad mode $mode" ;; esac
     while IFS= read -r -d '' id && IFS= read -r -d '' wt; do
@@ -675,7 +677,7 @@ cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per fi
             printf '{"id":%s,"worktree":"refused","run":"refused","note":"not a run id"}\n' "$line"
             continue
         fi
-        case $wt in "~/"*) wt=$HOME/${wt#\~/} ;; esac
+        home_path wt "$wt"
         if run_busy "$workdir/runs/$id" "$wt"; then
             json_str line "$BUSY"
             printf '{"id":"%s","worktree":"%s","run":"running","note":%s}\n' \
@@ -693,7 +695,8 @@ cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per fi
 # ---------------------------------------------------------------- tail
 cmd_tail() {
     local workdir id off file follow run
-    workdir=$(expand_home "$1") id=$2 off=$3 file=${4:-events.jsonl} follow=${5:-1}
+    home_path workdir "$1"
+    id=$2 off=$3 file=${4:-events.jsonl} follow=${5:-1}
     run="$workdir/runs/$id"
     [ -d "$run" ] || die 3 "no run $id on this machine"
     case $file in events.jsonl | stderr.log | launcher.log) ;; *) die 2 "tail: bad file $file" ;; esac
