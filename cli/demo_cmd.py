@@ -101,12 +101,24 @@ def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmu
         )
     if mode == "scripted":
         click.echo("(the cost is what the CLI computes from the scripted model's token counts)")
-    cfg = f"coord --config {ws.config_path}"
+    cfg = f"{_coord_command()} --config {ws.config_path}"
     click.echo(f"\nbranches:     git -C {ws.repo_path} log --oneline --all")
     click.echo(f"the board:    {cfg} status")
     click.echo(f"the trail:    {cfg} issue show demo 1   (briefing and result, as comments)")
     click.echo(f"the issues:   {cfg} issues")
     click.echo(f"tidy up:      {cfg} clean --older-than 0   (branches stay)")
+
+
+def _coord_command() -> str:
+    """How to run coord again: by name when PATH finds this one, else as it was started."""
+    import shutil
+    import sys
+
+    me = sys.argv[0]
+    if os.path.basename(me) != "coord":
+        return "coord"  # started some other way (python -m, a test runner)
+    found = shutil.which("coord")
+    return "coord" if found and os.path.realpath(found) == os.path.realpath(me) else me
 
 
 def _os_environ() -> dict[str, str]:
