@@ -9,6 +9,9 @@ Files beside the board (``board.json`` here):
   writes it, so one fixed name suffices and a killed writer leaves at most this one file.
 - ``board.history.jsonl``: finished records moved out of the live file, one JSON object a line.
 
+All of them are the owner's alone (0600, in a 0700 directory when coordlib makes it): rows
+hold briefings, workers' results and errors, which are no other local user's to read.
+
 Plain TinyDB corrupts its file under several writing processes (it rewrites in place), so every
 transaction takes the lock, re-reads the file, works in memory and writes once, by temp file +
 fsync + ``os.replace``. Records are handled through the raw tables with an id index rather than
@@ -36,6 +39,9 @@ __all__ = ["FINISHED", "SCHEMA_VERSION", "Board", "BoardSnapshot", "Transaction"
 
 SCHEMA_VERSION = 1
 FINISHED = frozenset({"done", "failed", "stopped", "lost"})
+
+_MODE = 0o600  # the board, its temp file, its history and its lock file
+_DIR_MODE = 0o700
 
 _RECORDS = "assignments"
 _META = "meta"
@@ -92,10 +98,14 @@ class _AtomicJSONStorage(Storage):
                 f"cannot write board {self.path}: a record is not JSON ({exc})"
             ) from exc
         try:
-            with open(self.tmp_path, "wb") as tmp:
+            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _MODE)
+            with open(fd, "wb") as tmp:
+                # A temp file a killed writer left keeps its mode through O_CREAT; and the
+                # board takes the temp file's mode, which narrows a board made wider before.
+                os.fchmod(fd, _MODE)
                 tmp.write(payload)
                 tmp.flush()
-                os.fsync(tmp.fileno())
+                os.fsync(fd)
             os.replace(self.tmp_path, self.path)
             # The rename is durable only once the directory entry is.
             _fsync_dir(self.path.parent)
@@ -313,12 +323,12 @@ class Board:
             )
         try:
             if exclusive:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
             elif not self.path.parent.is_dir():
                 # Nothing to read and nothing to lock; don't create directories to read.
                 yield
                 return
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, _MODE)
         except OSError as exc:
             raise BoardError(f"cannot lock board {self.path}: {exc.strerror or exc}") from exc
         held.add(key)
@@ -353,7 +363,12 @@ class Board:
             raise BoardError(f"cannot archive to {self.history_path}: {exc}") from exc
         data = payload.encode()
         try:
-            with open(self.history_path, "a+b") as history:
+            fd = os.open(
+                self.history_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _MODE
+            )
+            with open(fd, "a+b") as history:
+                if os.fstat(fd).st_mode & 0o077:
+                    os.fchmod(fd, _MODE)  # a history made readable to others before
                 end = history.seek(0, os.SEEK_END)
                 if end:
                     history.seek(end - 1)

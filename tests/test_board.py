@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,76 @@ def test_history_dedupes_and_survives_a_torn_line(path: Path) -> None:
     assert board.get("a")["note"] == "again"
     assert board.get("c")["status"] == "failed"
     assert board.all() == []
+
+
+# --- permissions ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """Run with the usual umask, under which a file made without a mode is world-readable."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_board_files_are_the_owners_alone(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "coord" / "board.json"
+    board = Board(path, keep_finished=0)
+    board.insert(rec("a", "running"))
+    assert _mode(path.parent) == 0o700  # made by coordlib
+    assert _mode(path) == 0o600
+    assert _mode(board.lock_path) == 0o600
+    board.update("a", status="done", finished_at=1.0)  # archived at once
+    assert [r["id"] for r in board.history()] == ["a"]
+    assert _mode(board.history_path) == 0o600
+    assert _mode(path) == 0o600
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_temp_file_is_written_owner_only(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    board = Board(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("left by a killed writer")
+    tmp.chmod(0o644)
+    seen: list[int] = []
+    replace = os.replace
+
+    def spy(src: Any, dst: Any) -> None:
+        seen.append(_mode(Path(src)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    board.insert(rec("a"))
+    assert seen == [0o600]
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_wider_board_and_history_are_narrowed_on_the_next_write(path: Path) -> None:
+    board = Board(path, keep_finished=0)
+    board.insert(rec("a", "done", finished_at=1.0))
+    board.insert(rec("b"))
+    path.chmod(0o644)
+    board.history_path.chmod(0o644)
+    assert board.all() and board.history()  # reading changes nothing
+    assert _mode(path) == 0o644
+    board.update("b", status="failed", finished_at=2.0)
+    assert _mode(path) == 0o600
+    assert _mode(board.history_path) == 0o600
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    Board(shared / "board.json").insert(rec("a"))
+    assert _mode(shared) == 0o755
+    assert _mode(shared / "board.json") == 0o600
 
 
 # --- several processes ------------------------------------------------------------------
