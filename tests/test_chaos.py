@@ -1004,7 +1004,8 @@ VERB = st.one_of(st.sampled_from(["dispatch", "status", "stop", "tail", "run"]),
 def test_remote_argv_reaches_the_program_exactly_through_bash_and_dash(
     shell_sandbox: Path, verb: str, args: list[str]
 ) -> None:
-    argv = remote_argv(verb, *args)
+    # remote_argv's shape without its argument check (test_remote_hardening fuzzes that).
+    argv = ["bash", "--norc", "-c", remote_script(), "coord-run", verb, *args]
     line = join(argv)  # what the SSH exec request carries
     env = {"PATH": f"{shell_sandbox / 'bin'}:{BASE_PATH}", "HOME": str(shell_sandbox)}
     for login_shell in ("/bin/bash", "/bin/dash"):  # what sshd runs it with
@@ -1023,8 +1024,8 @@ def test_remote_argv_reaches_the_program_exactly_through_bash_and_dash(
 
 def run_launcher(
     root: Path, briefing: bytes, args: list[str], worktree_name: str
-) -> tuple[list[bytes], dict[str, Any]]:
-    """Start the real launcher on a prepared run dir; its worker prints its argv."""
+) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    """Start the real launcher on a prepared run dir; its worker prints its argv, then stdin."""
     base = Path(tempfile.mkdtemp(dir=root))
     run = base / "runs" / "api-1-abcd"
     run.mkdir(parents=True)
@@ -1032,7 +1033,7 @@ def run_launcher(
     worktree.mkdir()
     spec = LaunchSpec(
         worktree=str(worktree),
-        command=["printf", "%s\\0"],
+        command=["sh", "-c", 'printf "%s\\0" "$@" && exec cat', "sh"],
         args=args,
         stall_ms=20_000,
         max_runtime_ms=20_000,
@@ -1064,9 +1065,9 @@ def run_launcher(
             proc.kill()
             proc.wait()
     exit_record = json.loads((run / "exit.json").read_text())
-    argv = (run / "events.jsonl").read_bytes().split(b"\0")[:-1]
+    *argv, prompt = (run / "events.jsonl").read_bytes().split(b"\0", len(args) + 1)
     shutil.rmtree(base)
-    return argv, exit_record
+    return argv, prompt, exit_record
 
 
 def _open_fifo(path: Path) -> int | None:
@@ -1091,17 +1092,17 @@ DIR_NAME = TEXT.filter(lambda s: "/" not in s and s not in ("", ".", "..", "runs
 def test_the_launcher_hands_briefing_and_arguments_to_the_worker_exactly(
     shell_sandbox: Path, briefing: str, args: list[str], worktree_name: str
 ) -> None:
-    argv, exit_record = run_launcher(shell_sandbox, briefing.encode(), args, worktree_name)
+    argv, prompt, exit_record = run_launcher(shell_sandbox, briefing.encode(), args, worktree_name)
     assert exit_record["exit_code"] == 0 and exit_record["reason"] == "exited", exit_record
-    assert argv[0] == b"-p" and argv[2:] == [a.encode() for a in args]
-    assert argv[1] == briefing.encode()  # the prompt, byte for byte
+    assert argv == [b"-p", *(a.encode() for a in args)]
+    assert prompt == briefing.encode()  # on stdin, byte for byte
     assert not (shell_sandbox / "cwd" / SANDBOX_CANARY).exists()
 
 
 def test_the_launcher_keeps_a_briefings_trailing_newlines(shell_sandbox: Path) -> None:
     # A `-p "$(cat briefing.md)"` drops them (fixed in 913166b).
-    argv, _ = run_launcher(shell_sandbox, b"Fix it.\n\n", [], "wt")
-    assert argv == [b"-p", b"Fix it.\n\n"]
+    argv, prompt, _ = run_launcher(shell_sandbox, b"Fix it.\n\n", [], "wt")
+    assert (argv, prompt) == ([b"-p"], b"Fix it.\n\n")
 
 
 def test_a_briefing_with_a_nul_byte_is_refused_before_anything_starts(setup: Setup) -> None:
@@ -1167,7 +1168,7 @@ def test_user_text_reaches_the_dispatch_command_only_as_a_slug(
     # Every word of the command line that dispatch sends is config, a number or the slug.
     words = [a.id, "~/src/api", a.worktree, a.branch, "main", "coord", "new"]
     assert all(re.fullmatch(r"[A-Za-z0-9_./~-]+", w) for w in words), words
-    assert a.extra["argv"][a.extra["argv"].index("-p") + 1] == "<briefing.md>"
+    assert a.extra["argv"] == [*launch.command, "-p", *launch.args]  # the prompt: on stdin
     assert launch.worktree == a.worktree  # the launcher's only path is ours, not the user's
 
 
@@ -1193,6 +1194,7 @@ def hostile_dispatch(
         env={
             "FAKE_CLAUDE_SCENARIO": "ok",
             "FAKE_CLAUDE_ARGV_LOG": str(argv_log),
+            "FAKE_CLAUDE_PROMPT_LOG": str(tmp_path / "prompt.log"),
             "EVIL": EVIL.replace("$", "$$"),
         },
     )  # $$: a literal $
@@ -1223,7 +1225,9 @@ def hostile_dispatch(
     spec = json.loads((run / "spec.json").read_text())
     assert spec["title"] == EVIL and spec["env"]["EVIL"] == EVIL
     worker_argv = json.loads(argv_log.read_text().splitlines()[-1])
-    assert worker_argv[worker_argv.index("-p") + 1] == briefing
+    assert briefing not in worker_argv
+    prompt = json.loads((tmp_path / "prompt.log").read_text().splitlines()[-1])
+    assert (prompt["source"], prompt["prompt"]) == ("stdin", briefing)
     assert Path(done["worktree"]).is_dir()
     assert branches(repo, 13) == [a["branch"]]
     return done

@@ -22,11 +22,13 @@ def test_resume_stuck_continues_the_session_in_the_same_worktree(
     setup: Setup, sshd: SSHServer, run_coord: Any
 ) -> None:
     log = setup.root / "argv.jsonl"
+    prompts = setup.root / "prompts.jsonl"
     setup.add_ssh(
         sshd,
         "remote",
-        env={"FAKE_CLAUDE_SCENARIO": "stall", "FAKE_CLAUDE_ARGV_LOG": str(log)},
-    )
+        env={"FAKE_CLAUDE_SCENARIO": "stall", "FAKE_CLAUDE_ARGV_LOG": str(log),
+             "FAKE_CLAUDE_PROMPT_LOG": str(prompts)},
+    )  # fmt: skip
     config = setup.write()
 
     async def start() -> Any:
@@ -60,8 +62,11 @@ def test_resume_stuck_continues_the_session_in_the_same_worktree(
     argvs = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(argvs) == 2
     second = argvs[1]
-    assert second[second.index("--resume") + 1] == a.session_id
-    assert second[second.index("-p") + 1] == "Try `ls`; $(touch PWNED)"
+    assert f"--resume={a.session_id}" in second  # one word: never read as an option
+    # The guidance is the prompt, on stdin: never an argument.
+    guided = [json.loads(line) for line in prompts.read_text().splitlines()][1]
+    assert guided["prompt"] == "Try `ls`; $(touch PWNED)" and guided["source"] == "stdin"
+    assert guided["prompt"] not in second
     assert not list(setup.root.rglob("PWNED"))
     # The continuation committed in the same worktree, on the same branch.
     assert setup.repo.log(a.branch)[0].startswith("coord:")
@@ -174,4 +179,4 @@ def test_rate_limited_run_is_queued_and_continued_without_counting_an_attempt(
     assert done.attempt == queued.attempt == 1
     assert old.status == Status.FAILED and old.extra["continued_by"] == done.id
     argvs = [json.loads(line) for line in log.read_text().splitlines()]
-    assert "--resume" in argvs[1]
+    assert any(arg.startswith("--resume=") for arg in argvs[1])

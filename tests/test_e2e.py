@@ -308,3 +308,23 @@ def test_log_and_watch_of_a_vanished_run(setup: Setup) -> None:
     events, a = arun(go())
     assert events == []
     assert a.status == Status.LOST and a.exit_reason == "vanished"
+
+
+def test_two_workdirs_sharing_one_clone_never_race_on_its_git_locks(setup: Setup) -> None:
+    """Two machines (or coordinators) with their own workdirs dispatch into one clone at
+    once: the dispatch lock lives in the clone's git dir, so `git worktree add -b` never
+    meets another's `.git/config.lock`."""
+    setup.add_local("one", env={"FAKE_CLAUDE_SCENARIO": "ok"}, max_workers=6)
+    setup.add_local("two", env={"FAKE_CLAUDE_SCENARIO": "ok"}, max_workers=6)
+
+    async def go() -> list[Any]:
+        async with setup.coordinator() as c:
+            started = await asyncio.gather(*(
+                c.assign("one" if i % 2 else "two", "api", 100 + i, title=f"Task {i}")
+                for i in range(8)
+            ))  # fmt: skip
+            return [await c.wait(a.id, timeout=60) for a in started]
+
+    done = arun(go())
+    assert [a.status for a in done] == [Status.DONE] * 8
+    assert (setup.repo.path / ".git" / "coord-dispatch.lock").exists()

@@ -5,17 +5,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import CommandTimeout
 from .transport import CompletedCommand, Transport
 
-__all__ = ["LocalTransport"]
+__all__ = ["LocalTransport", "login_env"]
+
+# What an SSH login gives a command, plus where tmux puts its sockets.  Everything else in
+# the coordinator's environment (tokens, API keys, SSH_AUTH_SOCK) stays with it: the tmux
+# server a command may start keeps its environment for life and hands it to every session.
+_LOGIN_NAMES = frozenset(
+    ["HOME", "USER", "LOGNAME", "PATH", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMUX_TMPDIR"]
+)
+
+
+def login_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the environment local commands start from: an SSH login's, taken from environ."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in _LOGIN_NAMES or k.startswith("LC_")}
 
 
 class LocalTransport(Transport):
-    """Run commands on this machine with no shell in between."""
+    """Run commands on this machine with no shell in between, from `login_env`."""
 
     async def run(
         self,
@@ -33,6 +46,7 @@ class LocalTransport(Transport):
             stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=login_env(),
             start_new_session=True,  # a tmux server started here must outlive us
         )
         try:
@@ -59,6 +73,7 @@ class LocalTransport(Transport):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=login_env(),
             start_new_session=True,
         )
         assert proc.stdout is not None and proc.stderr is not None

@@ -12,6 +12,9 @@ bash and coreutils, and so a run's new events travel as raw bytes with a length:
     <n raw bytes of events.jsonl>\\n
     missing <id>                               asked about, but no such run dir
     end
+
+An id that is not an assignment id (``ID_PATTERN``) is a malformed probe: the script never
+reports one, and the ids here go on to name rows, lines of output and later commands.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..assignment import ID_PATTERN
 
 __all__ = ["MachineProbe", "ProbeError", "RunProbe", "parse_probe"]
 
@@ -78,6 +83,8 @@ def parse_probe(data: bytes) -> MachineProbe:
             parts = rest.split()
             if not parts:
                 raise ProbeError("run line without an id")
+            if not ID_PATTERN.fullmatch(parts[0]):
+                raise ProbeError(f"run line with a bad id: {line[:80]!r}")
             kv = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
             try:
                 size = int(kv.get("size", "-1"))
@@ -113,6 +120,8 @@ def parse_probe(data: bytes) -> MachineProbe:
             current.events_offset, current.events = offset, chunk
             pos += length + 1
         elif word == "missing":
+            if not ID_PATTERN.fullmatch(rest.strip()):
+                raise ProbeError(f"missing line with a bad id: {line[:80]!r}")
             probe.missing.add(rest.strip())
         elif word == "end":
             seen_end = True

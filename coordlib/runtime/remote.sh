@@ -22,10 +22,17 @@
 #            run dir (unless KEEP_RUNS=1); a JSON line per run, then "end"
 #
 # Every argument arrives as a separate, already-quoted word: no user text is
-# ever parsed by a shell here.  Briefings travel on stdin and are read from files.
+# ever parsed by a shell here.  Briefings travel on stdin and are read from files;
+# the worker reads its prompt from briefing.md on its stdin, never from its argv.
+# Every verb checks its arguments (valid_id, valid_num ...) before it uses any, and
+# refuses a bad one with exit status 2 having touched nothing: an id becomes a path
+# and an array key, and bash evaluates array subscripts and numbers in arithmetic.
 set -u
 umask 077
 unset TMUX TMUX_PANE
+# [A-Z] in a pattern means ASCII letters only, whatever the locale (bash >= 5.0 does this
+# by default; 4.3 and 4.4 need it said).
+shopt -s globasciiranges 2>/dev/null
 
 die() { # die CODE MESSAGE
     printf 'coord-run: %s\n' "$2" >&2
@@ -41,6 +48,61 @@ json_str() { # json_str VAR TEXT: set VAR to TEXT as a JSON string literal, with
     t=${t//$'\r'/\\r}
     t=${t//[[:cntrl:]]/?}
     printf -v "$1" '"%s"' "$t"
+}
+
+shown() { # shown VAR TEXT: set VAR to TEXT cut short and with control characters as '?'
+    local t=${2:0:120}
+    printf -v "$1" '%s' "${t//[[:cntrl:]]/?}"
+}
+
+# The one definition of an assignment id on a machine (coordlib.assignment.ID_PATTERN,
+# [A-Za-z0-9][A-Za-z0-9_-]{0,99}): two patterns, matched without a fork, so the status
+# probe can check every run dir's name.
+ID_HEAD='[A-Za-z0-9]*' ID_BAD='*[!A-Za-z0-9_-]*'
+valid_id() { # valid_id TEXT -> status 0 when TEXT is an assignment id
+    [[ $1 == $ID_HEAD && $1 != $ID_BAD ]] && ((${#1} <= 100))
+}
+
+# A count of bytes or a byte offset: plain decimal, no sign, no leading zero (bash reads
+# 010 as octal), short enough not to overflow.
+valid_num() { # valid_num TEXT -> status 0 when TEXT is a plain decimal number
+    case $1 in 0) return 0 ;; "" | 0* | *[!0-9]*) return 1 ;; esac
+    ((${#1} <= 18))
+}
+
+need_id() { # need_id VERB TEXT: exit 2 unless TEXT is an assignment id
+    valid_id "$2" && return 0
+    local s
+    shown s "$2"
+    die 2 "$1: '$s' is not an assignment id (letters, digits, '-' and '_', like api-42-1f3a)"
+}
+
+need_num() { # need_num VERB WHAT TEXT: exit 2 unless TEXT is a plain decimal number
+    valid_num "$3" && return 0
+    local s
+    shown s "$3"
+    die 2 "$1: $2 '$s' is not a number"
+}
+
+need_word() { # need_word VERB WHAT TEXT CHOICE...: exit 2 unless TEXT is one of the choices
+    local verb=$1 what=$2 text=$3 c s
+    shift 3
+    for c in "$@"; do [ "$text" = "$c" ] && return 0; done
+    shown s "$text"
+    die 2 "$verb: $what '$s' is not one of: $*"
+}
+
+need_shape() { # need_shape VERB WHAT TEXT FIRST REST MAX: exit 2 unless TEXT is a FIRST
+    # character then REST characters (bracket sets, like A-Za-z0-9), MAX in all at most
+    case $3 in [$4]*) case ${3:1} in *[!$5]*) ;; *) ((${#3} <= $6)) && return 0 ;; esac ;; esac
+    local s
+    shown s "$3"
+    die 2 "$1: bad $2 '$s'"
+}
+
+need_path() { # need_path VERB WHAT TEXT: exit 2 if TEXT is empty or would read as an option
+    local s
+    case $3 in "" | -*) shown s "$3" && die 2 "$1: $2 must be a path, not '$s'" ;; esac
 }
 
 sq() { # sq VAR TEXT: set VAR to TEXT single-quoted for any POSIX shell (dash too)
@@ -125,6 +187,20 @@ dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made
 
 cmd_dispatch() {
     [ $# -eq 12 ] || die 2 "dispatch: expected 12 arguments, got $#"
+    need_path dispatch workdir "$1"
+    need_id dispatch "$2"
+    need_path dispatch "repo path" "$3"
+    need_path dispatch worktree "$4"
+    # git must never read the branch or the base as an option, nor tmux the socket as a path.
+    need_shape dispatch branch "$5" i a-z0-9- 200
+    [[ $5 == issue-[0-9]* ]] || die 2 "dispatch: branch '$5' is not issue-<N>[-<slug>][-r<K>]"
+    need_shape dispatch "base branch" "$6" A-Za-z0-9_ A-Za-z0-9._/- 200
+    need_shape dispatch "tmux socket name" "$7" A-Za-z0-9 A-Za-z0-9_.- 100
+    need_shape dispatch "launcher hash" "$8" 0-9a-f 0-9a-f 64
+    need_num dispatch "briefing size" "$9"
+    need_num dispatch "spec size" "${10}"
+    need_num dispatch "launch.env size" "${11}"
+    need_word dispatch mode "${12}" new continue
     local workdir id repo wt branch base sock hash nbrief nspec nlaunch mode
     home_path workdir "$1" && home_path repo "$3" && home_path wt "$4"
     id=$2 branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11} mode=${12}
@@ -132,8 +208,12 @@ cmd_dispatch() {
 
     command -v tmux >/dev/null 2>&1 || die 20 "tmux is not installed on this machine (apt-get install tmux)"
     command -v git >/dev/null 2>&1 || die 20 "git is not installed on this machine (apt-get install git)"
-    git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 ||
+    # The repo's own git dir (shared by all its worktrees) also holds the dispatch lock, so
+    # two workdirs or two coordinators that use one clone never race on git's lock files.
+    local gitdir
+    gitdir=$(git -C "$repo" rev-parse --git-common-dir 2>/dev/null) ||
         die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
+    case $gitdir in /*) ;; *) gitdir="$repo/$gitdir" ;; esac
 
     # Claim the run directory first (mkdir is atomic) and say who is dispatching it, so a
     # status probe sees a dispatch in flight even if the coordinator that sent it died.
@@ -148,10 +228,11 @@ cmd_dispatch() {
     mkdir -p "$workdir/runs/.live" && : >"$workdir/runs/.live/$id" ||
         die 14 "cannot write in $workdir/runs/.live (disk full?)"
 
-    # Concurrent dispatches to one repo would race on git's own lock files.
+    # Concurrent dispatches to one repo would race on git's own lock files (.git/config).
     mkdir -p "$workdir/locks" || die 14 "cannot create $workdir/locks"
     if command -v flock >/dev/null 2>&1; then
-        exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
+        { exec 9>>"$gitdir/coord-dispatch.lock"; } 2>/dev/null ||
+            exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
         flock -w 120 9 || die 18 "another dispatch has held the lock on $repo for 120 s"
     fi
     if [ "$mode" = continue ]; then
@@ -263,6 +344,13 @@ disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
 }
 
 cmd_run() {
+    [ $# -eq 1 ] || die 2 "run: expected 1 argument, got $#"
+    need_path run "run dir" "$1"
+    need_id run "${1##*/}"
+    local s
+    shown s "$1"
+    [[ ${1%/*} == */runs ]] || die 2 "run: '$s' is not WORKDIR/runs/ID"
+    [ -d "$1" ] || die 3 "run: no run directory '$s'"
     local run=$1 stop_req=0
     # First of all: a stop that comes while the launcher starts must not kill it unrecorded.
     trap 'stop_req=1' TERM INT HUP
@@ -276,6 +364,13 @@ cmd_run() {
     # launch.env is written by the coordinator with every value quoted by it.
     # shellcheck disable=SC1091
     . "$run/launch.env" || { write_exit "$run" 126 crashed "$started"; exit 126; }
+    # The watchdog does arithmetic with these: numbers, or nothing starts.
+    if ! valid_num "${COORD_STALL_MS-}" || ! valid_num "${COORD_MAXRT_MS-}" ||
+        ! valid_num "${COORD_GRACE_MS-}"; then
+        echo "launch.env has a limit that is not a number; not starting the worker" >&2
+        write_exit "$run" 126 crashed "$started"
+        exit 126
+    fi
 
     # Receive the worker's environment from the coordinator (see dispatch).
     local -a wenv=()
@@ -334,10 +429,10 @@ cmd_run() {
         while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
         for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
         cd "$wtx" || exit 127
-        # read -d '' keeps the briefing byte for byte (a $(cat …) would drop trailing newlines)
-        IFS= read -r -d '' prompt <"$run/briefing.md"
-        exec setsid "${COORD_CMD[@]}" -p "$prompt" "${COORD_ARGS[@]}" \
-            </dev/null >>"$run/events.jsonl" 2>>"$run/stderr.log" 8>&-
+        # The prompt on stdin, from its file: as an argument it would be read as an option
+        # when it starts with "-", fail past 128 KiB, and show in `ps` to every user.
+        exec setsid "${COORD_CMD[@]}" -p "${COORD_ARGS[@]}" \
+            <"$run/briefing.md" >>"$run/events.jsonl" 2>>"$run/stderr.log" 8>&-
     ) &
     local wpid=$!
     unset wenv
@@ -420,21 +515,28 @@ cmd_run() {
 
 # ---------------------------------------------------------------- status
 cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
+    [ $# -ge 2 ] || die 2 "status: expected WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]"
+    need_path status workdir "$1"
+    need_shape status "tmux socket name" "$2" A-Za-z0-9 A-Za-z0-9_.- 100 # (unused: see below)
     local workdir mode=all
     home_path workdir "$1"
     shift 2
     case ${1:-} in live | all) mode=$1 && shift ;; esac
     local -A want=() maxb=() sizes=()
-    local spec sid rest
+    local spec sid rest s
     for spec in "$@"; do # ID:OFFSET:MAX, split without a here-string (a temp file each)
+        case $spec in *:*:*) ;; *) shown s "$spec" && die 2 "status: '$s' is not ID:OFFSET:MAX" ;; esac
         sid=${spec%%:*} rest=${spec#*:}
+        need_id status "$sid"
+        need_num status offset "${rest%%:*}"
+        need_num status "byte limit" "${rest#*:}" # (a third ':' makes it no number)
         want[$sid]=${rest%%:*} maxb[$sid]=${rest#*:}
     done
     printf 'coord-probe 1 boot=%s now=%s\n' "$BOOT_ID" "${EPOCHREALTIME/,/.}"
     # (No `tmux list-sessions`: liveness is the launcher's process and exit.json, and the
     # tmux client would cost a fork and a socket round trip on every status.)
     # First every run's exit record and liveness (builtins only, no fork per run) ...
-    local d id ex alive disp size off n sz path out=""
+    local d id ex alive disp size off max n sz path out=""
     local -a ids=() exits=() states=() sized=() dirs=() stale=()
     if [ "$mode" = live ]; then
         # The runs asked about, and those the live index lists (dispatch adds a run, its
@@ -451,6 +553,9 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
     for d in "${dirs[@]}"; do
         d=${d%/}
         id=${d##*/}
+        # Not an id, not a run of ours: its name is never used as a key.  (valid_id inline:
+        # the call would cost more than the match, on every run.)
+        [[ $id == $ID_HEAD && $id != $ID_BAD ]] && ((${#id} <= 100)) || continue
         ex="" alive=0 disp=0
         if [ ! -f "$d/exit.json" ]; then
             if pid_file_alive "$d/launcher.pid"; then # (launcher_alive, a call less per run)
@@ -499,9 +604,9 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
         size=${sizes[$id]:--1}
         out+="run $id alive=$alive size=$size dispatching=$disp"$'\n'"exit $ex"$'\n'
         if [ -n "${want[$id]+x}" ]; then
-            off=${want[$id]} n=$((size - off))
+            off=${want[$id]} max=${maxb[$id]} n=$((size - off))
             ((n < 0)) && n=0
-            ((n > maxb[$id])) && n=${maxb[$id]}
+            ((n > max)) && n=$max
             out+="events $off $n"$'\n'
             if ((n > 0)); then
                 printf '%s' "$out"
@@ -523,6 +628,9 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
 
 # ---------------------------------------------------------------- stop
 cmd_stop() {
+    [ $# -eq 2 ] || die 2 "stop: expected WORKDIR ID, got $# arguments"
+    need_path stop workdir "$1"
+    need_id stop "$2"
     local workdir id run pid _rest
     home_path workdir "$1"
     id=$2 run="$workdir/runs/$2"
@@ -667,12 +775,15 @@ clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR (the run has ended: see
 }
 
 cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per finished run
+    [ $# -eq 3 ] || die 2 "clean: expected WORKDIR MODE KEEP_RUNS, got $# arguments"
+    need_path clean workdir "$1"
+    need_word clean mode "$2" remove check
+    need_word clean keep_runs "$3" 0 1
     local workdir mode=$2 keep=$3 id wt line CW CN CR BUSY
     home_path workdir "$1"
     workdir=${workdir%/}
-    case $mode in remove | check) ;; *) die 2 "clean: bad mode $mode" ;; esac
     while IFS= read -r -d '' id && IFS= read -r -d '' wt; do
-        if [[ ! $id =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*$ ]]; then
+        if ! valid_id "$id"; then # one record refused, the others still cleaned
             json_str line "$id"
             printf '{"id":%s,"worktree":"refused","run":"refused","note":"not a run id"}\n' "$line"
             continue
@@ -694,12 +805,17 @@ cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per fi
 
 # ---------------------------------------------------------------- tail
 cmd_tail() {
+    [ $# -ge 3 ] && [ $# -le 5 ] || die 2 "tail: expected WORKDIR ID OFFSET [FILE [FOLLOW]]"
+    need_path tail workdir "$1"
+    need_id tail "$2"
+    need_num tail offset "$3"
+    need_word tail file "${4-events.jsonl}" events.jsonl stderr.log launcher.log
+    need_word tail follow "${5-1}" 0 1
     local workdir id off file follow run
     home_path workdir "$1"
-    id=$2 off=$3 file=${4:-events.jsonl} follow=${5:-1}
+    id=$2 off=$3 file=${4-events.jsonl} follow=${5-1}
     run="$workdir/runs/$id"
     [ -d "$run" ] || die 3 "no run $id on this machine"
-    case $file in events.jsonl | stderr.log | launcher.log) ;; *) die 2 "tail: bad file $file" ;; esac
     [ -e "$run/$file" ] || : >>"$run/$file"
     if [ "$follow" = 1 ] && launcher_alive "$run"; then
         # `tail --pid=<launcher>` would end only once tmux reaps the launcher, seen 1.5 s

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A scripted stand-in for ``claude -p``: real stream-json shapes, real file writes and commits.
 
-Accepts ``-p PROMPT --output-format stream-json --verbose --model MODEL --allowedTools TOOLS
-[--resume ID]`` and ignores anything else.  FAKE_CLAUDE_SCENARIO picks the behaviour:
+Accepts ``-p [PROMPT] --output-format stream-json --verbose --model MODEL --allowedTools TOOLS
+[--resume ID]`` and ignores anything else.  Without a PROMPT argument the prompt is read from
+stdin, as the real CLI does (and as coord's launcher gives it).  FAKE_CLAUDE_SCENARIO picks the
+behaviour:
 
     ok            init, STATUS, Write FAKE_CLAUDE_FILE, Bash git add + commit, STATUS, result
     events        FAKE_CLAUDE_EVENTS "STATUS: tick n" lines at FAKE_CLAUDE_RATE per second,
@@ -18,8 +20,9 @@ Accepts ``-p PROMPT --output-format stream-json --verbose --model MODEL --allowe
                   whether it is set and the sha256 of its value (never the value)
 
 FAKE_CLAUDE_ARGV_LOG, when set, names a file that gets one JSON line with the full argv per
-run.  With ``--resume ID`` the scenario is FAKE_CLAUDE_RESUME_SCENARIO (default ``ok``), so a
-stuck or rate-limited run can be continued.  Stdin is never read.  Standard library only:
+run; FAKE_CLAUDE_PROMPT_LOG one JSON line per run, ``{"prompt": ..., "source": "argv" |
+"stdin", "pid": ...}``.  With ``--resume ID`` the scenario is FAKE_CLAUDE_RESUME_SCENARIO
+(default ``ok``), so a stuck or rate-limited run can be continued.  Standard library only:
 it runs wherever the worker runs.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -349,12 +353,33 @@ SCENARIOS = {
 }
 
 
+def read_stdin(wait: float = 3.0) -> str | None:
+    """Return all of stdin, or None when it is a terminal or stays silent for `wait` seconds."""
+    try:
+        if os.isatty(0):
+            return None
+        # The real CLI gives up on a silent stdin after ~3 s rather than hang on it.
+        ready, _, _ = select.select([0], [], [], wait)
+    except (OSError, ValueError):  # no stdin at all
+        return None
+    if not ready:
+        return None
+    return sys.stdin.buffer.read().decode("utf-8", "replace")
+
+
+def log_line(variable: str, record: object) -> None:
+    path = os.environ.get(variable)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str]) -> int:
-    log = os.environ.get("FAKE_CLAUDE_ARGV_LOG")
-    if log:
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps([sys.argv[0], *argv]) + "\n")
+    log_line("FAKE_CLAUDE_ARGV_LOG", [sys.argv[0], *argv])
     opts = parse_args(argv)
+    source = "argv"
+    if opts["prompt"] is None:
+        opts["prompt"], source = read_stdin(), "stdin"
     # The same refusals as the real CLI, so a wrong command line fails here too.
     if not opts["prompt"]:
         sys.stderr.write(
@@ -367,6 +392,8 @@ def main(argv: list[str]) -> int:
             "Error: When using --print, --output-format=stream-json requires --verbose\n"
         )
         return 1
+    log_line("FAKE_CLAUDE_PROMPT_LOG", {"prompt": opts["prompt"], "source": source,
+                                         "pid": os.getpid()})  # fmt: skip
     scenario = os.environ.get("FAKE_CLAUDE_SCENARIO", "ok")
     if opts.get("resume"):
         scenario = os.environ.get("FAKE_CLAUDE_RESUME_SCENARIO", "ok")
