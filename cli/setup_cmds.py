@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .main import State, coord, fail, pass_state, run
+from .output import echo
 
 
 @coord.command()
@@ -15,7 +16,7 @@ def version() -> None:
     """Print coordlib's version."""
     from coordlib._version import __version__
 
-    click.echo(f"coord {__version__}")
+    echo(f"coord {__version__}")
 
 
 @coord.command()
@@ -49,9 +50,9 @@ def init(yes: bool, target: str, force: bool, search: tuple[str, ...]) -> None:
     chosen = found
     if not yes:
         if found:
-            click.echo("Git repos found:")
+            echo("Git repos found:")
             for i, repo in enumerate(found, 1):
-                click.echo(f"  {i}. {repo}")
+                echo(f"  {i}. {repo}")
             answer = click.prompt(
                 "Which to include (numbers, comma-separated; empty for all)",
                 default="",
@@ -61,11 +62,11 @@ def init(yes: bool, target: str, force: bool, search: tuple[str, ...]) -> None:
                 picks = {int(x) for x in answer.replace(" ", "").split(",") if x.isdigit()}
                 chosen = [r for i, r in enumerate(found, 1) if i in picks]
         else:
-            click.echo("No git repos found; writing a config without repos.")
+            echo("No git repos found; writing a config without repos.")
     text = render_init_config(chosen)
     parse_config(text, path=path, base_dir=path.resolve().parent)  # never write a broken file
     path.write_text(text)
-    click.echo(f"wrote {path} with {len(chosen)} repo(s); check it with `coord config`")
+    echo(f"wrote {path} with {len(chosen)} repo(s); check it with `coord config`")
 
 
 @coord.command("config")
@@ -80,10 +81,10 @@ def show_config(state: State, as_json: bool) -> None:
     config = load_config(find_config(state.config))
     data = config.to_dict()
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        echo(json.dumps(data, indent=2))
     else:
-        click.echo(f"# {config.path}")
-        click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
+        echo(f"# {config.path}")
+        echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
 
 
 @coord.command()
@@ -93,20 +94,21 @@ def show_config(state: State, as_json: bool) -> None:
 @pass_state
 def trust(state: State, machine: str, yes: bool, replace: bool) -> None:
     """Show MACHINE's host key fingerprint and record it in its known_hosts file."""
-    from coordlib.runtime.ssh import fetch_host_key, trust_host_key
+    from coordlib.runtime.known_hosts import trust_host_key
+    from coordlib.runtime.ssh import fetch_host_key
 
     coordinator = state.coordinator()
     target = coordinator.ssh_target(machine)
     info = run(lambda: fetch_host_key(target))
-    click.echo(f"{machine} ({info.pattern}) presents {info.algorithm} key {info.fingerprint}")
+    echo(f"{machine} ({info.pattern}) presents {info.algorithm} key {info.fingerprint}")
     if info.state == "trusted":
-        click.echo(f"already trusted in {target.known_hosts_path}")
+        echo(f"already trusted in {target.known_hosts_path}")
         return
     if info.state == "changed":
-        click.echo("WARNING: this is NOT the key recorded for it before.", err=True)
+        echo("WARNING: this is NOT the key recorded for it before.", err=True)
         if not replace:
             fail("refusing to replace the recorded key; pass --replace if you know why it changed")
     if not yes and not click.confirm("Trust this key?", default=False):
         fail("not trusted")
     path = trust_host_key(target, info, replace=replace)
-    click.echo(f"recorded in {path}")
+    echo(f"recorded in {path}")

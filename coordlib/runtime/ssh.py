@@ -31,7 +31,7 @@ from ..errors import AuthError, CommandTimeout, HostKeyError, MachineError, Unre
 from .command import join
 from .transport import CompletedCommand, Transport
 
-__all__ = ["HostKeyInfo", "SSHTarget", "SSHTransport", "fetch_host_key", "trust_host_key"]
+__all__ = ["HostKeyInfo", "SSHTarget", "SSHTransport", "fetch_host_key"]
 
 # Process-wide bound on concurrent handshakes (sshd's default MaxStartups is 10:30:100).
 _HANDSHAKES: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
@@ -351,26 +351,3 @@ async def fetch_host_key(target: SSHTarget) -> HostKeyInfo:
         line=f"{target.host_pattern} {algorithm} {blob}",
         state=state,
     )
-
-
-def trust_host_key(target: SSHTarget, info: HostKeyInfo, *, replace: bool = False) -> Path:
-    """Record info's key in the machine's known_hosts file and return the file's path."""
-    path = target.known_hosts_path
-    if info.state == "trusted":
-        return path
-    if info.state == "changed" and not replace:
-        raise HostKeyError(
-            f"{info.pattern} presents a different key than {path} records; "
-            f"pass --replace only if you know why it changed",
-            machine=target.name,
-        )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lines = path.read_text().splitlines() if path.is_file() else []
-    if replace:
-        lines = [ln for ln in lines if not ln.split(" ", 1)[0].split(",").count(info.pattern)]
-    lines.append(info.line)
-    tmp = path.with_name(f".{path.name}.coord-tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
