@@ -34,6 +34,7 @@ __all__ = [
     "WorkerConfig",
     "discover_repos",
     "find_config",
+    "is_cleartext_url",
     "is_secret_name",
     "load_config",
     "parse_config",
@@ -280,6 +281,22 @@ def parse_duration(text: str) -> float:
     if not _DURATION.fullmatch(text):
         raise ValueError(f"not a duration: {text!r} (write e.g. 90s, 10m, 2h or 1h30m)")
     return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def is_cleartext_url(url: str) -> bool:
+    """Tell whether url is http:// to a host other than a loopback address (a token in clear)."""
+    if not url.lower().startswith("http://"):
+        return False
+    import ipaddress
+    import urllib.parse
+
+    host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: it may resolve anywhere
 
 
 def is_secret_name(name: str) -> bool:

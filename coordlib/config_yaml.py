@@ -37,6 +37,7 @@ from .config import (
     WorkerConfig,
     _frozen,
     _suggest,
+    is_cleartext_url,
     is_secret_name,
     parse_duration,
 )
@@ -574,7 +575,7 @@ def parse_config(
 _CHECKED_SECTIONS: dict[str, dict[str, str]] = {
     "github": {"api_url": "url", "write_interval": "seconds"},
     "forge": {"root": "text"},
-    "briefings": {"dir": "text"},
+    "briefings": {"dir": "text", "trusted_authors": "names"},
 }
 
 
@@ -588,9 +589,21 @@ def _read_checked_section(doc: _Doc, node: yaml.Node, name: str) -> dict[str, An
         if kind == "seconds":
             out[key] = f.duration(key, 0.0, allow_zero=True)
             continue
+        if kind == "names":  # GitHub author associations (OWNER, …) or logins
+            out[key] = [text for text, _, _ in f.texts(key, "names (OWNER, MEMBER, a login)")]
+            continue
         value = f.required_text(key, "a path" if kind == "text" else "a URL")
         if kind == "url" and not re.match(r"https?://[^\s/]+", value):
             raise doc.wrong(f.at(key), f.path(key), "an http(s) URL",
                             "e.g. https://ghe.example.com/api/v3")  # fmt: skip
+        if kind == "url" and is_cleartext_url(value):
+            raise doc.error(
+                f.at(key),
+                f.path(key),
+                f"{value} is plain http to a host that is not this machine: the GitHub token "
+                f"would cross the network in clear",
+                hint=f"use https://{value[len('http://') :]}; http:// is only for loopback "
+                "hosts: 127.0.0.1, ::1, localhost",
+            )
         out[key] = value
     return out

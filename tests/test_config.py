@@ -763,6 +763,60 @@ def test_forge_sections_parse(tmp_path: Path) -> None:
     assert config.extra["forge"] == {"root": "x"}
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://ghe.example.com/api/v3",
+        "http://10.0.0.5:8080/api/v3",
+        "http://[2001:db8::1]/api/v3",
+        "http://localhost.evil.example/api/v3",
+        "http://127.0.0.1.nip.io/api/v3",
+    ],
+)
+def test_github_api_url_over_plain_http_is_refused(url: str, tmp_path: Path) -> None:
+    text = f"repos: [api]\ngithub:\n  write_interval: 0\n  api_url: {url}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path="c.yml", base_dir=tmp_path)
+    message = str(info.value)
+    assert info.value.line == 4 and info.value.key == "github.api_url"
+    assert message.startswith("c.yml:4: github.api_url: ")
+    assert "in clear" in message and f"use https://{url[len('http://') :]}" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/api/v3",
+        "http://127.0.0.2:9",
+        "http://[::1]:8080/api/v3",
+        "http://localhost:3000/api/v3",
+        "http://LOCALHOST/api/v3",
+        "https://ghe.example.com/api/v3",
+    ],
+)
+def test_github_api_url_over_http_is_fine_on_loopback(url: str, tmp_path: Path) -> None:
+    config = parse_config(f"github:\n  api_url: {url}\n", base_dir=tmp_path)
+    assert config.extra["github"]["api_url"] == url
+
+
+def test_a_github_forge_built_in_code_refuses_plain_http(tmp_path: Path) -> None:
+    from coordlib.errors import ForgeError
+    from coordlib.forge import GitHubForge, open_forge
+
+    env = {"GITHUB_TOKEN": "t", "PATH": ""}
+    with pytest.raises(ForgeError, match=r"GitHub acme/api: api_url http://ghe\.example\.com"):
+        GitHubForge("api", "acme/api", api_url="http://ghe.example.com/api/v3", environ=env)
+    # A Config made in code skips the YAML check; the forge still refuses it.
+    checked = parse_config("repos: [{name: api, github: acme/api}]\n", base_dir=tmp_path)
+    unchecked = dataclasses.replace(
+        checked, extra={"github": {"api_url": "http://ghe.example.com/api/v3"}}
+    )
+    with pytest.raises(ForgeError, match="use https://"):
+        open_forge(unchecked, "api", environ=env)
+    loopback = dataclasses.replace(checked, extra={"github": {"api_url": "http://[::1]:9/api"}})
+    assert open_forge(loopback, "api", environ=env).kind == "github"
+
+
 # ------------------------------------------------------------------ the parse cache
 
 

@@ -40,6 +40,7 @@ from github import Auth, Github, GithubException
 from urllib3.util.retry import Retry
 
 from .._version import __version__
+from ..config import is_cleartext_url
 from ..errors import ForgeAuthError, ForgeError, MergeConflictError, NotFoundError
 from .base import (
     Branch,
@@ -156,6 +157,13 @@ class GitHubForge(Forge):
     ) -> None:
         if slug.count("/") != 1 or not all(slug.split("/")):
             raise ForgeError(f"GitHub repository {slug!r} for repo {repo!r} is not owner/name")
+        if is_cleartext_url(api_url):
+            raise ForgeError(
+                f"api_url {api_url} is plain http to a host that is not this machine, so the "
+                f"token would cross the network in clear; use https:// (http:// is only for "
+                f"loopback hosts: 127.0.0.1, ::1, localhost)",
+                forge=f"GitHub {slug}",
+            )
         self.repo = repo
         self.slug = slug
         self.api_url = api_url.rstrip("/")
@@ -189,6 +197,7 @@ class GitHubForge(Forge):
         self._last_write = 0.0
         self._path = f"/repos/{urllib.parse.quote(slug)}"
         self._owner = slug.split("/")[0]
+        self._login: str | None = None
 
     def __repr__(self) -> str:
         return f"GitHubForge(repo={self.repo!r}, slug={self.slug!r}, api_url={self.api_url!r})"
@@ -333,6 +342,8 @@ class GitHubForge(Forge):
             body=data.get("body") or "",
             author=(data.get("user") or {}).get("login", ""),
             created_at=data.get("created_at", ""),
+            url=data.get("html_url", ""),
+            author_association=data.get("author_association", ""),
         )
 
     @staticmethod
@@ -364,6 +375,13 @@ class GitHubForge(Forge):
             reviews=tuple(reviews),
             checks=tuple(checks),
         )
+
+    async def identity(self) -> str:
+        """Return the login of the user the token acts as (asked once)."""
+        if self._login is None:
+            _, data = await self._call("GET", "/user", "read the token's own user")
+            self._login = str(data["login"])
+        return self._login
 
     # -- issues ------------------------------------------------------------------------
     async def list_issues(self, *, state: str = "open", labels: Sequence[str] = ()) -> list[Issue]:
