@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import click
 
 from .main import EXIT_ERROR, State, coord, pass_state, run
+from .output import echo, echo_json
 
 if TYPE_CHECKING:
     from coordlib.cleanup import CleanReport
@@ -60,7 +60,7 @@ def clean(
 
     report = run(go)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        echo_json(report.to_dict())
     else:
         _print(report)
     if report.errors:
@@ -72,12 +72,12 @@ def _print(report: CleanReport) -> None:
     gone = "would_remove" if report.dry_run else "removed"
     for r in report.runs:
         if r.worktree in {"kept", "refused", "in_use"} or r.run in {"kept", "running", "refused"}:
-            click.echo(f"{r.id:<22} {r.machine:<12} worktree {r.worktree:<8} run {r.run:<8} "
+            echo(f"{r.id:<22} {r.machine:<12} worktree {r.worktree:<8} run {r.run:<8} "
                        f"{r.note}")  # fmt: skip
     for name, error in report.errors.items():
-        click.echo(f"coord: {name}: not cleaned: {error}", err=True)
+        echo(f"coord: {name}: not cleaned: {error}", err=True)
     kept = report.count("worktree", "kept") + report.count("worktree", "refused")
-    click.echo(
+    echo(
         f"{verb} {report.count('worktree', gone)} worktree(s) and "
         f"{report.count('run', gone)} run dir(s) of {len(report.runs)} ended assignment(s)"
         + (f"; kept {kept} worktree(s), listed above" if kept else "")

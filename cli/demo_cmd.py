@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coordlib.terminal import printable
+
 from .main import coord, fail, run
 
 if TYPE_CHECKING:
@@ -88,7 +90,9 @@ def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmu
             started = await asyncio.gather(*(c.assign("local", "demo", n) for n in numbers))
             for i, a in enumerate(started):
                 label = click.style(f"{a.id:<14}", fg=_COLORS[i % len(_COLORS)])
-                click.echo(f"{label} started on {a.machine}: #{a.issue} {a.title} -> {a.branch}")
+                click.echo(
+                    f"{label} started on {a.machine}: #{a.issue} {printable(a.title)} -> {a.branch}"
+                )
             await asyncio.gather(*(_show(c, a, i) for i, a in enumerate(started)))
             return [c.get(a.id) for a in started]
 
@@ -132,4 +136,4 @@ async def _show(c: Coordinator, a: Assignment, i: int) -> None:
     async for event in c.watch(a.id):
         line = format_event(event)
         if line is not None:
-            click.echo(f"{label} {line}")
+            click.echo(f"{label} {printable(line)}")

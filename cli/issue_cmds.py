@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .main import State, coord, pass_state, run
+from .output import echo, echo_json
 
 if TYPE_CHECKING:
     from coordlib.forge import Forge, Issue
@@ -22,10 +22,6 @@ def _with_forge(state: State, repo: str, work: Callable[[Forge], Awaitable[T]]) 
             return await work(c.forge(repo))
 
     return run(go)
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
 
 
 def _line(i: Issue) -> str:
@@ -54,9 +50,9 @@ def issue_new(state: State, repo: str, title: str, body: str, body_file: Any,
         body = body_file.read()
     i = _with_forge(state, repo, lambda f: f.create_issue(title, body=body, labels=labels))
     if as_json:
-        _echo_json(i.to_dict())
+        echo_json(i.to_dict())
     else:
-        click.echo(f"{repo}#{i.number} opened: {i.title}")
+        echo(f"{repo}#{i.number} opened: {i.title}")
 
 
 @issue.command("list")
@@ -70,14 +66,12 @@ def issue_list(state: State, repo: str, which: str, labels: tuple[str, ...], as_
     """List REPO's issues."""
     issues = _with_forge(state, repo, lambda f: f.list_issues(state=which, labels=labels))
     if as_json:
-        _echo_json([i.to_dict() for i in issues])
+        echo_json([i.to_dict() for i in issues])
         return
     for i in issues:
-        click.echo(_line(i))
+        echo(_line(i))
     if not issues:
-        click.echo(
-            f"no {which} issues on {repo}" + (f" labelled {', '.join(labels)}" if labels else "")
-        )
+        echo(f"no {which} issues on {repo}" + (f" labelled {', '.join(labels)}" if labels else ""))
 
 
 @issue.command("show")
@@ -89,13 +83,13 @@ def issue_show(state: State, repo: str, number: int, as_json: bool) -> None:
     """Show one issue of REPO with its comments."""
     i = _with_forge(state, repo, lambda f: f.get_issue(number))
     if as_json:
-        _echo_json(i.to_dict())
+        echo_json(i.to_dict())
         return
-    click.echo(_line(i))
+    echo(_line(i))
     if i.body:
-        click.echo(f"\n{i.body.rstrip()}")
+        echo(f"\n{i.body.rstrip()}")
     for c in i.comments:
-        click.echo(f"\n--- {c.author or 'comment'} {c.created_at}\n{c.body.rstrip()}")
+        echo(f"\n--- {c.author or 'comment'} {c.created_at}\n{c.body.rstrip()}")
 
 
 @issue.command("label")
@@ -119,7 +113,7 @@ def issue_label(state: State, repo: str, number: int, add: tuple[str, ...],
         return labels
 
     labels = _with_forge(state, repo, work)
-    click.echo(f"{repo}#{number}: {', '.join(labels) or '(no labels)'}")
+    echo(f"{repo}#{number}: {', '.join(labels) or '(no labels)'}")
 
 
 @issue.command("comment")
@@ -130,7 +124,7 @@ def issue_label(state: State, repo: str, number: int, add: tuple[str, ...],
 def issue_comment(state: State, repo: str, number: int, body: str) -> None:
     """Comment on an issue of REPO."""
     c = _with_forge(state, repo, lambda f: f.comment(number, body))
-    click.echo(f"{repo}#{number}: comment {c.id} posted")
+    echo(f"{repo}#{number}: comment {c.id} posted")
 
 
 @issue.command("close")
@@ -141,7 +135,7 @@ def issue_comment(state: State, repo: str, number: int, body: str) -> None:
 def issue_close(state: State, repo: str, number: int, reopen: bool) -> None:
     """Close (or --reopen) an issue of REPO."""
     i = _with_forge(state, repo, lambda f: f.set_state(number, "open" if reopen else "closed"))
-    click.echo(f"{repo}#{number} {i.state}")
+    echo(f"{repo}#{number} {i.state}")
 
 
 @coord.command()
@@ -160,13 +154,13 @@ def issues(state: State, repo: str | None, as_json: bool) -> None:
 
     result = run(go)
     if as_json:
-        _echo_json({r: {k: [i.to_dict() for i in v] for k, v in s.items()}
+        echo_json({r: {k: [i.to_dict() for i in v] for k, v in s.items()}
                     for r, s in result.items()})  # fmt: skip
         return
     for r, sections in result.items():
         if len(result) > 1:
-            click.echo(f"== {r}")
+            echo(f"== {r}")
         for name, items in sections.items():
-            click.echo(f"{name} ({len(items)})")
+            echo(f"{name} ({len(items)})")
             for i in items:
-                click.echo(f"  {_line(i)}")
+                echo(f"  {_line(i)}")

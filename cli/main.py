@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from .output import echo
+
 if TYPE_CHECKING:
     from coordlib.coordinator import Coordinator
 
@@ -36,7 +38,7 @@ class State:
 
 
 def _notify(message: str) -> None:
-    click.echo(f"coord: {message}", err=True)
+    echo(f"coord: {message}", err=True)
 
 
 pass_state = click.make_pass_decorator(State)
@@ -55,7 +57,7 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
 
 def fail(message: str, code: int = EXIT_ERROR) -> None:
     """Print message on stderr and exit with code."""
-    click.echo(f"coord: {message}", err=True)
+    echo(f"coord: {message}", err=True)
     sys.exit(code)
 
 
@@ -71,6 +73,7 @@ _COMMAND_MODULES = {
     "resume": "run_cmds",
     "retry": "run_cmds",
     "resume-stuck": "run_cmds",
+    "continue": "run_cmds",
     "clean": "clean_cmd",
     "issue": "issue_cmds",
     "issues": "issue_cmds",

@@ -1,9 +1,8 @@
-"""``coord assign``, ``status``, ``watch``, ``wait``, ``log``, ``stop``, ``resume``, ``retry``
-and ``resume-stuck``."""
+"""``coord assign``, ``status``, ``watch``, ``wait``, ``log``, ``stop``, ``resume``, ``retry``,
+``continue`` and ``resume-stuck``."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -11,14 +10,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .main import State, coord, pass_state, run
+from .output import echo, echo_json
 
 if TYPE_CHECKING:
     from coordlib.assignment import Assignment
     from coordlib.coordinator import StatusReport
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
 
 
 @coord.command()
@@ -69,7 +65,7 @@ def assign(
     a = run(go)
     if as_json:
         data = a.to_dict()
-        _echo_json(
+        echo_json(
             {
                 k: data[k]
                 for k in (
@@ -94,16 +90,16 @@ def assign(
         )
         return
     if dry_run:
-        click.echo(f"would start {a.id} on {a.machine}: {a.repo}#{a.issue} on branch {a.branch}")
-        click.echo(f"  model   {a.model}")
-        click.echo(f"  worktree {a.worktree}")
-        click.echo(f"  command {' '.join(a.extra.get('argv', []))}")
-        click.echo("  briefing:")
+        echo(f"would start {a.id} on {a.machine}: {a.repo}#{a.issue} on branch {a.branch}")
+        echo(f"  model   {a.model}")
+        echo(f"  worktree {a.worktree}")
+        echo(f"  command {' '.join(a.extra.get('argv', []))}")
+        echo("  briefing:")
         for line in str(a.extra.get("briefing", "")).splitlines():
-            click.echo(f"    {line}".rstrip())
+            echo(f"    {line}".rstrip())
         return
-    click.echo(f"{a.id} {a.status} on {a.machine}: {a.repo}#{a.issue} {a.branch} ({a.model})")
-    click.echo(f"  follow it with `coord watch {a.id}`")
+    echo(f"{a.id} {a.status} on {a.machine}: {a.repo}#{a.issue} {a.branch} ({a.model})")
+    echo(f"  follow it with `coord watch {a.id}`")
 
 
 def _age(ts: float | None) -> str:
@@ -126,7 +122,7 @@ def _print_status(report: StatusReport) -> None:
         lines += ["", f"{'ID':<22} {'MACHINE':<12} {'ISSUE':<18} {'STATUS':<9} "
                       f"{'AGE':>5} {'TURNS':>5} {'COST':>8}  NOTE"]  # fmt: skip
         lines += [_status_line(a) for a in report.assignments]
-    click.echo("\n".join(lines))  # one write: a big board is hundreds of lines
+    echo("\n".join(lines))  # one write: a big board is hundreds of lines
 
 
 def _status_line(a: Assignment) -> str:
@@ -164,7 +160,7 @@ def status(state: State, machine: str | None, history: bool, as_json: bool) -> N
 
     report = run(go)
     if as_json:
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
     else:
         _print_status(report)
 
@@ -182,11 +178,11 @@ def watch(state: State, id: str, verbose: bool) -> None:
             async for event in c.watch(id):
                 line = format_event(event, verbose=verbose)
                 if line is not None:
-                    click.echo(line)
+                    echo(line)
             return c.get(id)
 
     a = run(go)
-    click.echo(f"-- {a.id} {a.status}" + (f" ({a.failure_class})" if a.failure_class else ""))
+    echo(f"-- {a.id} {a.status}" + (f" ({a.failure_class})" if a.failure_class else ""))
 
 
 @coord.command()
@@ -207,13 +203,13 @@ def wait(state: State, id: str, timeout: float | None, as_json: bool) -> None:
     try:
         a = run(go)
     except WaitTimeout as exc:
-        click.echo(f"coord: {exc}", err=True)
+        echo(f"coord: {exc}", err=True)
         sys.exit(2)
     if as_json:
-        _echo_json(a.to_dict())
+        echo_json(a.to_dict())
     else:
         tail = f" ({a.failure_class})" if a.failure_class else ""
-        click.echo(f"{a.id} {a.status}{tail}")
+        echo(f"{a.id} {a.status}{tail}")
     sys.exit(0 if a.status == "done" else 1)
 
 
@@ -225,14 +221,31 @@ def wait(state: State, id: str, timeout: float | None, as_json: bool) -> None:
 def log(state: State, id: str, follow: bool, stderr: bool) -> None:
     """Print a worker's raw stream-json output (or its stderr)."""
     out = click.get_binary_stream("stdout")
+    # Raw bytes for a pipe or a file; on a terminal, control characters are made visible.
+    shown = _Visible() if out.isatty() else bytes
 
     async def go() -> None:
         async with state.coordinator() as c:
             async for chunk in c.log(id, follow=follow, stderr=stderr):
-                out.write(chunk)
+                out.write(shown(chunk))
                 out.flush()
 
     run(go)
+
+
+class _Visible:
+    """Bytes in, the same text out with its control characters made visible."""
+
+    def __init__(self) -> None:
+        import codecs
+
+        # Incremental: a chunk may end inside a character.
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def __call__(self, chunk: bytes) -> bytes:
+        from coordlib.terminal import printable
+
+        return printable(self._decoder.decode(chunk)).encode()
 
 
 @coord.command()
@@ -246,7 +259,7 @@ def stop(state: State, id: str) -> None:
             return await c.stop(id)
 
     a = run(go)
-    click.echo(f"{a.id} {a.status}")
+    echo(f"{a.id} {a.status}")
 
 
 @coord.command()
@@ -265,31 +278,34 @@ def resume(state: State, from_forge: bool, as_json: bool) -> None:
 
     report = run(go)
     if as_json:
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
         return
     for aid in report.restored:
-        click.echo(f"{aid}: restored from the forge's trail")
+        echo(f"{aid}: restored from the forge's trail")
+    for m in report.skipped:
+        echo(f"{m.repo}#{m.issue}: skipped the marker in comment {m.comment}: {m.reason}")
     for aid, old, new in report.changed:
-        click.echo(f"{aid}: {old} -> {new}")
+        echo(f"{aid}: {old} -> {new}")
     for m in report.unreachable:
-        click.echo(f"{m.name}: unreachable ({m.error}); its assignments stay as they are")
+        echo(f"{m.name}: unreachable ({m.error}); its assignments stay as they are")
     for name, ids in report.orphans.items():
-        click.echo(f"{name}: runs not on the board: {', '.join(ids)}")
+        echo(f"{name}: runs not on the board: {', '.join(ids)}")
     for a in report.continued:
-        click.echo(f"{a.extra.get('continues')}: rate limit over, continued as {a.id}")
+        echo(f"{a.extra.get('continues')}: rate limit over, continued as {a.id}")
     if not (
         report.changed
         or report.unreachable
         or report.orphans
         or report.continued
         or report.restored
+        or report.skipped
     ):
-        click.echo("board matches the machines; nothing to repair")
+        echo("board matches the machines; nothing to repair")
 
 
 def _started(a: Assignment, what: str) -> None:
-    click.echo(f"{a.id} {a.status} on {a.machine}: {a.repo}#{a.issue} {a.branch} ({a.model})")
-    click.echo(f"  {what}; follow it with `coord watch {a.id}`")
+    echo(f"{a.id} {a.status} on {a.machine}: {a.repo}#{a.issue} {a.branch} ({a.model})")
+    echo(f"  {what}; follow it with `coord watch {a.id}`")
 
 
 @coord.command()
@@ -309,9 +325,30 @@ def retry(state: State, id: str, machine: str | None, model: str | None, force: 
 
     a = run(go)
     if as_json:
-        _echo_json(a.to_dict())
+        echo_json(a.to_dict())
         return
     _started(a, f"attempt {a.attempt} of {a.repo}#{a.issue} (retries {a.extra.get('retry_of')})")
+
+
+@coord.command("continue")
+@click.argument("id")
+@click.option("--guidance", "-g", help="What the worker should do now (default: carry on).")
+@click.option("--model", "-m", help="Continue with this model tier or id (default: the same).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new assignment as JSON.")
+@pass_state
+def continue_(state: State, id: str, guidance: str | None, model: str | None,
+              as_json: bool) -> None:  # fmt: skip
+    """Continue a queued (rate-limited) assignment's session now, even one held after a restore."""
+
+    async def go() -> Assignment:
+        async with state.coordinator() as c:
+            return await c.continue_(id, guidance=guidance, model=model)
+
+    a = run(go)
+    if as_json:
+        echo_json(a.to_dict())
+        return
+    _started(a, f"continues {a.extra.get('continues')}")
 
 
 @coord.command("resume-stuck")
@@ -329,6 +366,6 @@ def resume_stuck(state: State, id: str, guidance: str, model: str | None, as_jso
 
     a = run(go)
     if as_json:
-        _echo_json(a.to_dict())
+        echo_json(a.to_dict())
         return
     _started(a, f"continues session {a.session_id} of {a.extra.get('continues')}")

@@ -25,9 +25,10 @@ from .errors import (
     CoordError,
     MachineError,
     UnreachableError,
+    UsageError,
     WaitTimeout,
 )
-from .reconcile import DISPATCH_GRACE, dispatch_may_be_in_flight, reconcile
+from .reconcile import DISPATCH_GRACE, MAX_EVENT_BYTES, dispatch_may_be_in_flight, reconcile
 from .runtime.command import (
     LaunchSpec,
     remote_argv,
@@ -40,13 +41,12 @@ from .trail import Trail, sort_into_sections
 if TYPE_CHECKING:  # imported where used: asyncssh alone costs ~200 ms to import
     from .cleanup import CleanReport
     from .forge.base import Forge, Issue
+    from .markers import SkippedMarker
     from .runtime.ssh import SSHTarget
     from .stream import Event
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
-# Events read per run per status call; the rest waits for the next call.
-_MAX_EVENT_BYTES = 8 * 1024 * 1024
 _PROBE_TIMEOUT = 30.0
 
 
@@ -96,6 +96,7 @@ class ResumeReport:
     still_running: list[str]
     continued: list[Assignment] = field(default_factory=list)  # rate-limited work resumed
     restored: list[str] = field(default_factory=list)  # rows rebuilt from the forge's trail
+    skipped: list[SkippedMarker] = field(default_factory=list)  # trail markers not trusted
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready summary."""
@@ -105,6 +106,7 @@ class ResumeReport:
             "orphans": self.orphans,
             "still_running": self.still_running,
             "restored": self.restored,
+            "skipped": [m.to_dict() for m in self.skipped],
             "continued": [
                 {"id": a.id, "continues": a.extra.get("continues")} for a in self.continued
             ],
@@ -222,12 +224,13 @@ class Coordinator:
     # ------------------------------------------------------------ lookup
     def get(self, id_or_prefix: str) -> Assignment:
         """Return the assignment with that id (or unique id prefix), live or archived."""
-        return Assignment.from_dict(self.board.get(id_or_prefix))
+        return Assignment.from_dict(self.board.get(id_or_prefix), where=self.board.path)
 
     def assignments(self, *, history: bool = False) -> list[Assignment]:
         """Return the board's assignments (and the archived ones too with history)."""
         rows = self.board.all()
-        return [Assignment.from_dict(r) for r in (self._with_history(rows) if history else rows)]
+        rows = self._with_history(rows) if history else rows
+        return [Assignment.from_dict(r, where=self.board.path) for r in rows]
 
     def _with_history(self, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # A crash between the history append and the live write leaves a row in both:
@@ -317,6 +320,15 @@ class Coordinator:
         """Continue every queued (rate-limited) assignment whose wait is over."""
         return await self._dispatcher.dispatch_due(now=now)
 
+    async def continue_(
+        self, id: str, *, guidance: str | None = None, model: str | None = None
+    ) -> Assignment:
+        """Continue a queued (rate-limited) assignment's session now, held or not.
+
+        A row restored from the forge's trail is held until a person continues it this way.
+        """
+        return await self._dispatcher.continue_queued(id, guidance=guidance, model=model)
+
     async def _continue(
         self, prev: Assignment, prompt: str, *, model: str | None = None
     ) -> Assignment:
@@ -329,9 +341,16 @@ class Coordinator:
         live = {a.issue for a in self.assignments() if a.repo == repo and not a.is_terminal}
         return sort_into_sections(issues, live)
 
-    async def rebuild_from_forge(self, repos: Sequence[str] | None = None) -> list[Assignment]:
-        """Put back on the board every assignment the forge's trail knows and the board lost."""
-        return await self.trail.rebuild(repos or list(self.config.repos), self.config.machines)
+    async def rebuild_from_forge(
+        self, repos: Sequence[str] | None = None
+    ) -> tuple[list[Assignment], list[SkippedMarker]]:
+        """Put back on the board every assignment the forge's trail knows and the board lost.
+
+        Return the rows restored and the markers skipped (not signed by this coordinator,
+        copied from elsewhere, or malformed), each with its reason.  A restored row that
+        was rate-limited is held: `continue_` starts it, never `resume` by itself.
+        """
+        return await self.trail.rebuild(repos or list(self.config.repos), self.config)
 
     # ------------------------------------------------------------ status
     async def status(self, *, machine: str | None = None, history: bool = False) -> StatusReport:
@@ -348,7 +367,7 @@ class Coordinator:
         names = [machine] if machine else list(self.config.machines)
         if machine:
             self.config.machine(machine)  # unknown name -> ConfigError with a suggestion
-        rows = [Assignment.from_dict(r) for r in self.board.all()]
+        rows = [Assignment.from_dict(r, where=self.board.path) for r in self.board.all()]
         # Queued (rate-limited) work has no run to ask about until it is continued.
         live = [a for a in rows if not a.is_terminal and a.status != Status.QUEUED]
         probes = await asyncio.gather(
@@ -377,7 +396,7 @@ class Coordinator:
             machines.append(ms)
         changed, written = self._apply(updates)
         if written is not None:  # the rows as our transaction left them: no second read
-            rows = [Assignment.from_dict(r) for r in written]
+            rows = [Assignment.from_dict(r, where=self.board.path) for r in written]
         ended = [a for a in rows for aid, _, new in changed
                  if a.id == aid and (Status(new) in TERMINAL or new == Status.QUEUED)]  # fmt: skip
         if ended:
@@ -385,7 +404,7 @@ class Coordinator:
         if history:
             live_ids = {a.id for a in rows}
             archived = [r for r in self.board.history() if r["id"] not in live_ids]
-            rows = [Assignment.from_dict(r) for r in archived] + rows
+            rows = [Assignment.from_dict(r, where=self.board.path) for r in archived] + rows
         for ms in machines:
             ms.running = sum(1 for a in rows if a.machine == ms.name and a.status == Status.RUNNING)
         if machine:
@@ -405,7 +424,7 @@ class Coordinator:
     ) -> MachineProbe | CoordError:
         """Ask one machine about `live` (and every running run; every ended one too if `ended`)."""
         m = self.config.machine(name)
-        wants = [f"{a.id}:{a.events_offset}:{_MAX_EVENT_BYTES}" for a in live]
+        wants = [f"{a.id}:{a.events_offset}:{MAX_EVENT_BYTES}" for a in live]
         scope = "all" if ended else "live"
         try:
             result = await asyncio.wait_for(
@@ -548,6 +567,12 @@ class Coordinator:
 
     async def _wait_queued(self, a: Assignment, deadline: float | None) -> Assignment:
         """Sleep out a queued assignment's limit, continue it, and return what follows it."""
+        held = a.extra.get("held")
+        if held:
+            raise UsageError(
+                f"assignment {a.id} is queued and held ({held}); nothing starts it by itself: "
+                f"`coord continue {a.id}` continues its session, `coord retry {a.id}` starts afresh"
+            )
         due = float(a.extra.get("not_before") or 0) - time.time()
         if deadline is not None and due > deadline - time.monotonic():
             raise WaitTimeout(
@@ -628,7 +653,7 @@ class Coordinator:
         With `from_forge`, first put back the assignments the forge's trail knows of
         and the board does not (a lost or deleted board file).
         """
-        restored = await self.rebuild_from_forge() if from_forge else []
+        restored, skipped = await self.rebuild_from_forge() if from_forge else ([], [])
         report = await self._status(machine=None, history=False, all_orphans=True)
         unreachable = [m for m in report.machines if not m.reachable]
         down = {m.name for m in unreachable}
@@ -643,4 +668,5 @@ class Coordinator:
             still_running=still,
             continued=continued,
             restored=[a.id for a in restored],
+            skipped=skipped,
         )

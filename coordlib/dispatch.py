@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .assignment import Assignment, Status
-from .briefings import files_in_scope, render_briefing
+from .assignment import Assignment, Status, check_session_id
+from .briefings import (
+    DEFAULT_TRUSTED_AUTHORS,
+    check_briefing,
+    files_in_scope,
+    issue_context,
+    render_briefing,
+)
 from .config import is_secret_name, resolve_env
 from .errors import (
     ClaimError,
@@ -73,7 +79,8 @@ class Dispatcher:
         if w.max_turns:
             args += ["--max-turns", str(w.max_turns)]
         if resume:
-            args += ["--resume", resume]
+            # One word: a session id can never be read as an option of its own.
+            args.append(f"--resume={check_session_id(resume)}")
         return LaunchSpec(
             worktree=worktree,
             command=m.claude_argv(),
@@ -142,7 +149,7 @@ class Dispatcher:
         if scope:
             a.extra["files_in_scope"] = scope
         if briefing is None:
-            info = issue_info.to_dict() if issue_info is not None else {}
+            info = self._issue_context(r.name, issue_info) if issue_info is not None else {}
             briefing = render_briefing(
                 "work",
                 {
@@ -158,10 +165,18 @@ class Dispatcher:
                 },
                 user_dir=self._briefing_dir(),
             )
-        _check_prompt(briefing, "briefing")
+        check_briefing(briefing)
         launch = self._launch_spec(m.name, worktree, model_id)
-        a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
+        a.extra["argv"] = _worker_argv(launch)
         return a, briefing, launch
+
+    def _issue_context(self, repo: str, issue: Issue) -> dict[str, Any]:
+        """The issue as the work briefing quotes it (see `briefings.issue_context`)."""
+        raw = self.c.config.extra.get("briefings")
+        trusted: Sequence[str] = DEFAULT_TRUSTED_AUTHORS
+        if isinstance(raw, Mapping) and raw.get("trusted_authors") is not None:
+            trusted = tuple(str(x) for x in raw["trusted_authors"])
+        return issue_context(issue, forge_kind=self.c.forge(repo).kind, trusted_authors=trusted)
 
     def _in_flight_files(self, repo: str, issue: int) -> list[dict[str, str]]:
         """The files other live workers on repo are changing (or are scoped to)."""
@@ -278,7 +293,7 @@ class Dispatcher:
         m = self.c.config.machine(a.machine)
         a.extra["coordinator"] = {"host": self.c._host, "pid": os.getpid()}
         with self.c.board.transaction() as txn:
-            rows = [Assignment.from_dict(x) for x in txn.all()]
+            rows = [Assignment.from_dict(x, where=self.c.board.path) for x in txn.all()]
             live = [x for x in rows if not x.is_terminal and x.id != replaces]
             if not force:
                 _refuse_live_clash(live, a.repo, a.issue)
@@ -387,7 +402,7 @@ class Dispatcher:
                     fields["extra"] = {**row.get("extra", {}), "base_sha": info["head"]}
                 txn.update(a.id, fields)
             row = txn.get(a.id)
-        return Assignment.from_dict(row)
+        return Assignment.from_dict(row, where=self.c.board.path)
 
     def _fail_dispatch(self, a: Assignment, error: str) -> None:
         with self.c.board.transaction() as txn:
@@ -462,7 +477,7 @@ class Dispatcher:
         """See `Coordinator.resume_stuck`."""
         if not guidance.strip():
             raise UsageError("give the worker some guidance (--guidance TEXT)")
-        _check_prompt(guidance, "guidance")
+        check_briefing(guidance, "guidance")
         prev = self.c.get(id)
         if not prev.is_terminal:
             prev = await self.c.stop(prev.id)
@@ -499,7 +514,7 @@ class Dispatcher:
             session_id=prev.session_id,
         )
         a.extra["continues"] = prev.id
-        a.extra["argv"] = [*launch.command, "-p", "<briefing.md>", *launch.args]
+        a.extra["argv"] = _worker_argv(launch)
         trail = prev.extra.get("trail")
         a.extra["trail"] = (
             {"off": trail["off"]} if isinstance(trail, dict) and trail.get("off") else {}
@@ -517,6 +532,8 @@ class Dispatcher:
         for a in self.c.assignments():
             if a.status != Status.QUEUED or float(a.extra.get("not_before") or 0) > now:
                 continue
+            if a.extra.get("held"):
+                continue  # restored from the trail: a person continues it (`continue_queued`)
             prompt = RATE_LIMIT_GUIDANCE
             if not a.session_id:  # it never got going: no session to resume
                 prompt = f"Work on issue #{a.issue} of {a.repo}: {a.title}"
@@ -525,6 +542,29 @@ class Dispatcher:
             except ClaimError:
                 continue  # another process continued it first
         return started
+
+    async def continue_queued(
+        self, id: str, *, guidance: str | None = None, model: str | None = None
+    ) -> Assignment:
+        """See `Coordinator.continue_`."""
+        prev = self.c.get(id)
+        if prev.status != Status.QUEUED:
+            raise UsageError(
+                f"assignment {prev.id} is {prev.status}, not queued; `coord resume-stuck "
+                f"{prev.id} --guidance …` steers a worker, `coord retry {prev.id}` starts afresh"
+            )
+        prompt = guidance if guidance is not None else RATE_LIMIT_GUIDANCE
+        if not prompt.strip():
+            raise UsageError("give the worker some guidance (--guidance TEXT)")
+        check_briefing(prompt, "guidance")
+        if not prev.session_id:  # it never got going: no session to resume
+            prompt = f"Work on issue #{prev.issue} of {prev.repo}: {prev.title}"
+        return await self._continue(prev, prompt, model=model)
+
+
+def _worker_argv(launch: LaunchSpec) -> list[str]:
+    """The worker's command line as spec.json records it; the prompt comes on stdin."""
+    return [*launch.command, "-p", *launch.args]
 
 
 def _json_or_empty(text: str) -> dict[str, Any]:
@@ -546,13 +586,6 @@ def _dispatch_error(text: str) -> str:
     reason = lines[-1].removeprefix("coord-run: ")
     causes = [ln for ln in lines[:-1] if ln.startswith(("fatal:", "error:"))][-2:]
     return f"{reason}: {'; '.join(causes)}" if causes else reason
-
-
-def _check_prompt(text: str, what: str) -> None:
-    # The prompt becomes one argument of `claude -p`; an argument cannot hold a NUL byte.
-    if "\0" in text:
-        raise UsageError(f"the {what} contains a NUL byte, which no program argument can carry; "
-                         f"remove it and try again")  # fmt: skip
 
 
 def _refuse_live_clash(live: Sequence[Assignment], repo: str, issue: int) -> None:

@@ -13,19 +13,23 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .assignment import Assignment, Status
+from .assignment import SESSION_ID_PATTERN, Assignment, Status
 from .runtime.probe import MachineProbe, RunProbe
 
 if TYPE_CHECKING:  # the parser is imported when there are events to fold, not before
     from .stream import RunProgress
 
-__all__ = ["DISPATCH_GRACE", "dispatch_may_be_in_flight", "fold", "reconcile"]
+__all__ = ["DISPATCH_GRACE", "MAX_EVENT_BYTES", "dispatch_may_be_in_flight", "fold", "reconcile"]
 
 # A pending row whose dispatch may still be in flight in another process is left alone this long.
 DISPATCH_GRACE = 300.0
 # How long a rate-limited assignment waits when the CLI did not say.
 RATE_LIMIT_WAIT = 60.0
 _RESULT_TEXT = 2000
+# Events read per run per status call (the rest waits for the next call); a line longer
+# than this is never read whole: it is skipped and recorded as malformed.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+_MALFORMED_KEPT = 20
 _EDIT_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})
 
 
@@ -92,21 +96,22 @@ def _ended(
         fields.update(
             status=str(Status.FAILED),
             failure_class="dispatch_failed",
-            exit_code=code if isinstance(code, int) else None,
+            exit_code=code if _is_int(code) else None,
             exit_reason=reason,
             error=str(exit.get("error") or "the dispatch failed on the machine"),
             finished_at=float(finished) if isinstance(finished, int | float) else time.time(),
         )
         return fields
+    reason = reason if isinstance(reason, str) else None  # the machine's file: untrusted
     status, fclass = classify(
-        exit_code=code if isinstance(code, int) else None,
-        exit_reason=reason if isinstance(reason, str) else None,
+        exit_code=code if _is_int(code) else None,
+        exit_reason=reason,
         result=progress.result,
     )
     fields.update(
         status=str(status),
         failure_class=str(fclass) if fclass else None,
-        exit_code=code if isinstance(code, int) else None,
+        exit_code=code if _is_int(code) else None,
         exit_reason=reason,
         finished_at=float(finished) if isinstance(finished, int | float) else time.time(),
     )
@@ -158,12 +163,32 @@ def fold(a: Assignment, run: RunProbe) -> tuple[dict[str, Any], RunProgress]:
     fields: dict[str, Any] = {}
     if not run.events or run.events_offset is None:
         return fields, progress
-    end = run.events.rfind(b"\n") + 1
-    if end == 0:
+    data, offset, pos = run.events, run.events_offset, 0
+    extra: dict[str, Any] = {}
+    oversized = a.extra.get("oversized")  # inside a line too long to read whole
+    if isinstance(oversized, dict):
+        nl = data.find(b"\n")
+        so_far = int(oversized.get("size") or 0)
+        if nl < 0:
+            extra["oversized"] = {**oversized, "size": so_far + len(data)}
+            fields.update(events_offset=offset + len(data), extra=extra)
+            return fields, progress
+        done = {**oversized, "size": so_far + nl}
+        extra.update(oversized=None, malformed_lines=_malformed(a, done))
+        progress.malformed += 1
+        pos = nl + 1
+    end = data.rfind(b"\n") + 1
+    if end <= pos:
+        if len(data) - pos >= MAX_EVENT_BYTES:
+            # No line end within a whole read: skip the line rather than ask for it again.
+            extra["oversized"] = {"start": offset + pos, "size": len(data) - pos}
+            fields.update(events_offset=offset + len(data), extra=extra)
+        elif extra:
+            fields.update(events_offset=offset + pos, extra=extra)
         return fields, progress
     last_id = last_msg
     touched = list(a.extra.get("files_touched", []))
-    for line in run.events[:end].split(b"\n"):
+    for line in data[pos:end].split(b"\n"):
         for event in parse_line(line, cwd=progress.cwd):
             progress.apply(event)
             msg = event.raw.get("message") if hasattr(event, "raw") else None
@@ -173,15 +198,19 @@ def fold(a: Assignment, run: RunProbe) -> tuple[dict[str, Any], RunProgress]:
                 path = _relative(event.input, progress.cwd)
                 if path and path not in touched and len(touched) < 200:
                     touched.append(path)
+    session = progress.session_id
+    if session is not None and not SESSION_ID_PATTERN.fullmatch(session):
+        session = a.session_id  # only a UUID is ever kept (and so passed to --resume)
     fields.update(
-        events_offset=run.events_offset + end,
-        session_id=progress.session_id,
+        events_offset=offset + end,
+        session_id=session,
         num_turns=progress.turns,
         last_status=progress.last_status,
         last_tool=progress.last_tool,
         cost_usd=progress.cost_usd,
         duration_ms=progress.duration_ms,
         extra={
+            **extra,
             "last_message_id": last_id,
             "last_retry_delay_ms": progress.last_retry_delay_ms,
             "files_touched": touched,
@@ -198,6 +227,17 @@ def fold(a: Assignment, run: RunProbe) -> tuple[dict[str, Any], RunProgress]:
         # Re-folding later needs the result; it is the last event, so remember it.
         fields["extra"]["result_raw"] = result.raw
     return fields, progress
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _malformed(a: Assignment, line: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's record of lines it could not read, with one more (the last few kept)."""
+    kept = a.extra.get("malformed_lines")
+    earlier = [x for x in kept if isinstance(x, dict)] if isinstance(kept, list) else []
+    return [*earlier, {"start": line["start"], "size": line["size"]}][-_MALFORMED_KEPT:]
 
 
 def dispatch_may_be_in_flight(a: Assignment, host: str) -> bool:

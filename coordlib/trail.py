@@ -1,49 +1,50 @@
 """The durable trail: what coordlib writes on an issue, and how to read it back.
 
-Every dispatch posts its briefing as an issue comment, and every ending posts a
-comment too.  Each carries a hidden, machine-readable marker, an HTML comment
-``<!-- coord:{json} -->``, so a person reads the comment and `coord resume
---from-forge` rebuilds a lost board from the markers alone.
-
-The marker's JSON never contains ``--`` (which would end an HTML comment early):
-hyphens inside strings are written as ``\\u002d`` where two would meet.
+Every dispatch posts its briefing as an issue comment, and every ending posts a comment
+too.  Each ends with a signed, hidden marker (see `coordlib.markers`), so a person reads the
+comment and `coord resume --from-forge` rebuilds a lost board from the markers it can verify.
+Every comment is capped below the forges' limits: a long briefing is cut, with a note that
+says where the whole of it is.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .assignment import TERMINAL, Assignment, Status
 from .errors import CoordError
+from .markers import (
+    MarkerError,
+    SkippedMarker,
+    TrailKey,
+    check_marker,
+    find_marker,
+    make_marker,
+    neutralise,
+    parse_markers,
+)
 
 if TYPE_CHECKING:
     from .board import Board
+    from .config import Config
     from .forge.base import Forge, Issue
 
 __all__ = [
     "ISSUE_SECTIONS",
-    "MARKER_VERSION",
+    "MAX_COMMENT_CHARS",
     "STATUS_LABELS",
     "Trail",
     "briefing_comment",
     "ending_comment",
-    "make_marker",
     "parse_markers",
     "sort_into_sections",
 ]
 
-MARKER_VERSION = 1
-_MARKER = re.compile(r"<!-- coord:(\{.*?\}) -->", re.DOTALL)
-# The fields a marker carries: enough to rebuild the board row.
-_FIELDS = (
-    "id", "machine", "repo", "issue", "branch", "model", "tier", "title", "worktree",
-    "run_dir", "attempt", "created_at", "session_id", "status", "failure_class",
-    "exit_reason", "cost_usd", "num_turns", "duration_ms", "finished_at",
-)  # fmt: skip
+# GitHub refuses a comment over 65,536 characters; stay well below, marker included.
+MAX_COMMENT_CHARS = 60_000
 
 # Pipeline labels on issues; `coord issues` sorts issues into sections by them.
 STATUS_LABELS = {
@@ -54,41 +55,20 @@ STATUS_LABELS = {
 }
 
 
-def make_marker(stage: str, a: Assignment, **more: Any) -> str:
-    """Return the hidden marker for assignment a at `stage` (dispatch, done, failed, …)."""
-    data: dict[str, Any] = {"v": MARKER_VERSION, "stage": stage}
-    row = a.to_dict()
-    data.update({k: row[k] for k in _FIELDS if row.get(k) is not None})
-    for key in ("retry_of", "continues"):
-        if a.extra.get(key):
-            data[key] = a.extra[key]
-    data.update(more)
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    while "--" in text:  # only possible inside strings, where \u002d means the same
-        text = text.replace("--", "-\\u002d")
-    return f"<!-- coord:{text} -->"
-
-
-def parse_markers(bodies: Iterable[str]) -> list[dict[str, Any]]:
-    """Return every well-formed marker found in the comment bodies, oldest first."""
-    found: list[dict[str, Any]] = []
-    for body in bodies:
-        for match in _MARKER.finditer(body):
-            try:
-                data = json.loads(match.group(1))
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict) and isinstance(data.get("id"), str) and data.get("stage"):
-                found.append(data)
-    return found
-
-
 def _fence(text: str) -> str:
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     return "`" * max(3, longest + 1)
 
 
-def briefing_comment(a: Assignment, briefing: str) -> str:
+def _cut(text: str, room: int, where: str) -> str:
+    """Return text, or as much of it as fits in `room` characters with a note saying where."""
+    if len(text) <= room:
+        return text
+    note = f"\n\n[… cut here: {len(text):,} characters in all; the whole text is {where}]"
+    return text[: max(0, room - len(note))] + note
+
+
+def briefing_comment(a: Assignment, briefing: str, key: TrailKey) -> str:
     """The comment a dispatch posts: who works on it, where, and the briefing itself."""
     verb = "continues" if a.extra.get("continues") else "dispatched"
     head = (
@@ -99,11 +79,13 @@ def briefing_comment(a: Assignment, briefing: str) -> str:
         head += f" It retries `{a.extra['retry_of']}`."
     if a.extra.get("continues"):
         head += f" It continues `{a.extra['continues']}`, session `{a.session_id}`."
-    fence = _fence(briefing)
+    marker = make_marker("dispatch", a, key)
+    room = MAX_COMMENT_CHARS - len(head) - len(marker) - 200
+    text = _cut(neutralise(briefing.rstrip()), room, f"`{a.run_dir}/briefing.md` on `{a.machine}`")
+    fence = _fence(text)
     return (
         f"{head}\n\n<details><summary>Briefing</summary>\n\n"
-        f"{fence}markdown\n{briefing.rstrip()}\n{fence}\n\n</details>\n\n"
-        f"{make_marker('dispatch', a)}\n"
+        f"{fence}markdown\n{text}\n{fence}\n\n</details>\n\n{marker}\n"
     )
 
 
@@ -114,7 +96,7 @@ def _duration(ms: int | None) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def ending_comment(a: Assignment) -> str:
+def ending_comment(a: Assignment, key: TrailKey) -> str:
     """The comment posted when an assignment ends (done, failed, stopped, lost, queued)."""
     facts = [x for x in (
         _duration(a.duration_ms),
@@ -132,20 +114,25 @@ def ending_comment(a: Assignment) -> str:
         why = a.failure_class or a.exit_reason or str(a.status)
         head = f"**coord** `{a.id}` ended as **{a.status}** ({why}){tail}."
         body = a.error or ""
-    quoted = "\n".join(f"> {line}" if line else ">" for line in body.strip().splitlines())
+    marker = make_marker(str(a.status), a, key)
+    room = MAX_COMMENT_CHARS - len(head) - len(marker) - 200
+    body = _cut(neutralise(body.strip()), room, f"in `coord log {a.id}`")
+    quoted = "\n".join(f"> {line}" if line else ">" for line in body.splitlines())
     text = head + (f"\n\n{quoted}" if quoted else "")
-    return f"{text}\n\n{make_marker(str(a.status), a)}\n"
+    return f"{text}\n\n{marker}\n"
 
 
 # -- posting and reading the trail -----------------------------------------------------------
 
 ISSUE_SECTIONS = ("New", "Refining", "Pending", "In progress", "Done")
-# What a marker carries over into a rebuilt board row.
+# What a checked marker carries over into a rebuilt board row.
 _ROW_FIELDS = (
     "machine", "repo", "issue", "branch", "model", "tier", "title", "worktree", "run_dir",
     "attempt", "created_at", "session_id", "failure_class", "exit_reason", "cost_usd",
     "num_turns", "duration_ms", "finished_at",
 )  # fmt: skip
+# Why a restored row waits for a person rather than starting by itself.
+HELD_RESTORED = "restored from the forge's trail"
 # A stage claimed for posting this long ago by a process that never finished is retried.
 _STALE_POSTING = 60.0
 
@@ -184,11 +171,16 @@ class Trail:
     """
 
     def __init__(
-        self, board: Board, forge: Callable[[str], Forge], notify: Callable[[str], None]
+        self,
+        board: Board,
+        forge: Callable[[str], Forge],
+        notify: Callable[[str], None],
+        key: TrailKey | None = None,
     ) -> None:
         self.board = board
         self.forge = forge
         self.notify = notify
+        self.key = key or TrailKey(board.path.with_name("trail.key"))
 
     async def post_dispatch(
         self, a: Assignment, briefing: str, labels: Sequence[str] | None = None
@@ -200,7 +192,7 @@ class Trail:
         """
         drop = [STATUS_LABELS["ready"], STATUS_LABELS["refining"], STATUS_LABELS["done"]]
         drop = [x for x in drop if x in labels] if labels is not None else drop[:1]
-        await self._post(a, "dispatch", briefing_comment(a, briefing),
+        await self._post(a, "dispatch", briefing_comment(a, briefing, self.key),
                          add=[STATUS_LABELS["in_progress"]], remove=drop)  # fmt: skip
 
     async def post_ending(self, a: Assignment) -> None:
@@ -211,7 +203,7 @@ class Trail:
             add, remove = [], []
         else:  # it is free to be picked up again
             add, remove = [STATUS_LABELS["ready"]], [STATUS_LABELS["in_progress"]]
-        await self._post(a, str(a.status), ending_comment(a), add=add, remove=remove)
+        await self._post(a, str(a.status), ending_comment(a, self.key), add=add, remove=remove)
 
     async def post_pending(self, rows: Iterable[Assignment]) -> int:
         """Post the stages earlier processes could not (or crashed before they did)."""
@@ -272,49 +264,73 @@ class Trail:
             txn.update(aid, {"extra": {**row["extra"], "trail": trail}})
             return trail
 
-    async def rebuild(self, repos: Iterable[str], machines: Iterable[str]) -> list[Assignment]:
+    async def rebuild(
+        self, repos: Iterable[str], config: Config
+    ) -> tuple[list[Assignment], list[SkippedMarker]]:
         """Put back on the board every assignment the trail knows and the board lost.
 
-        It reads the markers in the comments of issues carrying a status label, keeps
-        each assignment's latest stage, and inserts the missing rows: ended ones as they
-        ended, the rest as running, for `resume` to check against the machines.
+        Only markers this coordinator signed are read, from comments by its own identity
+        on the forge, each checked field by field (see `markers.check_marker`); the others
+        are skipped with the reason, and the rest of the rebuild goes on.  It reads the
+        issues carrying a status label, keeps each assignment's latest stage, and inserts
+        the missing rows: ended ones as they ended, running ones as running (for `resume`
+        to check against the machines), and rate-limited ones held: a restored row never
+        starts by itself (`coord continue ID` starts it).
         """
+        key = self.key.get(create=False)
+        skipped: list[SkippedMarker] = []
         known = {r["id"] for r in self.board.history()} | {r["id"] for r in self.board.all()}
         found: dict[str, dict[str, Any]] = {}
         for repo in repos:
             forge = self.forge(repo)
+            me = await forge.identity()
             numbers: set[int] = set()
             for label in ("in_progress", "done", "ready"):
                 listed = await forge.list_issues(state="all", labels=[STATUS_LABELS[label]])
                 numbers |= {i.number for i in listed}
             for n in sorted(numbers):
                 issue = await forge.get_issue(n)
-                for marker in parse_markers(c.body for c in issue.comments):
-                    if marker.get("repo", repo) == repo and marker["id"] not in known:
-                        found.setdefault(marker["id"], {}).update(
-                            {k: v for k, v in marker.items() if v is not None}
-                        )
-        usable = set(machines)
+                for c in issue.comments:
+                    marker = find_marker(c.body)
+                    if marker is None:
+                        continue
+                    try:
+                        if key is None:
+                            raise MarkerError(
+                                f"there is no trail key at {self.key.path} to verify it with"
+                            )
+                        if me is not None and c.author != me:
+                            raise MarkerError(
+                                f"it was posted by {c.author!r}, not by coordlib's own "
+                                f"identity {me!r}"
+                            )
+                        row = check_marker(marker, key=key, repo=repo, issue=n, config=config)
+                    except MarkerError as exc:
+                        skipped.append(SkippedMarker(repo, n, c.id, str(exc)))
+                        continue
+                    if row["id"] not in known:
+                        found.setdefault(row["id"], {}).update(row)
         restored: list[Assignment] = []
         with self.board.transaction() as txn:
             for aid, data in found.items():
-                if aid in txn or data.get("machine") not in usable:
+                if aid in txn:
                     continue
                 a = _row_from_marker(aid, data)
                 txn.insert(a.to_dict())
                 restored.append(a)
-        return restored
+        return restored, skipped
 
 
-def _row_from_marker(aid: str, data: Mapping[str, Any]) -> Assignment:
-    stage = str(data.get("stage"))
+def _row_from_marker(aid: str, data: dict[str, Any]) -> Assignment:
+    """Build the board row of a checked marker's latest stage."""
+    stage = data["stage"]
     status = Status(stage) if stage in {str(x) for x in Status} else Status.RUNNING
-    if status == Status.PENDING:
-        status = Status.RUNNING  # it was dispatched: the machine will say how it is
     trail = {"dispatch": "restored"}
     if status in TERMINAL or status == Status.QUEUED:
         trail[str(status)] = "restored"
     extra: dict[str, Any] = {"restored_from_forge": True, "trail": trail}
+    if status == Status.QUEUED:
+        extra["held"] = HELD_RESTORED
     extra.update({k: data[k] for k in ("retry_of", "continues") if data.get(k)})
     fields = {k: data[k] for k in _ROW_FIELDS if k in data}
     a = Assignment.from_dict({**fields, "id": aid, "status": str(status), "extra": extra})

@@ -32,6 +32,7 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "fakegithub" / "openapi
 # What tests/fakegithub/server.py serves: (method, path template as in the description).
 OPERATIONS: list[tuple[str, str]] = [
     ("get", "/rate_limit"),
+    ("get", "/user"),
     ("get", "/repos/{owner}/{repo}"),
     ("get", "/repos/{owner}/{repo}/issues"),
     ("post", "/repos/{owner}/{repo}/issues"),

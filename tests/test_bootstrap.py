@@ -23,9 +23,11 @@ pytestmark = pytest.mark.slow
 
 
 def _copy_tree(dest: Path) -> None:
-    """Copy the files git tracks (as they are in the working tree) to dest."""
+    """Copy the working tree's files (tracked, or new and not ignored) to dest."""
     listed = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=True,
     ).stdout
     for name in filter(None, listed.decode().split("\0")):
         src = ROOT / name

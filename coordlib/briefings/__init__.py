@@ -9,7 +9,8 @@ string in a prompt.
 The variables each kind gets (`KINDS` has the same, as data):
 
 ========  ==================================================================
-every     ``issue`` (number, title, body, labels, comments[{author, body}]),
+every     ``issue`` (number, title, body, labels, comments[{author, body}],
+          untrusted_comments[{author, url}]: see `issue_context`),
           ``repo`` (name, default_branch, build_command, test_command),
           ``branch``, ``model``, ``machine`` (name, …)
 work      ``attempt``, ``previous`` (the last attempt's row, or None),
@@ -26,16 +27,37 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, CoordError
+from ..errors import ConfigError, CoordError, UsageError
 
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["KINDS", "files_in_scope", "render_briefing"]
+    from ..forge.base import Comment, Issue
+
+__all__ = [
+    "DEFAULT_TRUSTED_AUTHORS",
+    "KINDS",
+    "MAX_BRIEFING_BYTES",
+    "check_briefing",
+    "files_in_scope",
+    "issue_context",
+    "render_briefing",
+]
+
+# Any briefing, rendered or given: the prompt travels on stdin, so this is about what a
+# model should be sent at once (and what a trail comment can hold a pointer to), not argv.
+MAX_BRIEFING_BYTES = 512 * 1024
+# What of an issue goes into a briefing: its body, and each comment, up to these sizes.
+_MAX_BODY_CHARS = 64 * 1024
+_MAX_COMMENT_CHARS = 8 * 1024
+_MAX_DISCUSSION_CHARS = 48 * 1024
+# On GitHub, comments by these author associations are quoted; others are only listed.
+DEFAULT_TRUSTED_AUTHORS = ("OWNER", "MEMBER", "COLLABORATOR")
+_MARKER = "<!-- coord:"
 
 _COMMON = ("issue", "repo", "branch", "model", "machine")
 # kind -> (variables the caller must give, defaults for the optional ones)
@@ -47,7 +69,7 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "smoke": (("repo", "ref"), {"merged": [], "commands": []}),
     "conflict": (_COMMON, {"base": "main", "conflicts": []}),
 }
-_ISSUE_DEFAULTS = {"body": "", "labels": [], "comments": [], "url": ""}
+_ISSUE_DEFAULTS = {"body": "", "labels": [], "comments": [], "untrusted_comments": [], "url": ""}
 
 
 @functools.lru_cache(maxsize=8)
@@ -108,6 +130,71 @@ def render_briefing(kind: str, context: Mapping[str, Any], *, user_dir: Path | N
             path=str(user_dir / name) if user_dir else name,
             hint=f"the variables are {', '.join(sorted(ctx))}",
         ) from exc
+
+
+def check_briefing(text: str, what: str = "briefing") -> str:
+    """Return text if it can be sent as a worker's prompt; raise `UsageError` otherwise."""
+    if "\0" in text:
+        raise UsageError(f"the {what} contains a NUL byte; remove it and try again")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BRIEFING_BYTES:
+        raise UsageError(
+            f"the {what} is {size:,} bytes, over the limit of {MAX_BRIEFING_BYTES:,}; "
+            f"shorten it, or point the worker at a file in the repo instead"
+        )
+    return text
+
+
+def _cap(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n\n[… cut: {len(text) - limit:,} more characters on the issue]"
+
+
+def _trusted(c: Comment, trusted: set[str], forge_kind: str) -> bool:
+    if "*" in trusted or (c.author and c.author.lower() in trusted):
+        return True
+    if not c.author_association:
+        return forge_kind == "local"  # the local forge's files are the operator's own
+    return c.author_association.lower() in trusted
+
+
+def issue_context(
+    issue: Issue,
+    *,
+    forge_kind: str,
+    trusted_authors: Sequence[str] = DEFAULT_TRUSTED_AUTHORS,
+) -> dict[str, Any]:
+    """Return the issue as a briefing sees it: capped, and quoting only trusted comments.
+
+    Comments that carry a coord marker (coordlib's own trail: earlier briefings and
+    results) are left out, so a briefing never grows with each attempt.  Comments by
+    authors not in `trusted_authors` (GitHub author associations such as OWNER, or
+    logins; ``*`` trusts everyone) are listed by author and link, never quoted: anyone
+    can comment on a public issue, and a briefing is what a worker obeys.
+    """
+    trusted = {t.lower() for t in trusted_authors}  # logins and associations: any case
+    quoted: list[dict[str, str]] = []
+    listed: list[dict[str, str]] = []
+    room = _MAX_DISCUSSION_CHARS
+    for c in issue.comments:
+        if _MARKER in c.body:
+            continue
+        if room <= 0 or not _trusted(c, trusted, forge_kind):
+            listed.append({"author": c.author or "someone", "url": c.url})
+            continue
+        body = _cap(c.body.strip(), min(_MAX_COMMENT_CHARS, room))
+        room -= len(body)
+        quoted.append({"author": c.author, "body": body})
+    return {
+        "number": issue.number,
+        "title": issue.title,
+        "body": _cap(issue.body, _MAX_BODY_CHARS),
+        "labels": list(issue.labels),
+        "url": issue.url,
+        "comments": quoted,
+        "untrusted_comments": listed,
+    }
 
 
 def files_in_scope(body: str, *, limit: int = 50) -> list[str]:

@@ -360,8 +360,10 @@ class _Files:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Private like the board beside it: issues quote briefings and worker results.
+            for folder in reversed([p for p in (self.root, *self.root.parents) if not p.exists()]):
+                folder.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ForgeError(f"cannot lock {self.root}: {exc.strerror or exc}") from exc
         try:

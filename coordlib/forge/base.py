@@ -57,6 +57,10 @@ class Comment(_Dict):
     body: str
     author: str = ""
     created_at: str = ""  # ISO 8601, UTC
+    url: str = ""  # where a person reads it ("" on the local forge)
+    # GitHub's author_association: OWNER, MEMBER, COLLABORATOR, CONTRIBUTOR, NONE, …;
+    # "" where the forge has none (the local forge: whoever can write its files)
+    author_association: str = ""
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,10 @@ class Forge(abc.ABC):
     @abc.abstractmethod
     async def branches(self, prefix: str = "") -> list[Branch]:
         """Return the remote's branches whose names start with `prefix`, sorted by name."""
+
+    async def identity(self) -> str | None:
+        """Return the author name this forge posts coordlib's comments as (None: unknown)."""
+        return None
 
     async def issue_branches(self, number: int) -> list[Branch]:
         """Return the remote branches `issue-<number>-*` (the claim check uses this)."""

@@ -88,11 +88,16 @@ class LocalForge(Forge):
         self.root = Path(root)
         self.default_branch = default_branch
         self._label = f"{repo} (local forge)"
+        self.author = author
         self._files = _Files(self.root, author)
         self._git = _Git(os.fspath(remote), self.root / ".mirror.git", self._label)
 
     def __repr__(self) -> str:
         return f"LocalForge({self.repo!r}, {str(self.root)!r}, remote={self._git.remote!r})"
+
+    async def identity(self) -> str:
+        """Return the author name coordlib's comments carry here."""
+        return self.author
 
     # -- issues ----------------------------------------------------------------------------
     async def list_issues(self, *, state: str = "open", labels: Sequence[str] = ()) -> list[Issue]:

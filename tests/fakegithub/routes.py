@@ -124,6 +124,18 @@ def touch(rec: IssueRecord) -> None:
     rec.updated_at = now_iso()
 
 
+@route("get", "/user")
+def _authenticated_user(ctx: Context) -> tuple[int, Any]:
+    """The user the token acts as (a public profile: the token has no `user` scope)."""
+    profile = {
+        "name": None, "company": None, "blog": "", "location": None, "email": None,
+        "hireable": None, "bio": None, "public_repos": 0, "public_gists": 0, "followers": 0,
+        "following": 0, "created_at": "2020-01-01T00:00:00Z",
+        "updated_at": "2020-01-01T00:00:00Z",
+    }  # fmt: skip
+    return 200, {**ctx.app.user_json(ctx.login), **profile}
+
+
 @route("get", "/rate_limit")
 def _rate_limit(ctx: Context) -> tuple[int, Any]:
     app = ctx.app
@@ -222,6 +234,9 @@ def _create_comment(ctx: Context) -> tuple[int, Any]:
     rec = ctx.issue()
     if not ctx.body["body"].strip():
         raise invalid({"resource": "IssueComment", "field": "body", "code": "missing_field"})
+    if len(ctx.body["body"]) > 65536:  # GitHub's own limit, in characters
+        raise invalid({"resource": "IssueComment", "field": "body", "code": "custom",
+                       "message": "body is too long (maximum is 65536 characters)"})  # fmt: skip
     comment = {
         "id": ctx.app.next_id(),
         "body": ctx.body["body"],

@@ -73,6 +73,7 @@ class FakeGitHub(Shapes):
         self.root = root
         self.token = token or f"ghp_fake{secrets.token_hex(16)}"
         self.tokens: dict[str, str] = {self.token: login}
+        self.associations: dict[str, str] = {}
         self.login = login
         self.prefix = prefix
         self.openapi = openapi or shared_openapi()
@@ -171,9 +172,11 @@ class FakeGitHub(Shapes):
             )
             return number
 
-    def add_token(self, token: str, login: str) -> None:
-        """Accept another token, acting as user `login`."""
+    def add_token(self, token: str, login: str, *, association: str | None = None) -> None:
+        """Accept another token, acting as user `login` (`association`: e.g. NONE, outside)."""
         self.tokens[token] = login
+        if association is not None:
+            self.associations[login] = association
 
     def rate_limit_next(
         self, n: int = 1, *, kind: str = "primary", retry_after: float = 1, status: int = 403

@@ -165,8 +165,12 @@ class Shapes:
             "default": False,
         }
 
+    associations: dict[str, str]  # login -> author_association; default COLLABORATOR
+
     def _association(self, repo: Repo, login: str) -> str:
-        return "OWNER" if login == repo.owner else "COLLABORATOR"
+        if login == repo.owner:
+            return "OWNER"
+        return self.associations.get(login, "COLLABORATOR")
 
     def _reactions(self, url: str) -> dict[str, Any]:
         return {
