@@ -39,7 +39,8 @@ def version() -> None:
 )
 def init(yes: bool, target: str, force: bool, search: tuple[str, ...]) -> None:
     """Write a working single-machine coordinator.yml for the git repos found here."""
-    from coordlib.config import discover_repos, parse_config, render_init_config
+    from coordlib.config_init import discover_repos, render_init_config
+    from coordlib.config_yaml import parse_config
 
     path = Path(target)
     if path.exists() and not force:
@@ -76,7 +77,8 @@ def show_config(state: State, as_json: bool) -> None:
     """Print the parsed config (secrets are references, never values)."""
     import yaml
 
-    from coordlib.config import find_config, load_config
+    from coordlib.config import find_config
+    from coordlib.config_load import load_config
 
     config = load_config(find_config(state.config))
     data = config.to_dict()

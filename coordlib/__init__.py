@@ -30,7 +30,8 @@ from .errors import (
 if TYPE_CHECKING:
     from .assignment import Assignment, Status
     from .board import Board
-    from .config import Config, load_config
+    from .config import Config
+    from .config_load import load_config
     from .coordinator import Coordinator, MachineStatus, ResumeReport, StatusReport
     from .runtime.local import LocalTransport
     from .runtime.ssh import SSHTarget, SSHTransport
@@ -76,7 +77,7 @@ _LAZY = {
     "Status": ".assignment",
     "Board": ".board",
     "Config": ".config",
-    "load_config": ".config",
+    "load_config": ".config_load",
     "Coordinator": ".coordinator",
     "MachineStatus": ".coordinator",
     "ResumeReport": ".coordinator",

@@ -1,46 +1,48 @@
-"""`coordinator.yml` as frozen dataclasses: finding it, loading it (through a parse cache),
-and the helpers that use it (env references, durations, `coord init`'s template).
+"""`coordinator.yml` as frozen dataclasses, the one statement of every default, and the
+helpers that use it (finding the file, env references, durations, "did you mean").
 
-The YAML reading itself, with errors that name file, line and key, is in `config_yaml`.
+Reading the YAML is `config_yaml`; loading a file through the parse cache is `config_load`;
+`coord init`'s template is `config_init`.  This module imports none of them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from ._version import __version__
 from .errors import ConfigError
 
 __all__ = [
     "CONFIG_NAME",
     "DEFAULT_MODEL_IDS",
     "EXTRA_SECTIONS",
+    "NAME_CHARS",
     "BoardConfig",
     "ConcurrencyConfig",
     "Config",
+    "HooksConfig",
     "MachineConfig",
     "ModelsConfig",
     "RepoConfig",
+    "ReviewsConfig",
+    "SmokeTestsConfig",
     "WorkerConfig",
-    "discover_repos",
+    "field_defaults",
     "find_config",
+    "format_duration",
+    "frozen_mapping",
     "is_cleartext_url",
     "is_secret_name",
-    "load_config",
-    "parse_config",
+    "is_valid_name",
     "parse_duration",
-    "render_init_config",
     "resolve_env",
+    "suggest",
 ]
 
 _T = TypeVar("_T")
@@ -51,6 +53,7 @@ DEFAULT_MODEL_IDS: Mapping[str, str] = MappingProxyType(
 )
 EXTRA_SECTIONS = ("github", "reviews", "smoke_tests", "hooks", "forge", "briefings")
 
+NAME_CHARS = "letters, digits, '.', '_' and '-'"  # what _NAME allows, for hints
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 _REFERENCE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|(\$))")
@@ -60,8 +63,14 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+def frozen_mapping(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """Return a read-only copy of `mapping`, so a frozen config stays frozen all the way down."""
     return MappingProxyType(dict(mapping or {}))
+
+
+def is_valid_name(name: str) -> bool:
+    """Tell whether `name` may name a repo, machine or tier (see NAME_CHARS)."""
+    return bool(_NAME.fullmatch(name)) and set(name) != {"."}
 
 
 @dataclass(frozen=True)
@@ -90,10 +99,10 @@ class MachineConfig:
     known_hosts: str | None = None  # None means ~/.ssh/known_hosts
     capabilities: tuple[str, ...] = ()
     repos: tuple[str, ...] = ()  # empty means every configured repo
-    repo_paths: Mapping[str, str] = field(default_factory=_frozen)
+    repo_paths: Mapping[str, str] = field(default_factory=frozen_mapping)
     workdir: str = "~/.coord"  # expanded on the machine, not here
     claude_command: str = "claude"
-    env: Mapping[str, str] = field(default_factory=_frozen)  # unresolved ${VAR} templates
+    env: Mapping[str, str] = field(default_factory=frozen_mapping)  # unresolved ${VAR} templates
     max_workers: int = 2
     tmux_socket: str = "coord"
 
@@ -135,8 +144,8 @@ class ModelsConfig:
 
     default: str = "sonnet"
     escalation: tuple[str, ...] = ("haiku", "sonnet", "opus")
-    labels: Mapping[str, str] = field(default_factory=_frozen)
-    ids: Mapping[str, str] = field(default_factory=lambda: _frozen(DEFAULT_MODEL_IDS))
+    labels: Mapping[str, str] = field(default_factory=frozen_mapping)
+    ids: Mapping[str, str] = field(default_factory=lambda: frozen_mapping(DEFAULT_MODEL_IDS))
 
     def resolve(self, tier_or_id: str) -> tuple[str, str]:
         """Return (tier, model id) for a tier name, or ("", id) for a full model id."""
@@ -148,7 +157,7 @@ class ModelsConfig:
         raise ConfigError(
             f"unknown model tier {value!r}",
             key="model",
-            hint=_suggest(value, list(self.ids), "tiers")
+            hint=suggest(value, list(self.ids), "tiers")
             + "; or give a full model id such as claude-opus-4-5",
         )
 
@@ -174,8 +183,44 @@ class BoardConfig:
     keep_finished: int = 300
 
 
+# The sections the pipeline reads.  `Config.extra` keeps them as written (plain dicts of the
+# keys given, so `coord config --json` shows the file); these classes state their defaults.
+
+
+@dataclass(frozen=True)
+class ReviewsConfig:
+    """How a finished change is reviewed before it merges (`reviews:`)."""
+
+    enabled: bool = True
+    model: str | None = None  # a tier or model id; None: the tier above the worker's
+    max_rounds: int = 3  # review → fix rounds before a human is asked
+    required_approvals: int = 1
+
+
+@dataclass(frozen=True)
+class SmokeTestsConfig:
+    """Commands the pipeline runs to check that a change works (`smoke_tests:`)."""
+
+    enabled: bool = False
+    commands: tuple[str, ...] = ()
+    machines: tuple[str, ...] = ()  # where they run; empty: any machine
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Shell commands the coordinator runs on its own machine at pipeline events (`hooks:`)."""
+
+    on_dispatch: tuple[str, ...] = ()
+    on_done: tuple[str, ...] = ()
+    on_failed: tuple[str, ...] = ()
+    on_review: tuple[str, ...] = ()
+    on_merge: tuple[str, ...] = ()
+    on_needs_human: tuple[str, ...] = ()
+
+
 def _default_machines() -> Mapping[str, MachineConfig]:
-    return _frozen({"local": MachineConfig(name="local", host="localhost")})
+    return frozen_mapping({"local": MachineConfig(name="local", host="localhost")})
 
 
 @dataclass(frozen=True)
@@ -183,13 +228,13 @@ class Config:
     """The whole of `coordinator.yml`."""
 
     path: Path | None = None
-    repos: Mapping[str, RepoConfig] = field(default_factory=_frozen)
+    repos: Mapping[str, RepoConfig] = field(default_factory=frozen_mapping)
     machines: Mapping[str, MachineConfig] = field(default_factory=_default_machines)
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     board: BoardConfig = field(default_factory=BoardConfig)
-    extra: Mapping[str, Any] = field(default_factory=_frozen)
+    extra: Mapping[str, Any] = field(default_factory=frozen_mapping)
 
     def machine(self, name: str) -> MachineConfig:
         """Return the machine called `name`."""
@@ -206,8 +251,23 @@ class Config:
         raise ConfigError(
             f"no {what} named {name!r}{where}",
             key=name,
-            hint=_suggest(name, list(items), f"{what}s"),
+            hint=suggest(name, list(items), f"{what}s"),
         )
+
+    @property
+    def reviews(self) -> ReviewsConfig:
+        """Return the `reviews` section with its defaults filled in."""
+        return _typed(ReviewsConfig, self.extra.get("reviews"))
+
+    @property
+    def smoke_tests(self) -> SmokeTestsConfig:
+        """Return the `smoke_tests` section with its defaults filled in."""
+        return _typed(SmokeTestsConfig, self.extra.get("smoke_tests"))
+
+    @property
+    def hooks(self) -> HooksConfig:
+        """Return the `hooks` section with its defaults filled in."""
+        return _typed(HooksConfig, self.extra.get("hooks"))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; env values stay unresolved references."""
@@ -223,13 +283,15 @@ class Config:
         path = data["path"]
         return cls(
             path=None if path is None else Path(path),
-            repos=_frozen({k: _rebuild(RepoConfig, v) for k, v in data["repos"].items()}),
-            machines=_frozen({k: _rebuild(MachineConfig, v) for k, v in data["machines"].items()}),
+            repos=frozen_mapping({k: _rebuild(RepoConfig, v) for k, v in data["repos"].items()}),
+            machines=frozen_mapping(
+                {k: _rebuild(MachineConfig, v) for k, v in data["machines"].items()}
+            ),
             concurrency=_rebuild(ConcurrencyConfig, data["concurrency"]),
             models=_rebuild(ModelsConfig, data["models"]),
             worker=_rebuild(WorkerConfig, data["worker"]),
             board=_rebuild(BoardConfig, data["board"]),
-            extra=_frozen(data["extra"]),
+            extra=frozen_mapping(data["extra"]),
         )
 
 
@@ -242,11 +304,28 @@ def _rebuild(cls: type[_T], data: Mapping[str, Any]) -> _T:
         if kind.startswith("tuple"):
             value = tuple(value)
         elif kind.startswith("Mapping"):
-            value = _frozen(value)
+            value = frozen_mapping(value)
         elif kind.startswith("Path"):
             value = Path(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _typed(cls: type[_T], section: Mapping[str, Any] | None) -> _T:
+    """Build a section's dataclass from the keys `extra` holds; the rest take their defaults."""
+    given = section or {}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+def field_defaults(cls: type[Any]) -> dict[str, Any]:
+    """Return the default of each field of dataclass `cls` that has one, by field name."""
+    defaults: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults
 
 
 def _jsonable(value: Any) -> Any:
@@ -258,10 +337,11 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    return str(value)  # Paths, and dates YAML may have put into the raw sections
+    return str(value)  # Paths, and whatever a Config built in code may hold
 
 
-def _suggest(value: str, choices: Sequence[str], what: str, *, list_all: bool = True) -> str:
+def suggest(value: str, choices: Sequence[str], what: str, *, list_all: bool = True) -> str:
+    """Return a hint naming the choice closest to `value` ("did you mean …?") and the choices."""
     import difflib
 
     close = difflib.get_close_matches(value, choices, n=1)
@@ -281,6 +361,18 @@ def parse_duration(text: str) -> float:
     if not _DURATION.fullmatch(text):
         raise ValueError(f"not a duration: {text!r} (write e.g. 90s, 10m, 2h or 1h30m)")
     return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    """Return `seconds` as parse_duration reads it back: 600 → "10m", 5400 → "1h30m"."""
+    if seconds != int(seconds) or seconds <= 0:
+        return f"{seconds:g}s"
+    rest, parts = int(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
 
 
 def is_cleartext_url(url: str) -> bool:
@@ -332,101 +424,7 @@ def resolve_env(
     return resolved
 
 
-def parse_config(
-    text: str, *, path: str | Path = "<string>", base_dir: Path | None = None
-) -> Config:
-    """Parse the text of a coordinator.yml; relative paths resolve against `base_dir`."""
-    from .config_yaml import parse_config as parse
-
-    return parse(text, path=path, base_dir=base_dir)
-
-
-def load_config(path: str | os.PathLike[str], *, cache: bool = True) -> Config:
-    """Read and parse the config file at `path`.
-
-    A config that parsed cleanly is kept, as JSON, in the user's cache directory
-    (``$XDG_CACHE_HOME/coordlib``, else ``~/.cache/coordlib``), keyed by the file's
-    exact text; the next load of the same text skips YAML altogether.  Any change to the
-    file, to coordlib or to $HOME parses again.  `cache=False` always parses.
-    """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            "config file does not exist", path=str(file), hint="run `coord init` to create one"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the config file: {exc}", path=str(file)) from exc
-    base_dir = file.absolute().parent
-    if not cache:
-        return parse_config(text, path=file, base_dir=base_dir)
-    entry, key = _cache_entry(file, text, base_dir)
-    cached = _cache_read(entry, key)
-    if cached is not None:
-        return cached
-    config = parse_config(text, path=file, base_dir=base_dir)
-    _cache_write(entry, key, config)
-    return config
-
-
-# --- the parse cache -------------------------------------------------------------------------
-# Starting `coord status` is mostly imports, and PyYAML (with its regexes) is one of the
-# biggest; a config is read far more often than it is edited.
-
-
-def _cache_entry(file: Path, text: str, base_dir: Path) -> tuple[Path | None, str]:
-    """Return (the cache file for this config path, the key its text and context give)."""
-    import hashlib
-
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(root):
-        return None, ""
-    here = Path(__file__).parent
-    parts = [__version__, str(file.absolute()), str(base_dir), os.path.expanduser("~"), text]
-    for module in (here / "config.py", here / "config_yaml.py"):
-        try:  # a changed parser (a source checkout being edited) is a different parser
-            st = module.stat()
-            parts.append(f"{st.st_mtime_ns}:{st.st_size}")
-        except OSError:
-            return None, ""
-    key = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
-    name = hashlib.sha256(str(file.absolute()).encode("utf-8", "surrogatepass")).hexdigest()
-    return Path(root) / "coordlib" / "config" / f"{name[:24]}.json", key
-
-
-def _cache_read(entry: Path | None, key: str) -> Config | None:
-    if entry is None:
-        return None
-    try:
-        data = json.loads(entry.read_bytes())
-        if data.get("key") != key:
-            return None
-        return Config.from_dict(data["config"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # missing, unreadable or from another version: parse again
-
-
-def _cache_write(entry: Path | None, key: str, config: Config) -> None:
-    """Keep `config` for next time, if its JSON form rebuilds it exactly; never fail."""
-    if entry is None:
-        return
-    data = config.to_dict()
-    try:
-        if Config.from_dict(data) != config:
-            return  # e.g. a YAML date in an extra section: JSON would change it
-    except (KeyError, TypeError, ValueError):
-        return
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-    try:
-        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"key": key, "config": data}, out, separators=(",", ":"))
-        os.replace(tmp, entry)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+# --- finding the file ------------------------------------------------------------------------
 
 
 def find_config(
@@ -474,134 +472,3 @@ def find_config(
         + ", ".join(str(p) for p in tried),
         hint="run `coord init` to create one",
     )
-
-
-def discover_repos(dirs: Sequence[Path]) -> list[Path]:
-    """Return the git repos among `dirs` and their direct children, sorted."""
-    found: set[Path] = set()
-    for given in dirs:
-        root = Path(given).expanduser().absolute()
-        if not root.is_dir():
-            raise ConfigError(
-                f"{root} is not a directory", hint="pass directories that hold git repos"
-            )
-        if _is_git_repo(root):
-            found.add(root)
-            continue  # its children are its own files (or submodules), not separate repos
-        try:
-            children = [c for c in root.iterdir() if c.is_dir()]
-        except OSError:
-            continue
-        found.update(c for c in children if _is_git_repo(c))
-    return sorted(found)
-
-
-def _is_git_repo(path: Path) -> bool:
-    git = path / ".git"
-    return git.is_dir() or git.is_file()  # a file: worktrees and submodules
-
-
-def _default_branch(repo: Path) -> str:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(repo), "symbolic-ref", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "main"
-    branch = done.stdout.strip()
-    return branch if done.returncode == 0 and branch else "main"
-
-
-def _yaml_text(value: str) -> str:
-    """Return `value` as a YAML scalar that reads back as this exact string."""
-    import yaml
-
-    if re.fullmatch(r"[A-Za-z0-9_./~-]+", value) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value)  # a JSON string is a valid double-quoted YAML scalar
-
-
-def render_init_config(repos: Sequence[Path], *, machine_name: str = "local") -> str:
-    """Return a commented single-machine coordinator.yml listing `repos`."""
-    if not _NAME.fullmatch(machine_name) or set(machine_name) == {"."}:
-        raise ConfigError(
-            f"{machine_name!r} is not a valid machine name",
-            hint="use only letters, digits, '.', '_' and '-'",
-        )
-    named: list[tuple[str, Path]] = []
-    taken: set[str] = set()
-    for repo in repos:
-        path = Path(repo).expanduser().absolute()
-        base = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name).strip("-") or "repo"
-        name, n = base, 1
-        while name in taken or set(name) == {"."}:
-            n += 1
-            name = f"{base}-{n}"
-        taken.add(name)
-        named.append((name, path))
-    example = named[0][0] if named else "api"
-    lines = [
-        "# coordinator.yml, written by `coord init`. Only a machine's name and host are required.",
-        "# Secrets never live here: a machine's env refers to the coordinator's environment,",
-        "# e.g. `ANTHROPIC_API_KEY: ${ANTHROPIC_API_KEY}`, after `export ANTHROPIC_API_KEY=…`.",
-        "",
-        "repos:" if named else "repos: []   # add repos as `- name: api` entries",
-    ]
-    for name, path in named:
-        lines += [
-            f"  - name: {_yaml_text(name)}",
-            f"    default_branch: {_yaml_text(_default_branch(path))}",
-            "    # github: owner/name       # where pull requests go; omit for the local forge",
-            "    # test_command: make test  # run before a pull request is opened",
-            "    # depends_on: [other-repo]",
-        ]
-    lines += [
-        "",
-        "machines:",
-        f"  - name: {machine_name}",
-        "    host: localhost          # localhost runs workers here, without SSH",
-        "    max_workers: 2           # workers at once on this machine",
-    ]
-    if named:
-        lines.append(
-            "    repo_paths:              # where each repo is checked out on this machine"
-        )
-        lines += [f"      {_yaml_text(name)}: {_yaml_text(str(path))}" for name, path in named]
-    lines += [
-        "  # A machine reached over SSH (its host key must be in ~/.ssh/known_hosts):",
-        "  # - name: gpu-box",
-        "  #   host: gpu-box.example.com",
-        "  #   user: me",
-        "  #   port: 22",
-        "  #   identity_file: ~/.ssh/id_ed25519",
-        "  #   max_workers: 4",
-        "  #   capabilities: [gpu]",
-        f"  #   repos: [{example}]    # default: all, at ~/src/<repo> unless repo_paths says",
-        "  #   env:",
-        "  #     ANTHROPIC_API_KEY: ${ANTHROPIC_API_KEY}",
-        "",
-        "concurrency:",
-        "  max_workers: 8             # workers at once across all machines",
-        "  max_retries: 3",
-        "",
-        "models:",
-        "  default: sonnet            # tier for new work: haiku, sonnet or opus",
-        "  escalation: [haiku, sonnet, opus]   # each failed fix moves one tier up",
-        "  # labels: {hard: opus, chore: haiku}   # issue label → tier",
-        "  # ids: {opus: claude-opus-4-5}         # tier → model id",
-        "",
-        "worker:",
-        "  stall_timeout: 10m         # no output for this long: the worker is stopped",
-        "  max_runtime: 2h            # hard limit per run",
-        "  result_grace: 30s          # time to exit after its final result",
-        '  allowed_tools: "Read,Edit,Write,Bash"',
-        "",
-        "board:",
-        "  path: .coord/board.json    # relative to this file",
-        "",
-    ]
-    return "\n".join(lines)

@@ -6,44 +6,46 @@ written on.  Keys in messages mirror the file: ``machines[0].port`` for list ite
 values) are taken exactly as written, so YAML 1.1 coercions (``no`` → False, ``08`` → 8)
 never change what the user typed.
 
+Defaults are not written here: a key left out takes its dataclass field's default.
+
 Only a config that is not in the parse cache needs this module (and PyYAML): see
-`coordlib.config.load_config`.
+`coordlib.config_load.load_config`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
 from .config import (
-    _NAME,
-    DEFAULT_MODEL_IDS,
     EXTRA_SECTIONS,
+    NAME_CHARS,
     BoardConfig,
     ConcurrencyConfig,
     Config,
+    HooksConfig,
     MachineConfig,
     ModelsConfig,
     RepoConfig,
     WorkerConfig,
-    _frozen,
-    _suggest,
+    field_defaults,
+    frozen_mapping,
     is_cleartext_url,
     is_secret_name,
+    is_valid_name,
     parse_duration,
+    suggest,
 )
 from .errors import ConfigError
-
-_T = TypeVar("_T")
 
 _SOCKET = re.compile(r"[A-Za-z0-9_-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -132,12 +134,22 @@ def _text(doc: _Doc, node: yaml.Node, key: str) -> str:
 
 
 class _Fields:
-    """A mapping node whose keys were checked against the names its section allows."""
+    """A mapping node whose keys were checked against the names its section allows.
+
+    A key left out reads as its entry in `defaults` (a dataclass's field defaults).
+    """
 
     def __init__(
-        self, doc: _Doc, node: yaml.Node, key: str, allowed: Sequence[str] | None, what: str
+        self,
+        doc: _Doc,
+        node: yaml.Node,
+        key: str,
+        allowed: Sequence[str] | None,
+        what: str,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.doc, self.node, self.key = doc, node, key
+        self.defaults: Mapping[str, Any] = defaults or {}
         self.values: dict[str, yaml.Node] = {}
         self.key_nodes: dict[str, yaml.Node] = {}
         if _is_null(node):
@@ -157,7 +169,7 @@ class _Fields:
         for key_node, value_node in node.value:
             name = self._name(key_node)
             if allowed is not None and name not in allowed:
-                hint = _suggest(name, allowed, "valid keys here", list_all=False)
+                hint = suggest(name, allowed, "valid keys here", list_all=False)
                 raise doc.error(key_node, self.path(name), "unknown key", hint=hint)
             self.values[name] = value_node  # merged entries come first, so own keys win
             self.key_nodes.setdefault(name, key_node)
@@ -182,13 +194,15 @@ class _Fields:
         for name, node in self.values.items():
             yield name, node, self.path(name)
 
-    def text(self, name: str, default: str) -> str:
+    def text(self, name: str) -> str:
         node = self.get(name)
-        return default if node is None else _text(self.doc, node, self.path(name))
+        return str(self.defaults[name]) if node is None else _text(self.doc, node, self.path(name))
 
     def optional_text(self, name: str) -> str | None:
         node = self.get(name)
-        return None if node is None else _text(self.doc, node, self.path(name))
+        if node is None:
+            return cast("str | None", self.defaults.get(name))
+        return _text(self.doc, node, self.path(name))
 
     def required_text(self, name: str, what: str) -> str:
         if self.get(name) is None:
@@ -196,43 +210,49 @@ class _Fields:
             raise self.doc.error(
                 self.node, self.path(name), f"missing; every {what} needs one", hint
             )
-        return self.text(name, "")
+        return self.text(name)
 
-    def _scalar(self, name: str, default: _T, expected: str, ok: Callable[[Any], bool]) -> _T:
+    def _scalar(self, name: str, expected: str, ok: Callable[[Any], bool]) -> Any:
         node = self.get(name)
         if node is None:
-            return default
+            return self.defaults[name]
         value = (
             self.doc.construct(node, self.path(name)) if isinstance(node, yaml.ScalarNode) else None
         )
         if not ok(value):
             raise self.doc.wrong(node, self.path(name), expected)
-        return cast(_T, value)
+        return value
 
-    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    def _integer(self, name: str, minimum: int, maximum: int | None) -> Any:
         top = math.inf if maximum is None else maximum
         wanted = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         return self._scalar(
-            name, default, f"an integer {wanted}", lambda v: _is_int(v) and minimum <= v <= top
+            name, f"an integer {wanted}", lambda v: _is_int(v) and minimum <= v <= top
         )
 
-    def number(self, name: str, default: float, minimum: float) -> float:
+    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
+        return cast(int, self._integer(name, minimum, maximum))
+
+    def optional_integer(self, name: str, minimum: int) -> int | None:
+        return cast("int | None", self._integer(name, minimum, None))
+
+    def number(self, name: str, minimum: float) -> float:
         def ok(value: Any) -> bool:
             return _is_number(value) and minimum <= value < math.inf
 
-        return float(self._scalar(name, default, f"a number of at least {minimum:g}", ok))
+        return float(self._scalar(name, f"a number of at least {minimum:g}", ok))
 
-    def boolean(self, name: str, default: bool) -> bool:
-        return self._scalar(name, default, "true or false", lambda v: isinstance(v, bool))
+    def boolean(self, name: str) -> bool:
+        return cast(bool, self._scalar(name, "true or false", lambda v: isinstance(v, bool)))
 
-    def duration(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+    def duration(self, name: str, *, allow_zero: bool = False) -> float:
         def ok(value: Any) -> bool:
             seconds = _seconds(value)
             return seconds is not None and (seconds > 0 or (allow_zero and seconds == 0))
 
         floor = "zero or more" if allow_zero else "above zero"
         expected = f"a duration {floor} (e.g. 90s, 10m, 2h, 1h30m, or seconds)"
-        return _seconds(self._scalar(name, default, expected, ok)) or 0.0
+        return _seconds(self._scalar(name, expected, ok)) or 0.0
 
     def texts(self, name: str, what: str) -> list[tuple[str, yaml.Node, str]]:
         """Return (text, node, dotted key) for each item of a list of scalars."""
@@ -257,12 +277,11 @@ class _Fields:
 
 
 def _check_name(doc: _Doc, name: str, node: yaml.Node, key: str, socket: bool = False) -> str:
-    pattern, chars = (
-        (_SOCKET, "letters, digits, '_' and '-'")
-        if socket
-        else (_NAME, "letters, digits, '.', '_' and '-'")
-    )
-    if not pattern.fullmatch(name) or set(name) == {"."}:
+    if socket:
+        ok, chars = bool(_SOCKET.fullmatch(name)), "letters, digits, '_' and '-'"
+    else:
+        ok, chars = is_valid_name(name), NAME_CHARS
+    if not ok:
         raise doc.error(node, key, f"{name!r} is not a valid name", hint=f"use only {chars}")
     return name
 
@@ -271,13 +290,13 @@ def _items(
     doc: _Doc, node: yaml.Node | None, section: str, cls: type, *, bare_names: bool = False
 ) -> Iterator[tuple[_Fields, str, yaml.Node]]:
     """Yield (fields, name, node naming it) per item of a list, or of a mapping name → fields."""
-    what, allowed = section[:-1], _keys(cls)
+    what, allowed, defaults = section[:-1], _keys(cls), field_defaults(cls)
     if node is None:
         return
     if isinstance(node, yaml.MappingNode):
         by_name = _Fields(doc, node, section, None, f"{what}s")
         for name, item, key in by_name.items():
-            f = _Fields(doc, item, key, allowed, f"{what} fields")
+            f = _Fields(doc, item, key, allowed, f"{what} fields", defaults)
             written = f.optional_text("name")
             if written is not None and written != name:
                 hint = "drop `name:` or make the two agree"
@@ -292,12 +311,12 @@ def _items(
         key = f"{section}[{i}]"
         if bare_names and isinstance(item, yaml.ScalarNode) and not _is_null(item):
             yield (
-                _Fields(doc, _EMPTY, key, allowed, what),
+                _Fields(doc, _EMPTY, key, allowed, what, defaults),
                 _check_name(doc, _text(doc, item, key), item, key),
                 item,
             )
             continue  # `- api` alone names a repo with default settings
-        f = _Fields(doc, item, key, allowed, f"{what} fields")
+        f = _Fields(doc, item, key, allowed, f"{what} fields", defaults)
         name = f.required_text("name", what)
         yield f, _check_name(doc, name, f.at("name"), f.path("name")), f.at("name")
 
@@ -305,15 +324,20 @@ def _items(
 def _unknown_repo(
     doc: _Doc, name: str, node: yaml.Node, key: str, repos: Mapping[str, Any]
 ) -> ConfigError:
-    hint = _suggest(name, list(repos), "configured repos") if repos else "add it under repos: first"
+    hint = suggest(name, list(repos), "configured repos") if repos else "add it under repos: first"
     return doc.error(node, key, f"unknown repo {name!r}", hint=hint)
 
 
 # --- sections --------------------------------------------------------------------------------
 
 
-def _keys(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+def _keys(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _section(doc: _Doc, node: yaml.Node | None, key: str, cls: type[Any], what: str) -> _Fields:
+    """Return the fields of a section read into dataclass `cls`: its keys, its defaults."""
+    return _Fields(doc, node or _EMPTY, key, _keys(cls), what, field_defaults(cls))
 
 
 _TOP_KEYS = ("repos", "machines", "concurrency", "models", "worker", "board", *EXTRA_SECTIONS)
@@ -343,7 +367,7 @@ def _read_repos(doc: _Doc, node: yaml.Node | None) -> dict[str, RepoConfig]:
             name=name,
             github=github,
             forge=forge,
-            default_branch=f.text("default_branch", "main"),
+            default_branch=f.text("default_branch"),
             build_command=f.optional_text("build_command"),
             test_command=f.optional_text("test_command"),
             depends_on=tuple(dep for dep, _, _ in deps[name]),
@@ -379,7 +403,7 @@ def _read_machines(
     doc: _Doc, node: yaml.Node | None, repos: Mapping[str, RepoConfig]
 ) -> dict[str, MachineConfig]:
     if node is None:
-        return {"local": MachineConfig(name="local", host="localhost")}
+        return dict(field_defaults(Config)["machines"])
     machines: dict[str, MachineConfig] = {}
     first: dict[str, int] = {}
     for f, name, name_node in _items(doc, node, "machines", MachineConfig):
@@ -392,7 +416,7 @@ def _read_machines(
         for repo, repo_node, repo_key in [*served, *((r, n, k) for r, _, n, _, k in paths)]:
             if repo not in repos:
                 raise _unknown_repo(doc, repo, repo_node, repo_key, repos)
-        claude = f.text("claude_command", "claude")
+        claude = f.text("claude_command")
         try:
             argv = shlex.split(claude)
         except ValueError as exc:
@@ -404,20 +428,20 @@ def _read_machines(
         machines[name] = MachineConfig(
             name=name,
             host=f.required_text("host", "machine"),
-            port=f.integer("port", 22, 1, 65535),
+            port=f.integer("port", 1, 65535),
             user=f.optional_text("user"),
             identity_file=os.path.expanduser(identity) if identity else None,
             known_hosts=os.path.expanduser(known_hosts) if known_hosts else None,
             capabilities=tuple(c for c, _, _ in f.texts("capabilities", "capabilities")),
             repos=tuple(r for r, _, _ in served),
-            repo_paths=_frozen({r: p for r, p, _, _, _ in paths}),
-            workdir=f.text("workdir", "~/.coord"),
+            repo_paths=frozen_mapping({r: p for r, p, _, _, _ in paths}),
+            workdir=f.text("workdir"),
             claude_command=claude,
-            env=_frozen(_read_env(doc, f)),
-            max_workers=f.integer("max_workers", 2, 1),
+            env=frozen_mapping(_read_env(doc, f)),
+            max_workers=f.integer("max_workers", 1),
             tmux_socket=_check_name(
                 doc,
-                f.text("tmux_socket", "coord"),
+                f.text("tmux_socket"),
                 f.at("tmux_socket"),
                 f.path("tmux_socket"),
                 socket=True,
@@ -447,11 +471,11 @@ def _read_env(doc: _Doc, f: _Fields) -> dict[str, str]:
 
 
 def _read_models(doc: _Doc, node: yaml.Node | None) -> ModelsConfig:
-    f = _Fields(doc, node or _EMPTY, "models", _keys(ModelsConfig), "model settings")
-    ids = dict(DEFAULT_MODEL_IDS)
+    f = _section(doc, node, "models", ModelsConfig, "model settings")
+    ids = dict(f.defaults["ids"])
     for tier, model_id, tier_node, _, key in f.text_map("ids", "tier → model id"):
         ids[_check_name(doc, tier, tier_node, key)] = model_id
-    models = ModelsConfig(ids=_frozen(ids))
+    models = ModelsConfig(ids=frozen_mapping(ids))
 
     def known(value: str, at: yaml.Node, key: str, ids_too: bool = False) -> str:
         if value in ids:
@@ -462,60 +486,58 @@ def _read_models(doc: _Doc, node: yaml.Node | None) -> ModelsConfig:
             except ConfigError as exc:
                 raise doc.error(at, key, exc.message, exc.hint) from None
             return value
-        hint = _suggest(value, list(ids), "tiers") + "; map new tiers to model ids under models.ids"
+        hint = suggest(value, list(ids), "tiers") + "; map new tiers to model ids under models.ids"
         raise doc.error(at, key, f"unknown model tier {value!r}", hint)
 
-    escalation = models.escalation
+    escalation: tuple[str, ...] = f.defaults["escalation"]
     if f.get("escalation") is not None:
         escalation = tuple(known(v, n, k) for v, n, k in f.texts("escalation", "tiers"))
     labels = f.text_map("labels", "issue label → tier")
     return ModelsConfig(
-        default=known(f.text("default", "sonnet"), f.at("default"), f.path("default")),
+        default=known(f.text("default"), f.at("default"), f.path("default")),
         escalation=escalation,
-        labels=_frozen({lab: known(v, n, k, ids_too=True) for lab, v, _, n, k in labels}),
-        ids=_frozen(ids),
+        labels=frozen_mapping({lab: known(v, n, k, ids_too=True) for lab, v, _, n, k in labels}),
+        ids=frozen_mapping(ids),
     )
 
 
 def _read_concurrency(doc: _Doc, node: yaml.Node | None) -> ConcurrencyConfig:
-    f = _Fields(
-        doc, node or _EMPTY, "concurrency", _keys(ConcurrencyConfig), "concurrency settings"
-    )
+    f = _section(doc, node, "concurrency", ConcurrencyConfig, "concurrency settings")
     return ConcurrencyConfig(
-        max_workers=f.integer("max_workers", 8, 1),
-        stagger_seconds=f.duration("stagger_seconds", 0.0, allow_zero=True),
-        backoff_base=f.number("backoff_base", 2.0, 0.0),
-        max_retries=f.integer("max_retries", 3, 0),
-        auto_reassign=f.boolean("auto_reassign", False),
-        stale_threshold=f.duration("stale_threshold", 600.0),
+        max_workers=f.integer("max_workers", 1),
+        stagger_seconds=f.duration("stagger_seconds", allow_zero=True),
+        backoff_base=f.number("backoff_base", 0.0),
+        max_retries=f.integer("max_retries", 0),
+        auto_reassign=f.boolean("auto_reassign"),
+        stale_threshold=f.duration("stale_threshold"),
     )
 
 
 def _read_worker(doc: _Doc, node: yaml.Node | None) -> WorkerConfig:
-    f = _Fields(doc, node or _EMPTY, "worker", _keys(WorkerConfig), "worker settings")
+    f = _section(doc, node, "worker", WorkerConfig, "worker settings")
     if isinstance(f.get("allowed_tools"), yaml.SequenceNode):
         tools = ",".join(t for t, _, _ in f.texts("allowed_tools", "tool names"))
     else:
-        tools = f.text("allowed_tools", "Read,Edit,Write,Bash")
+        tools = f.text("allowed_tools")
     return WorkerConfig(
-        stall_timeout=f.duration("stall_timeout", 600.0),
-        max_runtime=f.duration("max_runtime", 7200.0),
-        result_grace=f.duration("result_grace", 30.0),
-        poll_interval=f.duration("poll_interval", 1.0),
+        stall_timeout=f.duration("stall_timeout"),
+        max_runtime=f.duration("max_runtime"),
+        result_grace=f.duration("result_grace"),
+        poll_interval=f.duration("poll_interval"),
         allowed_tools=tools,
         extra_args=tuple(a for a, _, _ in f.texts("extra_args", "command-line arguments")),
-        max_turns=f.integer("max_turns", 0, 0) or None,
+        max_turns=f.optional_integer("max_turns", 0) or None,  # 0 also means no limit
     )
 
 
 def _read_board(doc: _Doc, node: yaml.Node | None, base_dir: Path) -> BoardConfig:
-    f = _Fields(doc, node or _EMPTY, "board", _keys(BoardConfig), "board settings")
-    path = Path(f.text("path", ".coord/board.json")).expanduser()
+    f = _section(doc, node, "board", BoardConfig, "board settings")
+    path = Path(f.text("path")).expanduser()
     # Absolute but not resolved: a symlink on the way is followed when the board is opened,
     # so a parse (or the parse cache) never pins where it pointed at the time.
     return BoardConfig(
         path=Path(os.path.abspath(base_dir / path)),
-        keep_finished=f.integer("keep_finished", 300, 0),
+        keep_finished=f.integer("keep_finished", 0),
     )
 
 
@@ -550,60 +572,106 @@ def parse_config(
         raise ConfigError(f"YAML error: {exc}", path=label, line=line) from exc
     top = _Fields(doc, root or _EMPTY, "", _TOP_KEYS, "sections (repos, machines, …)")
     repos = _read_repos(doc, top.get("repos"))
-    extra: dict[str, Any] = {}
-    for name in EXTRA_SECTIONS:
-        node = top.get(name)
-        if node is not None:
-            if not isinstance(node, yaml.MappingNode):
-                raise doc.error(node, name, f"expected a mapping, got {_describe(node)}")
-            extra[name] = doc.construct(node, name)
-            if name in _CHECKED_SECTIONS:
-                extra[name] = _read_checked_section(doc, node, name)
-    return Config(
+    core = Config(
         path=real_path,
-        repos=_frozen(repos),
-        machines=_frozen(_read_machines(doc, top.get("machines"), repos)),
+        repos=frozen_mapping(repos),
+        machines=frozen_mapping(_read_machines(doc, top.get("machines"), repos)),
         concurrency=_read_concurrency(doc, top.get("concurrency")),
         models=_read_models(doc, top.get("models")),
         worker=_read_worker(doc, top.get("worker")),
         board=_read_board(doc, top.get("board"), base_dir),
-        extra=_frozen(extra),
     )
+    extra: dict[str, Any] = {}
+    for name in EXTRA_SECTIONS:
+        node = top.get(name)
+        if node is not None:
+            extra[name] = _read_extra(doc, node, name, core)
+    return dataclasses.replace(core, extra=frozen_mapping(extra))
 
 
-# The extra sections whose keys are known today: typos and wrong types are errors.
-_CHECKED_SECTIONS: dict[str, dict[str, str]] = {
+# --- the extra sections ----------------------------------------------------------------------
+# `Config.extra` keeps each as the keys given (the defaults of reviews, smoke_tests and hooks
+# are their dataclasses' in `config`), but every key is known: typos and wrong types are errors.
+
+_Kind = Callable[[_Fields, str, Config], Any]
+
+
+def _url(f: _Fields, key: str, config: Config) -> str:
+    value = f.text(key)
+    if not re.match(r"https?://[^\s/]+", value):
+        hint = "e.g. https://ghe.example.com/api/v3"
+        raise f.doc.wrong(f.at(key), f.path(key), "an http(s) URL", hint)
+    if is_cleartext_url(value):
+        raise f.doc.error(
+            f.at(key),
+            f.path(key),
+            f"{value} is plain http to a host that is not this machine: the GitHub token "
+            f"would cross the network in clear",
+            hint=f"use https://{value[len('http://') :]}; http:// is only for loopback "
+            "hosts: 127.0.0.1, ::1, localhost",
+        )
+    return value
+
+
+def _model(f: _Fields, key: str, config: Config) -> str:
+    value = f.text(key)
+    try:
+        config.models.resolve(value)
+    except ConfigError as exc:
+        raise f.doc.error(f.at(key), f.path(key), exc.message, exc.hint) from None
+    return value
+
+
+def _machine_names(f: _Fields, key: str, config: Config) -> list[str]:
+    names = f.texts(key, "machine names")
+    for name, node, item_key in names:
+        if name not in config.machines:
+            hint = suggest(name, list(config.machines), "configured machines")
+            raise f.doc.error(node, item_key, f"unknown machine {name!r}", hint)
+    return [name for name, _, _ in names]
+
+
+def _strings(what: str) -> _Kind:
+    return lambda f, key, config: [text for text, _, _ in f.texts(key, what)]
+
+
+_READERS: dict[str, _Kind] = {
+    "bool": lambda f, key, config: f.boolean(key),
+    "count": lambda f, key, config: f.integer(key, 1),
+    "duration": lambda f, key, config: f.duration(key),
+    "seconds": lambda f, key, config: f.duration(key, allow_zero=True),
+    "text": lambda f, key, config: f.text(key),
+    "url": _url,
+    "model": _model,
+    "machines": _machine_names,
+    "commands": _strings("shell commands"),
+    "names": _strings("names (OWNER, MEMBER, a login)"),  # author associations or logins
+}
+
+# Each extra section's keys, and the kind of value each holds (read by `_READERS[kind]`).
+_EXTRA_KEYS: dict[str, dict[str, str]] = {
     "github": {"api_url": "url", "write_interval": "seconds"},
+    "reviews": {
+        "enabled": "bool",
+        "model": "model",
+        "max_rounds": "count",
+        "required_approvals": "count",
+    },
+    "smoke_tests": {
+        "enabled": "bool",
+        "commands": "commands",
+        "machines": "machines",
+        "timeout": "duration",
+    },
+    "hooks": dict.fromkeys(_keys(HooksConfig), "commands"),
     "forge": {"root": "text"},
     "briefings": {"dir": "text", "trusted_authors": "names"},
 }
 
 
-def _read_checked_section(doc: _Doc, node: yaml.Node, name: str) -> dict[str, Any]:
-    kinds = _CHECKED_SECTIONS[name]
+def _read_extra(doc: _Doc, node: yaml.Node, name: str, config: Config) -> dict[str, Any]:
+    if not isinstance(node, yaml.MappingNode):
+        raise doc.error(node, name, f"expected a mapping, got {_describe(node)}")
+    kinds = _EXTRA_KEYS[name]
     f = _Fields(doc, node, name, tuple(kinds), f"{name} settings")
-    out: dict[str, Any] = {}
-    for key, kind in kinds.items():
-        if f.get(key) is None:
-            continue
-        if kind == "seconds":
-            out[key] = f.duration(key, 0.0, allow_zero=True)
-            continue
-        if kind == "names":  # GitHub author associations (OWNER, …) or logins
-            out[key] = [text for text, _, _ in f.texts(key, "names (OWNER, MEMBER, a login)")]
-            continue
-        value = f.required_text(key, "a path" if kind == "text" else "a URL")
-        if kind == "url" and not re.match(r"https?://[^\s/]+", value):
-            raise doc.wrong(f.at(key), f.path(key), "an http(s) URL",
-                            "e.g. https://ghe.example.com/api/v3")  # fmt: skip
-        if kind == "url" and is_cleartext_url(value):
-            raise doc.error(
-                f.at(key),
-                f.path(key),
-                f"{value} is plain http to a host that is not this machine: the GitHub token "
-                f"would cross the network in clear",
-                hint=f"use https://{value[len('http://') :]}; http:// is only for loopback "
-                "hosts: 127.0.0.1, ::1, localhost",
-            )
-        out[key] = value
-    return out
+    return {k: _READERS[kind](f, k, config) for k, kind in kinds.items() if f.get(k) is not None}

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .assignment import TERMINAL, Assignment, Status
 from .board import Board
-from .config import Config, find_config, load_config
+from .config import Config, find_config
+from .config_load import load_config
 from .dispatch import Dispatcher
 from .errors import (
     CommandError,

@@ -1,4 +1,4 @@
-"""Tests for reading coordinator.yml: the happy path, every kind of mistake, lookup and init."""
+"""Tests for reading coordinator.yml: the happy path, every kind of mistake, lookup, the cache."""
 
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ import yaml
 
 from coordlib.config import (
     Config,
+    HooksConfig,
     MachineConfig,
     ModelsConfig,
-    discover_repos,
+    ReviewsConfig,
+    SmokeTestsConfig,
     find_config,
     is_secret_name,
-    load_config,
-    parse_config,
     parse_duration,
-    render_init_config,
     resolve_env,
 )
+from coordlib.config_load import load_config
+from coordlib.config_yaml import parse_config
 from coordlib.errors import ConfigError
 
 FULL = """\
@@ -90,7 +91,7 @@ board:
   keep_finished: 50
 
 github: {api_url: https://api.github.com}
-reviews: {required: 1}
+reviews: {required_approvals: 2}
 smoke_tests: {}
 hooks: {on_merge: [notify]}
 forge: {root: issues}
@@ -491,6 +492,90 @@ BAD = [
         ["of at least 0"],
         id="negative-keep",
     ),
+    pytest.param(
+        "reviews:\n  enabeld: true\n",
+        2,
+        "reviews.enabeld",
+        ["unknown key", "did you mean 'enabled'"],
+        id="reviews-unknown-key",
+    ),
+    pytest.param(
+        "reviews:\n  enabled: sure\n",
+        2,
+        "reviews.enabled",
+        ["expected true or false", "'sure'"],
+        id="reviews-enabled-not-bool",
+    ),
+    pytest.param(
+        "reviews:\n  max_rounds: 0\n",
+        2,
+        "reviews.max_rounds",
+        ["expected an integer of at least 1", "got 0"],
+        id="reviews-no-rounds",
+    ),
+    pytest.param(
+        "reviews:\n  required_approvals: one\n",
+        2,
+        "reviews.required_approvals",
+        ["expected an integer of at least 1", "'one'"],
+        id="reviews-approvals-not-int",
+    ),
+    pytest.param(
+        "reviews:\n  model: opuss\n",
+        2,
+        "reviews.model",
+        ["unknown model tier 'opuss'", "did you mean 'opus'", "full model id"],
+        id="reviews-unknown-tier",
+    ),
+    pytest.param(
+        "smoke_tests:\n  enabled: true\n  comands: [make smoke]\n",
+        3,
+        "smoke_tests.comands",
+        ["unknown key", "did you mean 'commands'"],
+        id="smoke-unknown-key",
+    ),
+    pytest.param(
+        "smoke_tests:\n  commands: make smoke\n",
+        2,
+        "smoke_tests.commands",
+        ["expected a list of shell commands", "write [make smoke]"],
+        id="smoke-commands-not-list",
+    ),
+    pytest.param(
+        "machines: [{name: gpu-box, host: h}]\nsmoke_tests:\n  machines: [gpu-box, gpu-bx]\n",
+        3,
+        "smoke_tests.machines[1]",
+        ["unknown machine 'gpu-bx'", "did you mean 'gpu-box'"],
+        id="smoke-unknown-machine",
+    ),
+    pytest.param(
+        "smoke_tests:\n  timeout: soon\n",
+        2,
+        "smoke_tests.timeout",
+        ["expected a duration above zero", "'soon'"],
+        id="smoke-bad-timeout",
+    ),
+    pytest.param(
+        "hooks:\n  on_merged: [notify]\n",
+        2,
+        "hooks.on_merged",
+        ["unknown key", "did you mean 'on_merge'"],
+        id="hooks-unknown-event",
+    ),
+    pytest.param(
+        "hooks:\n  on_done: notify\n",
+        2,
+        "hooks.on_done",
+        ["expected a list of shell commands", "write [notify]"],
+        id="hooks-not-list",
+    ),
+    pytest.param(
+        "hooks:\n  on_failed:\n    - [page, me]\n",
+        3,
+        "hooks.on_failed[0]",
+        ["expected a string", "got a list"],
+        id="hooks-command-not-string",
+    ),
 ]
 
 
@@ -510,6 +595,64 @@ def test_bad_config_names_file_line_and_key(
         assert f"{key}:" in message
     for fragment in fragments:
         assert fragment in message, message
+
+
+PIPELINE = """\
+machines: [{name: a, host: h}, {name: b, host: h}]
+reviews: {enabled: false, model: claude-opus-4-1, max_rounds: 5, required_approvals: 2}
+smoke_tests:
+  enabled: yes
+  commands: [make smoke, ./check --fast]
+  machines: [b]
+  timeout: 1h30m
+hooks:
+  on_dispatch: [notify dispatched]
+  on_needs_human: ["page me", 'echo "$X"']
+"""
+
+
+def test_pipeline_sections_read_as_written_with_typed_defaults(tmp_path: Path) -> None:
+    config = parse_config(PIPELINE, base_dir=tmp_path)
+    assert config.extra["reviews"] == {
+        "enabled": False,
+        "model": "claude-opus-4-1",
+        "max_rounds": 5,
+        "required_approvals": 2,
+    }
+    assert config.extra["smoke_tests"] == {
+        "enabled": True,
+        "commands": ["make smoke", "./check --fast"],
+        "machines": ["b"],
+        "timeout": 5400.0,
+    }
+    assert config.extra["hooks"] == {
+        "on_dispatch": ["notify dispatched"],
+        "on_needs_human": ["page me", 'echo "$X"'],
+    }
+    assert config.reviews == ReviewsConfig(
+        enabled=False, model="claude-opus-4-1", max_rounds=5, required_approvals=2
+    )
+    assert config.smoke_tests == SmokeTestsConfig(
+        enabled=True, commands=("make smoke", "./check --fast"), machines=("b",), timeout=5400.0
+    )
+    assert config.hooks == HooksConfig(
+        on_dispatch=("notify dispatched",), on_needs_human=("page me", 'echo "$X"')
+    )
+    assert Config.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+    partial = parse_config("reviews: {model: opus}\nhooks: {on_merge: [deploy]}\n")
+    assert partial.extra["reviews"] == {"model": "opus"}  # only what the file says
+    assert partial.reviews == ReviewsConfig(model="opus")
+    assert partial.smoke_tests == SmokeTestsConfig() and "smoke_tests" not in partial.extra
+    assert partial.hooks == HooksConfig(on_merge=("deploy",))
+
+
+def test_pipeline_section_keys_are_their_dataclass_fields() -> None:
+    from coordlib.config_yaml import _EXTRA_KEYS
+
+    sections = {"reviews": ReviewsConfig, "smoke_tests": SmokeTestsConfig, "hooks": HooksConfig}
+    for name, cls in sections.items():
+        assert list(_EXTRA_KEYS[name]) == [f.name for f in dataclasses.fields(cls)], name
 
 
 def test_yaml_syntax_error_keeps_its_cause(tmp_path: Path) -> None:
@@ -664,73 +807,6 @@ def test_find_config_errors(tmp_path: Path) -> None:
     assert "coord init" in message
 
 
-# --- discover_repos and render_init_config ----------------------------------------------------
-
-
-def git_init(path: Path, branch: str) -> Path:
-    path.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", "-b", branch, str(path)], check=True)
-    return path
-
-
-def test_discover_and_render_init_config(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    alpha = git_init(src / "alpha", "trunk")
-    beta = git_init(src / "my beta!", "trunk")
-    (src / "notes").mkdir()
-    (src / "README").write_text("not a repo")
-    worktree = src / "gamma"
-    worktree.mkdir()
-    (worktree / ".git").write_text("gitdir: /elsewhere\n")  # linked worktrees have a .git file
-
-    found = discover_repos([src, alpha, src])
-    assert found == [alpha, worktree, beta] == sorted(found)
-    assert discover_repos([alpha]) == [alpha]
-
-    text = render_init_config([alpha, beta], machine_name="laptop")
-    config = parse_config(text, path=tmp_path / "coordinator.yml")
-    assert list(config.repos) == ["alpha", "my-beta"]
-    assert config.repo("alpha").default_branch == "trunk"
-    assert config.repo("my-beta").default_branch == "trunk"
-    machine = config.machine("laptop")
-    assert machine.is_local
-    assert machine.repo_path("alpha") == str(alpha)
-    assert machine.repo_path("my-beta") == str(beta)
-    assert config.board.path == tmp_path / ".coord" / "board.json"
-    for knob in ("models", "stall_timeout", "identity_file", "user:", "host:"):
-        assert knob in text
-
-
-def test_init_config_falls_back_to_main_and_handles_no_repos(tmp_path: Path) -> None:
-    not_a_repo = tmp_path / "plain"
-    not_a_repo.mkdir()
-    config = parse_config(render_init_config([not_a_repo]))
-    assert config.repo("plain").default_branch == "main"
-    empty = parse_config(render_init_config([]))
-    assert empty.repos == {}
-    assert list(empty.machines) == ["local"]
-    with pytest.raises(ConfigError, match="not a valid machine name"):
-        render_init_config([], machine_name="my laptop")
-
-
-def test_init_config_ssh_example_parses_once_uncommented(tmp_path: Path) -> None:
-    text = render_init_config([git_init(tmp_path / "api", "main")])
-    start = text.index("  # A machine reached over SSH")
-    end = text.index("\n\n", start)
-    example = text[start:end].splitlines()[1:]
-    uncommented = "\n".join(line.replace("  # ", "  ", 1) for line in example)
-    config = parse_config(text[:start] + uncommented + text[end:])
-    gpu = config.machine("gpu-box")
-    assert (gpu.host, gpu.user, gpu.port, gpu.max_workers) == ("gpu-box.example.com", "me", 22, 4)
-    assert gpu.identity_file is not None and gpu.identity_file.endswith("/.ssh/id_ed25519")
-    assert dict(gpu.env) == {"ANTHROPIC_API_KEY": "${ANTHROPIC_API_KEY}"}
-
-
-def test_discover_repos_rejects_a_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not a directory"):
-        discover_repos([tmp_path / "nope"])
-
-
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
@@ -867,9 +943,7 @@ def test_cache_notices_an_edit_and_survives_a_broken_entry(
     assert len(list(cache_home.iterdir())) == 1  # one entry per config file, rewritten
 
 
-def test_cache_never_keeps_a_bad_config_or_one_json_would_change(
-    tmp_path: Path, cache_home: Path
-) -> None:
+def test_cache_never_keeps_a_bad_config(tmp_path: Path, cache_home: Path) -> None:
     path = write(tmp_path, "machines:\n  - name: a\n    port: 22\n")  # no host
     for _ in range(2):
         with pytest.raises(ConfigError) as info:
@@ -877,12 +951,24 @@ def test_cache_never_keeps_a_bad_config_or_one_json_would_change(
         assert info.value.line == 2
     assert not cache_home.exists()
 
-    dated = write(tmp_path, "hooks: {since: 2024-01-02}\n")  # YAML makes that a date
-    assert load_config(dated).extra["hooks"]["since"].year == 2024
-    assert load_config(dated).extra["hooks"]["since"].year == 2024  # parsed again, still a date
+    load_config(write(tmp_path, "machines: [{name: a, host: h}]\n"), cache=False)
     assert not cache_home.exists()
 
-    load_config(write(tmp_path, "machines: [{name: a, host: h}]\n"), cache=False)
+
+def test_cache_never_keeps_a_config_json_would_change(
+    tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime
+
+    import coordlib.config_yaml
+
+    # Every section the reader accepts holds JSON types; a Config with a date could only come
+    # from a future section that forgot to, so stand in for that parser.
+    dated = Config(extra={"forge": {"since": datetime.date(2024, 1, 2)}})
+    monkeypatch.setattr(coordlib.config_yaml, "parse_config", lambda *a, **k: dated)
+    path = write(tmp_path, "machines: [{name: a, host: h}]\n")
+    assert load_config(path).extra["forge"]["since"].year == 2024
+    assert load_config(path).extra["forge"]["since"].year == 2024  # parsed again, still a date
     assert not cache_home.exists()
 
 
@@ -890,7 +976,7 @@ def test_a_cached_load_does_not_import_yaml(tmp_path: Path, cache_home: Path) ->
     path = write(tmp_path, FULL)
     load_config(path)
     code = (
-        "import sys; from coordlib.config import load_config; "
+        "import sys; from coordlib.config_load import load_config; "
         f"load_config({str(path)!r}); print('yaml' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -84,7 +84,8 @@ def test_example_script(tmp_path: Path) -> None:
 
 
 def test_the_example_config_parses() -> None:
-    from coordlib.config import load_config, resolve_env
+    from coordlib.config import resolve_env
+    from coordlib.config_load import load_config
 
     config = load_config(Path(__file__).parents[1] / "coordinator.example.yml")
     assert list(config.machines) == ["laptop", "gpu-box", "builder"]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordlib.config import parse_config
+from coordlib.config_yaml import parse_config
 from coordlib.errors import ConfigError, ForgeError
 from coordlib.forge import LocalForge, open_forge
 from coordlib.testing import GitRepo, make_git_repo

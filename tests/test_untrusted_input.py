@@ -20,7 +20,7 @@ import yaml
 from coordlib import Status, UsageError
 from coordlib.assignment import Assignment
 from coordlib.briefings import MAX_BRIEFING_BYTES, check_briefing, issue_context
-from coordlib.config import parse_config
+from coordlib.config_yaml import parse_config
 from coordlib.forge.base import Comment, Issue
 from coordlib.markers import (
     MARKER_VERSION,
