@@ -220,7 +220,7 @@ def wait(state: State, id: str, timeout: float | None, as_json: bool) -> None:
 @pass_state
 def log(state: State, id: str, follow: bool, stderr: bool) -> None:
     """Print a worker's raw stream-json output (or its stderr)."""
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer  # (click.get_binary_stream is deprecated from click 8.5)
     # Raw bytes for a pipe or a file; on a terminal, control characters are made visible.
     shown = _Visible() if out.isatty() else bytes
 
