@@ -159,12 +159,12 @@ def profile_status(config: Path) -> tuple[float, str, dict[str, float]]:
     c.board.history()
     parts["board.history() (10,000 archived)"] = time.perf_counter() - t0
     try:  # the probe alone: internal API, so only informative
-        from coordlib.runtime.command import remote_argv
+        from coordlib.runtime.protocol import Scope, Want, status_command
 
         m = c.config.machine("local")
-        ids = [f"{a['id']}:{a.get('events_offset', 0)}:8388608" for a in c.board.all()
-               if a["status"] == "running"]  # fmt: skip
-        argv = remote_argv("status", m.workdir, m.tmux_socket, "live", *ids)
+        wants = [Want(a["id"], a.get("events_offset", 0), 8388608) for a in c.board.all()
+                 if a["status"] == "running"]  # fmt: skip
+        argv = status_command(m.workdir, m.tmux_socket, Scope.LIVE, wants)
 
         async def probe() -> None:
             await c.transport("local").run(argv, what="probe")

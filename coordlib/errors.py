@@ -16,7 +16,9 @@
     │   ├── CommandError       a remote command exited non-zero (carries argv, exit status,
     │   │                      stdout, stderr, like subprocess.CalledProcessError)
     │   ├── CommandTimeout     a remote command ran past its timeout  (also TimeoutError)
-    │   └── DispatchError      a worker could not be started (worktree, tmux, launcher)
+    │   ├── DispatchError      a worker could not be started (worktree, tmux, launcher)
+    │   └── ProtocolError      a machine's answer is not in the remote protocol's format
+    │                          (runtime/protocol.py)  (also ValueError)
     ├── WaitTimeout            `wait` gave up before the assignment ended  (also TimeoutError)
     └── ForgeError             the forge (local issues, GitHub) refused or failed a request
         ├── NotFoundError      no such issue, pull request or repository  (also KeyError)
@@ -48,6 +50,7 @@ __all__ = [
     "MachineError",
     "MergeConflictError",
     "NotFoundError",
+    "ProtocolError",
     "UnreachableError",
     "UsageError",
     "WaitTimeout",
@@ -112,7 +115,17 @@ class MachineError(CoordError):
 
 
 class UnreachableError(MachineError, ConnectionError):
-    """The machine could not be reached."""
+    """The machine could not be reached.
+
+    `command_sent` tells whether a command had reached the machine when the link was lost
+    (it may have run); when false, nothing was started there.
+    """
+
+    def __init__(
+        self, message: str, *, machine: str | None = None, command_sent: bool = False
+    ) -> None:
+        self.command_sent = command_sent
+        super().__init__(message, machine=machine)
 
 
 class AuthError(MachineError, PermissionError):
@@ -152,6 +165,10 @@ class CommandTimeout(MachineError, TimeoutError):
 
 class DispatchError(MachineError):
     """A worker could not be started."""
+
+
+class ProtocolError(MachineError, ValueError):
+    """A machine answered a remote command in a form the protocol does not allow."""
 
 
 class WaitTimeout(CoordError, TimeoutError):

@@ -47,8 +47,9 @@ import coordlib
 from cli.main import coord
 from coordlib import CoordError, Coordinator
 from coordlib.board import Board
-from coordlib.runtime.command import LaunchSpec, encode_env, join, remote_argv, remote_script
-from coordlib.runtime.probe import parse_probe
+from coordlib.runtime.answers import parse_status
+from coordlib.runtime.command import LaunchSpec, encode_env, join
+from coordlib.runtime.protocol import Scope, Want, launcher_script, remote_script, status_command
 from coordlib.testing import SSHServer
 
 from .conftest import Setup
@@ -800,11 +801,11 @@ def test_a_dead_launcher_that_nobody_reaped_is_not_alive(tmp_path: Path) -> None
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         (run / "launcher.pid").write_text(f"{zombie.pid} {boot} {stat[19]}\n")
         out = subprocess.run(
-            remote_argv("status", str(tmp_path), "ct-none", "api-1-abcd:0:10"),
+            status_command(str(tmp_path), "ct-none", Scope.ALL, [Want("api-1-abcd", 0, 10)]),
             capture_output=True,
             check=True,
         )
-        assert not parse_probe(out.stdout).runs["api-1-abcd"].alive
+        assert not parse_status(out.stdout).runs["api-1-abcd"].alive
     finally:
         zombie.wait()
 
@@ -958,7 +959,7 @@ def test_disk_fills_during_the_run_is_reported_as_a_full_disk(
 #
 # tests/test_command.py fuzzes `join`, `slugify`, `LaunchSpec.render` and `encode_env` one by
 # one.  Here the pieces are fuzzed as they are put together: a whole `remote_argv` through the
-# login shells sshd may use (bash, dash), and the real launcher (`coord-run run`) handing the
+# login shells sshd may use (bash, dash), and the real launcher (launcher.sh) handing the
 # briefing and arguments to the worker, then a whole hostile dispatch over SSH.
 
 SANDBOX_CANARY = "PWNED"  # the fragments of test_command touch this, relative to the cwd
@@ -978,7 +979,7 @@ def shell_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert list(cwd.iterdir()) == [], "something ran in the sandbox"
 
 
-VERB = st.one_of(st.sampled_from(["dispatch", "status", "stop", "tail", "run"]), WORD)
+VERB = st.one_of(st.sampled_from(["dispatch", "status", "stop", "tail", "clean"]), WORD)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -997,10 +998,14 @@ VERB = st.one_of(st.sampled_from(["dispatch", "status", "stop", "tail", "run"]),
         "10",
         "20",
         "30",
+        "9000",
         "new",
     ],
 )
-@example(verb="status", args=["~/.coord", "coord", "api-1-abcd:0:8388608", "'\n`touch PWNED`"])
+@example(
+    verb="status",
+    args=["~/.coord", "coord", "live", "api-1-abcd", "0", "8388608", "'\n`touch PWNED`"],
+)
 def test_remote_argv_reaches_the_program_exactly_through_bash_and_dash(
     shell_sandbox: Path, verb: str, args: list[str]
 ) -> None:
@@ -1045,7 +1050,7 @@ def run_launcher(
     (run / "events.jsonl").touch()
     os.mkfifo(run / "env.fifo")
     proc = subprocess.Popen(
-        ["bash", "-c", remote_script(), "coord-run", "run", str(run)],
+        ["bash", "-c", launcher_script(), "coord-launcher", str(run)],
         cwd=root / "cwd",
         stdin=subprocess.DEVNULL,
         env={"PATH": BASE_PATH, "HOME": str(root)},

@@ -1,4 +1,4 @@
-"""The one quoting place: `join`, `slugify`, `LaunchSpec.render`, `encode_env`, `remote_argv`.
+"""The one quoting place: `join`, `slugify`, `LaunchSpec.render`, `encode_env`, `status_command`.
 
 Everything here is checked against real shells (bash, and /bin/sh for `join`), never
 against our own idea of how quoting works.
@@ -17,16 +17,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from coordlib.runtime.command import (
-    LaunchSpec,
-    branch_name,
-    encode_env,
-    join,
-    quote,
-    remote_argv,
-    slugify,
-)
-from coordlib.runtime.probe import parse_probe
+from coordlib.runtime.answers import parse_status
+from coordlib.runtime.command import LaunchSpec, branch_name, encode_env, join, quote, slugify
+from coordlib.runtime.protocol import Scope, Want, status_command
 
 SHELLS = ["bash", "sh"]
 MARKER = "PWNED"
@@ -326,7 +319,7 @@ def test_launch_env_refuses_nul(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ encode_env
 
-# What the launcher does with the stream (see cmd_run in remote.sh)...
+# What the launcher does with the stream (see cmd_run in launcher.sh)...
 _RECEIVE = r"""
 wenv=() complete=0
 while IFS= read -r -d '' rec; do
@@ -409,13 +402,13 @@ def test_encode_env_rejects_nul_in_values(value: str) -> None:
         encode_env({"GOOD": "fine", "BAD": value})
 
 
-# ------------------------------------------------------------------ remote_argv("status")
+# ------------------------------------------------------------------ status_command
 
 
-def run_status(workdir: Path, *wants: str) -> bytes:
+def run_status(workdir: Path, scope: Scope, *wants: Want) -> bytes:
     socket = f"ct{secrets.token_hex(4)}"  # no tmux server listens here
     done = subprocess.run(
-        remote_argv("status", str(workdir), socket, *wants), capture_output=True, timeout=30
+        status_command(str(workdir), socket, scope, wants), capture_output=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -423,14 +416,13 @@ def run_status(workdir: Path, *wants: str) -> bytes:
 
 def test_status_of_a_nonexistent_workdir_is_a_parseable_empty_probe(tmp_path: Path) -> None:
     before = time.time()
-    out = run_status(tmp_path / "does not exist", "api-1-abcd:0:1000")
-    probe = parse_probe(out)
-    assert out.startswith(b"coord-probe 1 ")
+    out = run_status(tmp_path / "does not exist", Scope.ALL, Want("api-1-abcd", 0, 1000))
+    probe = parse_status(out)
+    assert out.startswith(b"coord-run 2 status ")
     assert out.endswith(b"end\n")
     assert probe.boot_id
     assert before - 1 <= probe.now <= time.time() + 1
     assert probe.runs == {}
-    assert probe.tmux_sessions == set()
     assert probe.missing == {"api-1-abcd"}
     assert not (tmp_path / "does not exist").exists()
 
@@ -446,7 +438,9 @@ def test_status_reads_events_by_offset_and_limit(tmp_path: Path) -> None:
     idle_run.mkdir()
     (idle_run / "events.jsonl").write_bytes(b"{}\n")
 
-    probe = parse_probe(run_status(tmp_path, "r-done:18:1000", "r-gone:0:10"))
+    probe = parse_status(
+        run_status(tmp_path, Scope.ALL, Want("r-done", 18, 1000), Want("r-gone", 0, 10))
+    )
     assert set(probe.runs) == {"r-done", "r-idle"}
     done = probe.runs["r-done"]
     assert done.exit == {"exit_code": 0, "reason": "exited"}
@@ -460,9 +454,10 @@ def test_status_reads_events_by_offset_and_limit(tmp_path: Path) -> None:
     assert idle.events is None
     assert probe.missing == {"r-gone"}
 
-    limited = parse_probe(run_status(tmp_path, "r-done:0:5")).runs["r-done"]
+    limited = parse_status(run_status(tmp_path, Scope.ALL, Want("r-done", 0, 5))).runs["r-done"]
     assert limited.events == events[:5]
-    past_end = parse_probe(run_status(tmp_path, f"r-done:{len(events) + 10}:100")).runs["r-done"]
+    past = Want("r-done", len(events) + 10, 100)
+    past_end = parse_status(run_status(tmp_path, Scope.ALL, past)).runs["r-done"]
     assert past_end.events == b""
 
 
@@ -494,16 +489,15 @@ def test_status_live_scope_reads_the_live_index_not_every_run_dir(tmp_path: Path
         dead.mkdir()
         (dead / "launcher.pid").write_text("1 another-boot 1\n")
         (index / dead.name).touch()
-        wants = ("asked-ended:0:1000", "asked-live:0:1000")
+        wants = (Want("asked-ended", 0, 1000), Want("asked-live", 0, 1000))
 
-        everything = parse_probe(run_status(tmp_path, "all", *wants))
+        everything = parse_status(run_status(tmp_path, Scope.ALL, *wants))
         assert set(everything.runs) == {*names, dead.name}
         assert not everything.runs[dead.name].alive and everything.runs[dead.name].exit is None
         assert everything.runs["unasked-ended"].exit == {"reason": "ended"}
-        assert parse_probe(run_status(tmp_path, *wants)).runs == everything.runs  # all: default
         assert len(list(index.iterdir())) == 4  # scope all never changes the index
 
-        live = parse_probe(run_status(tmp_path, "live", *wants))
+        live = parse_status(run_status(tmp_path, Scope.LIVE, *wants))
         # A run started before the index existed is found when asked about, and by `resume`.
         assert set(live.runs) == {"asked-ended", "asked-live", "unasked-live"}
         for name in ("asked-ended", "asked-live"):  # both asked: both get their events

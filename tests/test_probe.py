@@ -1,12 +1,15 @@
-"""`parse_probe`: the framed text ``coord-run status`` prints, parsed from literal bytes."""
+"""`parse_status`: the frame ``coord-run status`` prints, parsed from literal bytes."""
 
 from __future__ import annotations
 
 import pytest
 
-from coordlib.runtime.probe import MachineProbe, ProbeError, parse_probe
+from coordlib.errors import MachineError, ProtocolError
+from coordlib.runtime.answers import MachineProbe, parse_status
 
-HEADER = b"coord-probe 1 boot=0b7c5e1e-aaaa-bbbb-cccc-123456789abc now=1700000000.250000\n"
+HEADER = b"coord-run 2 status boot=0b7c5e1e-aaaa-bbbb-cccc-123456789abc now=1700000000.250000\n"
+parse_probe = parse_status
+ProbeError = ProtocolError
 
 
 def probe(*lines: bytes) -> MachineProbe:
@@ -17,20 +20,40 @@ def test_header_fields() -> None:
     p = probe()
     assert p.boot_id == "0b7c5e1e-aaaa-bbbb-cccc-123456789abc"
     assert p.now == pytest.approx(1700000000.25)
-    assert p.tmux_sessions == set()
     assert p.runs == {}
     assert p.missing == set()
 
 
 def test_header_without_fields_gives_defaults() -> None:
-    p = parse_probe(b"coord-probe 1\nend\n")
+    p = parse_probe(b"coord-run 2 status\nend\n")
     assert p.boot_id == ""
     assert p.now == 0.0
 
 
-def test_tmux_sessions() -> None:
-    p = probe(b"tmux coord-api-1-ab12\n", b"tmux coord-web-7-ffff\n", b"tmux other\n")
-    assert p.tmux_sessions == {"coord-api-1-ab12", "coord-web-7-ffff", "other"}
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"coord-probe 1 boot=b now=1\n",  # the format before the protocol was declared
+        b"coord-run 1 status boot=b now=1\n",
+        b"coord-run 3 status boot=b now=1\n",
+        b"coord-run 2 stop\n",
+        b"coord-run 2\n",
+    ],
+)
+def test_an_answer_of_another_version_or_verb_is_refused(header: bytes) -> None:
+    with pytest.raises(ProbeError, match=r"incomplete|not protocol 2's answer to status"):
+        parse_probe(header + b"end\n")
+
+
+def test_a_tmux_line_is_no_longer_part_of_the_answer() -> None:
+    with pytest.raises(ProbeError, match="unexpected line"):
+        probe(b"tmux coord-api-1-ab12\n")
+
+
+def test_a_login_scripts_noise_before_the_header_is_passed_over() -> None:
+    noise = b"Welcome to box!\nrun fake alive=1\n\xff\n"
+    p = parse_probe(noise + HEADER + b"run r1 alive=1 size=3\nexit \nend\n")
+    assert p.boot_id.startswith("0b7c5e1e") and set(p.runs) == {"r1"}
 
 
 def test_runs_with_alive_and_size() -> None:
@@ -137,21 +160,19 @@ def test_missing() -> None:
 
 def test_everything_together() -> None:
     p = probe(
-        b"tmux coord-r1\n",
         b"run r1 alive=1 size=8\n",
         b"exit \n",
         b"events 0 8\n",
         b"end\nrun \n",
         b"missing r9\n",
     )
-    assert p.tmux_sessions == {"coord-r1"}
     assert p.runs["r1"].events == b"end\nrun "
     assert p.missing == {"r9"}
 
 
 def test_blank_lines_are_ignored_and_text_after_end_too() -> None:
-    p = parse_probe(HEADER + b"\n" + b"tmux a\n" + b"\n" + b"end\n" + b"garbage that is ignored\n")
-    assert p.tmux_sessions == {"a"}
+    p = parse_probe(HEADER + b"\n" + b"missing a\n" + b"\n" + b"end\n" + b"garbage, ignored\n")
+    assert p.missing == {"a"}
 
 
 @pytest.mark.parametrize(
@@ -193,7 +214,7 @@ def test_empty_output() -> None:
 
 
 def test_last_line_without_newline() -> None:
-    with pytest.raises(ProbeError, match="truncated probe output"):
+    with pytest.raises(ProbeError, match="truncated at byte"):
         parse_probe(HEADER + b"end")
 
 
@@ -202,7 +223,7 @@ def test_last_line_without_newline() -> None:
     [b"bogus line\n", b"coord-run: something went wrong\n", b"RUN r1 alive=1 size=1\n"],
 )
 def test_unknown_line(line: bytes) -> None:
-    with pytest.raises(ProbeError, match="unexpected probe line"):
+    with pytest.raises(ProbeError, match="unexpected line"):
         parse_probe(HEADER + line + b"end\n")
 
 
@@ -217,6 +238,8 @@ def test_exit_or_events_before_any_run(line: bytes) -> None:
         parse_probe(HEADER + line + b"end\n")
 
 
-def test_probe_error_is_a_value_error() -> None:
-    # The coordinator turns ValueError from parsing into an "unreadable status output" error.
-    assert issubclass(ProbeError, ValueError)
+def test_probe_error_is_a_machine_error_and_a_value_error() -> None:
+    # The coordinator reports a CoordError from parsing as that machine's error.
+    assert issubclass(ProbeError, MachineError) and issubclass(ProbeError, ValueError)
+    with pytest.raises(ProtocolError, match=r"^box: unreadable status answer: incomplete"):
+        parse_status(b"", machine="box")

@@ -5,9 +5,10 @@
    too long", and no user can read it in ``ps``.
 2. `LocalTransport` starts every command from an SSH login's environment: the tmux server
    it starts (and so every session and launcher) never sees the coordinator's secrets.
-3. Every verb of coord-run checks every argument (ids, numbers, choices) before it uses
-   any, and so does `remote_argv` on the Python side: an id is never evaluated, never
-   leaves the runs dir, and a bad argument exits 2 having touched nothing.
+3. Every verb of coord-run (and its launcher) checks every argument (ids, numbers,
+   choices) before it uses any, and so does `remote_argv` on the Python side: an id is
+   never evaluated, never leaves the runs dir, and a bad argument exits 2 having touched
+   nothing.
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ from hypothesis import strategies as st
 
 from coordlib import Status
 from coordlib.assignment import ID_PATTERN
-from coordlib.errors import UsageError
-from coordlib.runtime.command import check_args, remote_argv, remote_script, script_hash
+from coordlib.errors import ProtocolError, UsageError
+from coordlib.runtime.answers import parse_clean, parse_status
 from coordlib.runtime.local import login_env
-from coordlib.runtime.probe import ProbeError, parse_probe
+from coordlib.runtime.protocol import (
+    ExitCode,
+    ExitReason,
+    check_args,
+    launcher_hash,
+    launcher_script,
+    remote_argv,
+    remote_script,
+)
 from coordlib.testing.model_server import ModelServer, Scenario, Turn, claude_env, text
 
 from .conftest import FAKE_CLAUDE, Setup
@@ -319,8 +328,8 @@ def valid_args(root: Path) -> dict[str, list[str]]:
     wd = str(root / "wd")
     return {
         "dispatch": [wd, RUN, str(root / "repo"), f"{wd}/worktrees/api/{RUN}", "issue-1-x-r2",
-                     "main", "ct-none", script_hash(), "10", "20", "30", "new"],
-        "status": [wd, "ct-none", "live", f"{RUN}:0:100"],
+                     "main", "ct-none", launcher_hash(), "10", "20", "30", "40", "new"],
+        "status": [wd, "ct-none", "live", RUN, "0", "100"],
         "stop": [wd, RUN],
         "tail": [wd, RUN, "0", "events.jsonl", "0"],
         "clean": [wd, "check", "1"],
@@ -329,14 +338,9 @@ def valid_args(root: Path) -> dict[str, list[str]]:
 
 # (verb, index of the argument, how the value goes in): every checked argument
 POSITIONS = [
-    *(("dispatch", i, "{}") for i in range(12)),
+    *(("dispatch", i, "{}") for i in range(13)),
     *((verb, 0, "{}") for verb in ("status", "stop", "tail", "clean")),  # workdirs
-    ("status", 1, "{}"),
-    ("status", 2, "{}"),
-    ("status", 3, "{}"),
-    ("status", 3, "{}:0:100"),
-    ("status", 3, RUN + ":{}:100"),
-    ("status", 3, RUN + ":0:{}"),
+    *(("status", i, "{}") for i in (1, 2, 3, 4, 5)),  # socket, scope, then id offset limit
     ("stop", 1, "{}"),
     *(("tail", i, "{}") for i in (1, 2, 3, 4)),
     ("clean", 1, "{}"),
@@ -355,8 +359,17 @@ def coord_run(
     root: Path, verb: str, *args: str, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
     """Run one verb of the real script through real bash, with no Python check in front."""
+    return _bash(root, [remote_script(), "coord-run", verb, *args], stdin)
+
+
+def coord_launcher(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the real launcher, as tmux does, with whatever arguments."""
+    return _bash(root, [launcher_script(), "coord-launcher", *args], b"")
+
+
+def _bash(root: Path, args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        ["bash", "--norc", "-c", remote_script(), "coord-run", verb, *args],
+        ["bash", "--norc", "-c", *args],
         input=stdin,
         cwd=root / "cwd",
         env={"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8"},
@@ -393,7 +406,7 @@ def test_every_verb_refuses_a_hostile_argument_and_touches_nothing(
             continue  # a value this argument may take (a number where one is wanted, ...)
         done = coord_run(sandbox, verb, *args)
         assert not list(sandbox.rglob(CANARY)), (verb, index, args)
-        assert (done.returncode, done.stdout) == (2, b""), (verb, index, args, done.stderr)
+        assert (done.returncode, done.stdout) == (ExitCode.USAGE, b""), (verb, index, args)
         assert done.stderr.startswith(f"coord-run: {verb}: ".encode()), done.stderr
         assert b"\n" not in done.stderr.rstrip(b"\n"), done.stderr  # one line, nothing raw
     # clean gets its ids on stdin: a bad one is refused by its own record.
@@ -401,13 +414,16 @@ def test_every_verb_refuses_a_hostile_argument_and_touches_nothing(
         done = coord_run(sandbox, "clean", str(sandbox / "wd"), "remove", "0",
                          stdin=value.encode() + b"\0\0")  # fmt: skip
         assert done.returncode == 0, done.stderr
-        line = json.loads(done.stdout.splitlines()[0])
+        (line,) = parse_clean(done.stdout).values()
         assert (line["run"], line["note"]) == ("refused", "not a run id"), line
-    # run (started by dispatch inside tmux) takes a run dir named by an id.
+    # The launcher (started by dispatch inside tmux) takes a run dir named by an id.
     if not ID_PATTERN.fullmatch(value) and "/" not in value:
-        done = coord_run(sandbox, "run", str(sandbox / "wd" / "runs") + "/" + value)
-        assert done.returncode in (2, 3), done.stderr  # 3: no such run dir
+        done = coord_launcher(sandbox, str(sandbox / "wd" / "runs") + "/" + value)
+        assert done.returncode in (ExitCode.USAGE, ExitCode.NO_RUN), done.stderr
         assert done.stderr.startswith(b"coord-run: run: "), done.stderr
+    for args in ([], ["a", "b"]):
+        done = coord_launcher(sandbox, *args)
+        assert done.returncode == ExitCode.USAGE, done.stderr
     assert snapshot(sandbox) == before
     assert not list(sandbox.rglob(CANARY))
 
@@ -420,27 +436,27 @@ def test_every_verb_refuses_a_hostile_argument_and_touches_nothing(
 def test_the_script_takes_every_id_the_python_check_takes(sandbox: Path, value: str) -> None:
     wd = str(sandbox / "wd")
     for verb, args, code in (
-        ("stop", [wd, value], 3),  # no such run
-        ("tail", [wd, value, "0", "events.jsonl", "0"], 3),
-        ("status", [wd, "ct-none", "live", f"{value}:0:10"], 0),
+        ("stop", [wd, value], ExitCode.NO_RUN),
+        ("tail", [wd, value, "0", "events.jsonl", "0"], ExitCode.NO_RUN),
+        ("status", [wd, "ct-none", "live", value, "0", "10"], ExitCode.OK),
     ):
         check_args(verb, args)
         done = coord_run(sandbox, verb, *args)
         assert done.returncode == code, (verb, value, done.stderr)
         if verb == "status":
-            assert parse_probe(done.stdout).missing == {value}
+            assert parse_status(done.stdout).missing == {value}
 
 
 @pytest.mark.parametrize(
     "want",
     [
-        f"{RUN}:0:maxb[$(touch {CANARY})]",
-        f"{RUN}:want[$(touch {CANARY})]:10",
-        f"x$(touch {CANARY}):0:10",
+        (RUN, "0", f"maxb[$(touch {CANARY})]"),
+        (RUN, f"want[$(touch {CANARY})]", "10"),
+        (f"x$(touch {CANARY})", "0", "10"),
     ],
 )
 def test_the_status_probe_never_evaluates_an_id_an_offset_or_a_limit(
-    tmp_path: Path, want: str
+    tmp_path: Path, want: tuple[str, str, str]
 ) -> None:
     # Before: ((n > maxb[$id])) evaluated the limit, and the id inside it, as arithmetic
     # (whose array subscripts run $(…)); $((size - off)) did the same with the offset.
@@ -450,9 +466,9 @@ def test_the_status_probe_never_evaluates_an_id_an_offset_or_a_limit(
         (run / "events.jsonl").write_text('{"type":"system"}\n')
         (run / "exit.json").write_text('{"exit_code":0,"reason":"exited"}\n')
     (tmp_path / "cwd").mkdir()
-    done = coord_run(tmp_path, "status", str(tmp_path / "wd"), "ct-none", "all", want)
+    done = coord_run(tmp_path, "status", str(tmp_path / "wd"), "ct-none", "all", *want)
     assert not list(tmp_path.rglob(CANARY))
-    assert (done.returncode, done.stdout) == (2, b""), done.stderr
+    assert (done.returncode, done.stdout) == (ExitCode.USAGE, b""), done.stderr
     assert done.stderr.startswith(b"coord-run: status: "), done.stderr
 
 
@@ -460,7 +476,7 @@ def test_stop_and_tail_never_leave_the_runs_dir(sandbox: Path) -> None:
     victim = sandbox / "wd" / "victim"
     for verb, args in (("stop", ["../victim"]), ("tail", ["../victim", "0", "events.jsonl", "0"])):
         done = coord_run(sandbox, verb, str(sandbox / "wd"), *args)
-        assert done.returncode == 2 and b"not an assignment id" in done.stderr, done.stderr
+        assert done.returncode == ExitCode.USAGE and b"not an assignment id" in done.stderr
     assert list(victim.iterdir()) == []
 
 
@@ -483,9 +499,9 @@ def test_status_passes_over_run_dirs_whose_names_are_not_ids(tmp_path: Path) -> 
     "line", [b"run ../x alive=1 size=1\n", b"run a[$(id)] alive=1\n", b"missing ../../etc\n"]
 )
 def test_a_probe_naming_a_run_by_anything_but_an_id_is_malformed(line: bytes) -> None:
-    header = b"coord-probe 1 boot=b now=1\n"
-    with pytest.raises(ProbeError, match="bad id"):
-        parse_probe(header + line + b"exit \nend\n")
+    header = b"coord-run 2 status boot=b now=1\n"
+    with pytest.raises(ProtocolError, match="bad id"):
+        parse_status(header + line + b"exit \nend\n")
 
 
 def test_the_launcher_refuses_limits_that_are_not_numbers(tmp_path: Path) -> None:
@@ -497,9 +513,9 @@ def test_the_launcher_refuses_limits_that_are_not_numbers(tmp_path: Path) -> Non
         f"COORD_STALL_MS='a[$(touch {CANARY})]'\nCOORD_MAXRT_MS=1000\nCOORD_GRACE_MS=1000\n"
         "COORD_POLL=0.1\n"
     )
-    done = coord_run(tmp_path, "run", str(run))
-    assert done.returncode == 126
-    assert json.loads((run / "exit.json").read_text())["reason"] == "crashed"
+    done = coord_launcher(tmp_path, str(run))
+    assert done.returncode == ExitCode.LAUNCH_BAD_ENV
+    assert json.loads((run / "exit.json").read_text())["reason"] == ExitReason.CRASHED
     assert "not a number" in (run / "launcher.log").read_text()
     assert not list(tmp_path.rglob(CANARY))
 
@@ -508,8 +524,9 @@ def test_the_launcher_refuses_limits_that_are_not_numbers(tmp_path: Path) -> Non
 
 GOOD = {
     "dispatch": ["~/.coord", "api-42-1f3a", "~/src/my repo", "~/.coord/worktrees/api/api-42-1f3a",
-                 "issue-42-fix-login", "main", "coord", "0123456789ab", "10", "0", "300", "new"],
-    "status": ["~/.coord", "coord", "live", "api-42-1f3a:0:8388608", "b_2:17:1"],
+                 "issue-42-fix-login", "main", "coord", "0123456789ab", "10", "0", "300", "9000",
+                 "new"],
+    "status": ["~/.coord", "coord", "live", "api-42-1f3a", "0", "8388608", "b_2", "17", "1"],
     "stop": ["~/.coord", "api-42-1f3a"],
     "tail": ["~/.coord", "api-42-1f3a", "1024", "stderr.log", "1"],
     "clean": ["/home/u/.coord", "remove", "0"],
@@ -528,11 +545,12 @@ BAD = [
     ("dispatch", 6, ["", "-L", "a/b", "../x", "a b"]),
     ("dispatch", 7, ["", "ABC", "../../x", "g" * 12, "a" * 65]),
     *(("dispatch", i, ["", "-1", "1+1", "010", "1.5", "0x1", "\u0661", "9" * 19])
-      for i in (8, 9, 10)),
-    ("dispatch", 11, ["", "old", "New", "continue "]),
+      for i in (8, 9, 10, 11)),
+    ("dispatch", 12, ["", "old", "New", "continue "]),
     ("status", 1, ["", "-x", "a/b"]),
-    ("status", 2, ["ALL", "api-1", "api-1:0", "api-1:0:1:2", ":0:1", "../x:0:1", "a:-1:1",
-                   "a:0:1+1", "a:0:a[$(id)]", "a:01:1"]),
+    ("status", 2, ["", "ALL", "Live", "api-1", "live "]),
+    *(("status", i, ["", "api-1:0:1", "../x", "a b", "-a", "a" * 101, "$(id)"]) for i in (3, 6)),
+    *(("status", i, ["", "-1", "1+1", "01", "a[$(id)]", "0:1"]) for i in (4, 5, 7, 8)),
     ("stop", 1, ["", "../victim", ".", "a/b", "-a"]),
     ("tail", 1, ["", "..", "a/../b"]),
     ("tail", 2, ["", "-1", "1+1", "01"]),
@@ -549,9 +567,11 @@ def test_remote_argv_takes_the_arguments_each_verb_declares(verb: str) -> None:
     assert argv[:3] == ["bash", "--norc", "-c"] and argv[4:] == ["coord-run", verb, *GOOD[verb]]
 
 
-def test_remote_argv_status_takes_no_scope_and_no_runs() -> None:
-    assert remote_argv("status", "~/.coord", "coord")[-1] == "coord"
-    assert remote_argv("status", "~/.coord", "coord", "api-1:0:10")[-1] == "api-1:0:10"
+def test_remote_argv_status_takes_no_runs_or_any_number_of_them() -> None:
+    assert remote_argv("status", "~/.coord", "coord", "all")[-1] == "all"
+    assert remote_argv("status", "~/.coord", "coord", "live", "api-1", "0", "10")[-3:] == [
+        "api-1", "0", "10"
+    ]  # fmt: skip
     assert remote_argv("dispatch", *GOOD["dispatch"][:4], "issue-7", *GOOD["dispatch"][5:])
     assert remote_argv("dispatch", *GOOD["dispatch"][:4], "issue-7-r3", *GOOD["dispatch"][5:])
 
@@ -577,6 +597,9 @@ def test_remote_argv_refuses_a_bad_argument(verb: str, index: int, values: list[
         ("dispatch", GOOD["dispatch"][:-1]),
         ("clean", GOOD["clean"] + ["x"]),
         ("status", ["~/.coord"]),
+        ("status", ["~/.coord", "coord"]),  # the scope is no longer optional
+        ("status", [*GOOD["status"], "api-1"]),  # a run asked about is id offset limit
+        ("status", [*GOOD["status"], "api-1", "0"]),
     ],
 )
 def test_remote_argv_refuses_unknown_verbs_and_wrong_counts(verb: str, args: list[str]) -> None:
@@ -592,4 +615,4 @@ def test_the_python_check_takes_an_id_exactly_when_id_pattern_does(value: str) -
         args = list(GOOD[verb])
         args[index] = value
         assert python_refuses(verb, args) is not ok, (verb, value)
-    assert python_refuses("status", ["~/.coord", "coord", f"{value}:0:1"]) is not ok
+    assert python_refuses("status", ["~/.coord", "coord", "live", value, "0", "1"]) is not ok

@@ -1,169 +1,27 @@
-# coord-run: the only code of ours that ever runs on a worker machine.
+# coord-run's verbs, sent after common.sh as the argument of `bash -c` with every remote
+# command.  protocol.py declares each verb's arguments and its answer; in short:
 #
-# It is never installed as a service.  The coordinator sends this text as the
-# argument of `bash -c` with every remote command (so each operation costs one
-# remote command and there is nothing to keep in sync), and `dispatch` saves a
-# copy as $WORKDIR/bin/coord-run-<hash> for the launcher that tmux keeps alive.
-#
-#   dispatch WORKDIR ID REPO_PATH WORKTREE BRANCH BASE SOCKET HASH N_BRIEF N_SPEC N_LAUNCH MODE
-#            stdin: briefing, spec.json, launch.env (byte counts given), then the
-#            worker's environment as NUL-separated NAME=VALUE records ending "=END".
+#   dispatch WORKDIR ID REPO_PATH WORKTREE BRANCH BASE SOCKET HASH N_BRIEF N_SPEC N_LAUNCH
+#            N_LAUNCHER MODE
+#            stdin: briefing, spec.json, launch.env, the launcher (byte counts given), then
+#            the worker's environment as NUL-separated NAME=VALUE records ending "=END".
 #            MODE "new" makes the worktree on a new branch from origin/BASE; "continue"
 #            reuses the existing worktree (a session resumed with guidance, or after a
 #            rate limit), and refuses while another worker still holds it.
-#   run      RUN_DIR                  the launcher + watchdog (started by dispatch in tmux)
-#   status   WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]   state of every run (live:
-#            only the running ones and those asked about), framed text on stdout
+#   status   WORKDIR SOCKET live|all [ID OFFSET MAX]...   state of every run (live: only
+#            the running ones and those asked about), with the new events of those asked
 #   stop     WORKDIR ID               ask a run to stop and wait for its exit record
 #   tail     WORKDIR ID OFFSET FILE FOLLOW  print FILE from byte OFFSET; FOLLOW=1 keeps
-#            streaming until the run's launcher exits
+#            streaming until the run's launcher exits (raw bytes: no framing)
 #   clean    WORKDIR MODE KEEP_RUNS   stdin: ID NUL WORKTREE NUL per finished run; removes
 #            (MODE remove) or checks (MODE check) each clean worktree coord made and each
-#            run dir (unless KEEP_RUNS=1); a JSON line per run, then "end"
+#            run dir (unless KEEP_RUNS=1); a record per run
 #
-# Every argument arrives as a separate, already-quoted word: no user text is
-# ever parsed by a shell here.  Briefings travel on stdin and are read from files;
-# the worker reads its prompt from briefing.md on its stdin, never from its argv.
-# Every verb checks its arguments (valid_id, valid_num ...) before it uses any, and
-# refuses a bad one with exit status 2 having touched nothing: an id becomes a path
-# and an array key, and bash evaluates array subscripts and numbers in arithmetic.
-set -u
-umask 077
-unset TMUX TMUX_PANE
-# [A-Z] in a pattern means ASCII letters only, whatever the locale (bash >= 5.0 does this
-# by default; 4.3 and 4.4 need it said).
-shopt -s globasciiranges 2>/dev/null
-
-die() { # die CODE MESSAGE
-    printf 'coord-run: %s\n' "$2" >&2
-    [ -n "${ON_DIE:-}" ] && "$ON_DIE" "$1" "$2"
-    exit "$1"
-}
-
-json_str() { # json_str VAR TEXT: set VAR to TEXT as a JSON string literal, without forking
-    local t=${2//\\/\\\\}
-    t=${t//\"/\\\"}
-    t=${t//$'\n'/\\n}
-    t=${t//$'\t'/\\t}
-    t=${t//$'\r'/\\r}
-    t=${t//[[:cntrl:]]/?}
-    printf -v "$1" '"%s"' "$t"
-}
-
-shown() { # shown VAR TEXT: set VAR to TEXT cut short and with control characters as '?'
-    local t=${2:0:120}
-    printf -v "$1" '%s' "${t//[[:cntrl:]]/?}"
-}
-
-# The one definition of an assignment id on a machine (coordlib.assignment.ID_PATTERN,
-# [A-Za-z0-9][A-Za-z0-9_-]{0,99}): two patterns, matched without a fork, so the status
-# probe can check every run dir's name.
-ID_HEAD='[A-Za-z0-9]*' ID_BAD='*[!A-Za-z0-9_-]*'
-valid_id() { # valid_id TEXT -> status 0 when TEXT is an assignment id
-    [[ $1 == $ID_HEAD && $1 != $ID_BAD ]] && ((${#1} <= 100))
-}
-
-# A count of bytes or a byte offset: plain decimal, no sign, no leading zero (bash reads
-# 010 as octal), short enough not to overflow.
-valid_num() { # valid_num TEXT -> status 0 when TEXT is a plain decimal number
-    case $1 in 0) return 0 ;; "" | 0* | *[!0-9]*) return 1 ;; esac
-    ((${#1} <= 18))
-}
-
-need_id() { # need_id VERB TEXT: exit 2 unless TEXT is an assignment id
-    valid_id "$2" && return 0
-    local s
-    shown s "$2"
-    die 2 "$1: '$s' is not an assignment id (letters, digits, '-' and '_', like api-42-1f3a)"
-}
-
-need_num() { # need_num VERB WHAT TEXT: exit 2 unless TEXT is a plain decimal number
-    valid_num "$3" && return 0
-    local s
-    shown s "$3"
-    die 2 "$1: $2 '$s' is not a number"
-}
-
-need_word() { # need_word VERB WHAT TEXT CHOICE...: exit 2 unless TEXT is one of the choices
-    local verb=$1 what=$2 text=$3 c s
-    shift 3
-    for c in "$@"; do [ "$text" = "$c" ] && return 0; done
-    shown s "$text"
-    die 2 "$verb: $what '$s' is not one of: $*"
-}
-
-need_shape() { # need_shape VERB WHAT TEXT FIRST REST MAX: exit 2 unless TEXT is a FIRST
-    # character then REST characters (bracket sets, like A-Za-z0-9), MAX in all at most
-    case $3 in [$4]*) case ${3:1} in *[!$5]*) ;; *) ((${#3} <= $6)) && return 0 ;; esac ;; esac
-    local s
-    shown s "$3"
-    die 2 "$1: bad $2 '$s'"
-}
-
-need_path() { # need_path VERB WHAT TEXT: exit 2 if TEXT is empty or would read as an option
-    local s
-    case $3 in "" | -*) shown s "$3" && die 2 "$1: $2 must be a path, not '$s'" ;; esac
-}
-
-sq() { # sq VAR TEXT: set VAR to TEXT single-quoted for any POSIX shell (dash too)
-    printf -v "$1" "'%s'" "${2//\'/\'\\\'\'}"
-}
-
-home_path() { # home_path VAR PATH: set VAR to PATH with a leading "~" or "~/" made $HOME, no fork
-    case $2 in
-        "~") printf -v "$1" '%s' "$HOME" ;;
-        "~/"*) printf -v "$1" '%s/%s' "$HOME" "${2#\~/}" ;;
-        *) printf -v "$1" '%s' "$2" ;;
-    esac
-}
-
-BOOT_ID=unknown
-read -r BOOT_ID 2>/dev/null </proc/sys/kernel/random/boot_id
-
-proc_start() { # set PSTART to the start time (clock ticks since boot) of pid $1, no fork
-    local f
-    PSTART=""
-    read -r -a f 2>/dev/null </proc/"$1"/stat || return 1
-    # field 2 (comm) has no spaces for our processes, so field 3 (state) is index 2 and
-    # field 22 (start time) is index 21.  A zombie has ended, whoever has yet to reap it.
-    [ "${f[2]}" != Z ] || return 1
-    PSTART=${f[21]}
-}
-
-launcher_alive() { # launcher_alive RUN_DIR -> status 0 when its launcher still runs
-    pid_file_alive "$1/launcher.pid"
-}
-
-pid_file_alive() { # pid_file_alive FILE -> status 0 when the process it names (pid, boot, start) lives
-    local pid boot start state pstart
-    read -r pid boot start 2>/dev/null <"$1" || return 1
-    [ "$boot" = "$BOOT_ID" ] || return 1
-    # As proc_start, inline (status probes call this for every run): a gone process has no
-    # stat file, a zombie has ended, and another process behind a reused pid started later.
-    read -r _ _ state _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ pstart _ 2>/dev/null </proc/"$pid"/stat ||
-        return 1
-    [ "$state" != Z ] && [ "$pstart" = "$start" ]
-}
-
-wt_lock() { # wt_lock WORKDIR WORKTREE: print the lock file that one worker per worktree holds
-    printf '%s/locks/wt-%s.lock' "$1" "$(printf '%s' "$2" | cksum | cut -d' ' -f1)"
-}
-
-live_mark() { # live_mark RUN_DIR: print the marker that lists the run as live (runs/.live/ID)
-    printf '%s/.live/%s' "${1%/*}" "${1##*/}"
-}
-
-now_ms() { # set NOW to milliseconds on a clock that never steps (uptime), without forking
-    local up _
-    if read -r up _ 2>/dev/null </proc/uptime; then
-        NOW=$((10#${up/./} * 10)) # centiseconds
-    else
-        local t=${EPOCHREALTIME/[.,]/}
-        NOW=$((t / 1000))
-    fi
-}
+# Every answer but tail's is framed: "$PROTOCOL VERB [KEY=VALUE...]", records, "end".
+# A failure is an exit status (protocol.ExitCode) and one "coord-run: ..." line on stderr.
 
 # ---------------------------------------------------------------- dispatch
+FETCH_SHARED_S=5 # seconds a fetch of the base is fresh enough for the next dispatch
 dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made, say why
     if [ "$D_MADE" = 1 ] && [ -d "$D_WT" ]; then
         # The worktree is fresh (nothing of anyone's is in it yet): remove it and its branch,
@@ -186,7 +44,7 @@ dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made
 }
 
 cmd_dispatch() {
-    [ $# -eq 12 ] || die 2 "dispatch: expected 12 arguments, got $#"
+    need_args dispatch $# 13 "WORKDIR ID REPO_PATH WORKTREE BRANCH BASE SOCKET HASH N_BRIEF N_SPEC N_LAUNCH N_LAUNCHER MODE"
     need_path dispatch workdir "$1"
     need_id dispatch "$2"
     need_path dispatch "repo path" "$3"
@@ -200,24 +58,31 @@ cmd_dispatch() {
     need_num dispatch "briefing size" "$9"
     need_num dispatch "spec size" "${10}"
     need_num dispatch "launch.env size" "${11}"
-    need_word dispatch mode "${12}" new continue
-    local workdir id repo wt branch base sock hash nbrief nspec nlaunch mode
+    need_num dispatch "launcher size" "${12}"
+    need_word dispatch mode "${13}" new continue
+    local workdir id repo wt branch base sock hash nbrief nspec nlaunch nlauncher mode
     home_path workdir "$1" && home_path repo "$3" && home_path wt "$4"
-    id=$2 branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11} mode=${12}
-    local run="$workdir/runs/$id" bin="$workdir/bin/coord-run-$hash"
+    id=$2 branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11}
+    nlauncher=${12} mode=${13}
+    local run="$workdir/runs/$id" bin="$workdir/bin/coord-launcher-$hash"
 
     command -v tmux >/dev/null 2>&1 || die 20 "tmux is not installed on this machine (apt-get install tmux)"
     command -v git >/dev/null 2>&1 || die 20 "git is not installed on this machine (apt-get install git)"
     # The repo's own git dir (shared by all its worktrees) also holds the dispatch lock, so
     # two workdirs or two coordinators that use one clone never race on git's lock files.
-    local gitdir
-    gitdir=$(git -C "$repo" rev-parse --git-common-dir 2>/dev/null) ||
-        die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
-    case $gitdir in /*) ;; *) gitdir="$repo/$gitdir" ;; esac
+    # A plain clone's git dir is its .git (seen without a fork); git is asked otherwise.
+    local gitdir="$repo/.git"
+    if ! [ -d "$gitdir/objects" ] || ! [ -f "$gitdir/HEAD" ]; then
+        gitdir=$(git -C "$repo" rev-parse --git-common-dir 2>/dev/null) ||
+            die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
+        case $gitdir in /*) ;; *) gitdir="$repo/$gitdir" ;; esac
+    fi
 
     # Claim the run directory first (mkdir is atomic) and say who is dispatching it, so a
     # status probe sees a dispatch in flight even if the coordinator that sent it died.
-    mkdir -p "$workdir/runs" || die 14 "cannot create $workdir/runs (disk full?)"
+    # (Every directory it needs, in one mkdir: each fork counts when a burst arrives.)
+    mkdir -p "$workdir/runs/.live" "$workdir/locks" "$workdir/bin" ||
+        die 14 "cannot create the directories under $workdir (disk full?)"
     [ -e "$run" ] && die 13 "run directory $run already exists"
     mkdir "$run" 2>/dev/null || die 13 "cannot create the run directory $run (disk full, or it exists)"
     D_RUN=$run D_REPO=$repo D_WT=$wt D_BRANCH=$branch D_MADE=0 ON_DIE=dispatch_failed
@@ -225,11 +90,9 @@ cmd_dispatch() {
     printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/dispatch.pid" ||
         die 14 "cannot write in $run (disk full?)"
     # The live index: a status reads it instead of every run dir (thousands, in time).
-    mkdir -p "$workdir/runs/.live" && : >"$workdir/runs/.live/$id" ||
-        die 14 "cannot write in $workdir/runs/.live (disk full?)"
+    : >"$workdir/runs/.live/$id" || die 14 "cannot write in $workdir/runs/.live (disk full?)"
 
     # Concurrent dispatches to one repo would race on git's own lock files (.git/config).
-    mkdir -p "$workdir/locks" || die 14 "cannot create $workdir/locks"
     if command -v flock >/dev/null 2>&1; then
         { exec 9>>"$gitdir/coord-dispatch.lock"; } 2>/dev/null ||
             exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
@@ -243,34 +106,52 @@ cmd_dispatch() {
             exec 8>&-
         fi
     else
-        local start=$base
-        if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
-            git -C "$repo" fetch --quiet origin "$base" >&2 ||
-                die 11 "git fetch origin $base failed in $repo"
-            start="origin/$base"
+        # A burst of dispatches to one clone shares one fetch: one made in the last few
+        # seconds (under this same lock) is as fresh as another.  fetched: TIME BASE START
+        local start=$base fetched="$gitdir/coord-fetched" f_at="" f_base="" f_start="" now
+        read -r f_at f_base f_start 2>/dev/null <"$fetched"
+        now=${EPOCHREALTIME/[.,]*/}
+        if [ "$f_base" = "$base" ] && valid_num "$f_at" && ((now - f_at < FETCH_SHARED_S)); then
+            start=$f_start
+        else
+            if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
+                git -C "$repo" fetch --quiet origin "$base" >&2 ||
+                    die 11 "git fetch origin $base failed in $repo"
+                start="origin/$base"
+            fi
+            printf '%s %s %s\n' "$now" "$base" "$start" 2>/dev/null >"$fetched"
         fi
         if git -C "$repo" show-ref --verify --quiet "refs/heads/$branch"; then
             die 12 "branch $branch already exists in $repo (finish or delete it: git -C $repo branch -D $branch)"
         fi
-        mkdir -p "$(dirname "$wt")" || die 14 "cannot create $(dirname "$wt") (disk full?)"
+        mkdir -p "${wt%/*}" || die 14 "cannot create ${wt%/*} (disk full?)"
         D_MADE=1 # from here on a failure removes the fresh worktree and branch again
         git -C "$repo" worktree add --quiet -b "$branch" "$wt" "$start" >&2 ||
             die 12 "git worktree add $wt from $start failed in $repo"
     fi
     exec 9>&-
 
-    mkdir -p "$workdir/bin" || die 14 "cannot create $workdir/bin (disk full?)"
     head -c "$nbrief" >"$run/briefing.md" &&
         head -c "$nspec" >"$run/spec.json" &&
         head -c "$nlaunch" >"$run/launch.env" &&
         : >"$run/events.jsonl" && : >"$run/stderr.log" ||
         die 15 "cannot write the run files in $run (disk full?)"
+    # A prompt cut short would be obeyed as it is: check it.  (A cut launch.env or
+    # environment stream is refused by the launcher, which checks both.)
     [ "$(wc -c <"$run/briefing.md")" -eq "$nbrief" ] || die 15 "briefing arrived truncated"
-    [ "$(wc -c <"$run/launch.env")" -eq "$nlaunch" ] || die 15 "launch.env arrived truncated (disk full?)"
 
-    if [ ! -x "$bin" ]; then
-        printf '%s' "$BASH_EXECUTION_STRING" >"$bin.tmp.$$" && chmod 700 "$bin.tmp.$$" &&
-            mv -f "$bin.tmp.$$" "$bin" || die 15 "cannot install the launcher at $bin"
+    # The launcher travels with every dispatch (a few KB), and is saved once per version:
+    # its name carries the hash of its text, checked here so a bad copy is never kept.
+    if [ -x "$bin" ]; then
+        head -c "$nlauncher" >/dev/null || die 15 "the launcher did not arrive"
+    else
+        local sum
+        head -c "$nlauncher" >"$bin.tmp.$$" &&
+            sum=$(sha256sum <"$bin.tmp.$$") && [ "${sum:0:${#hash}}" = "$hash" ] &&
+            chmod 700 "$bin.tmp.$$" && mv -f "$bin.tmp.$$" "$bin" || {
+            rm -f "$bin.tmp.$$"
+            die 15 "cannot install the launcher at $bin (it arrived truncated, or the disk is full)"
+        }
     fi
 
     mkfifo "$run/env.fifo" || die 15 "cannot create $run/env.fifo"
@@ -283,7 +164,7 @@ cmd_dispatch() {
     # start (it exists, or its launcher has begun) is never started twice.
     local terr="" try
     for try in 1 2 3 4 5; do
-        terr=$(tmux -L "$sock" new-session -d -s "$session" -c "$wt" "exec bash $qbin run $qrun" 2>&1) &&
+        terr=$(tmux -L "$sock" new-session -d -s "$session" -c "$wt" "exec bash $qbin $qrun" 2>&1) &&
             break
         if tmux -L "$sock" has-session -t "=$session" 2>/dev/null || [ -e "$run/launcher.pid" ]; then
             terr="" && break
@@ -296,7 +177,7 @@ cmd_dispatch() {
     # never stored on disk or put on a command line.
     # timeout must open the FIFO itself: opened by this shell, a launcher that died before
     # opening its end would block the dispatch forever.
-    if ! timeout 30 bash --norc -c 'exec cat >"$1"' coord-env "$run/env.fifo"; then
+    if ! timeout 30 tee "$run/env.fifo" >/dev/null; then
         tmux -L "$sock" kill-session -t "=$session" 2>/dev/null
         die 17 "the launcher did not start within 30 s (see $run/launcher.log)"
     fi
@@ -306,233 +187,32 @@ cmd_dispatch() {
         read -r pid _b _s <"$run/launcher.pid" 2>/dev/null && break
         sleep 0.05
     done
-    printf '{"ok":true,"launcher_pid":%s,"head":"%s"}\n' "${pid:-null}" \
-        "$(git -C "$wt" rev-parse HEAD 2>/dev/null)"
-}
-
-# ---------------------------------------------------------------- run (launcher)
-kill_group() { # kill_group PID: TERM the worker's process group, KILL it after 5 s
-    kill -TERM -- -"$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null
-    local i
-    for i in $(seq 1 50); do
-        kill -0 "$1" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL -- -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null
-}
-
-write_exit() { # write_exit RUN CODE REASON STARTED [EXTRA_JSON_FIELDS]
-    local now=$EPOCHREALTIME json
-    printf -v json '{"exit_code":%s,"reason":"%s","started_at":%s,"finished_at":%s%s}' \
-        "$2" "$3" "$4" "${now/,/.}" "${5:+,$5}"
-    # exit.json.next was filled with spaces when the run began: overwriting it in place needs
-    # no new disk blocks, so the end is recorded even on a full disk.  (Trailing spaces are
-    # JSON whitespace.)
-    if [ -f "$1/exit.json.next" ] && printf '%s\n' "$json" 1<>"$1/exit.json.next" &&
-        mv -f "$1/exit.json.next" "$1/exit.json"; then
-        :
-    elif ! { printf '%s\n' "$json" >"$1/exit.json.tmp" && mv -f "$1/exit.json.tmp" "$1/exit.json"; }; then
-        return 1
-    fi
-    rm -f "$(live_mark "$1")" # recorded: no longer live
-}
-
-disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
-    local avail
-    avail=$(df -P -k "$1" 2>/dev/null | awk 'NR == 2 { print $4 }')
-    [ -n "$avail" ] && [ "$avail" -le 16 ]
-}
-
-cmd_run() {
-    [ $# -eq 1 ] || die 2 "run: expected 1 argument, got $#"
-    need_path run "run dir" "$1"
-    need_id run "${1##*/}"
-    local s
-    shown s "$1"
-    [[ ${1%/*} == */runs ]] || die 2 "run: '$s' is not WORKDIR/runs/ID"
-    [ -d "$1" ] || die 3 "run: no run directory '$s'"
-    local run=$1 stop_req=0
-    # First of all: a stop that comes while the launcher starts must not kill it unrecorded.
-    trap 'stop_req=1' TERM INT HUP
-    exec 2>>"$run/launcher.log"
-    proc_start $$
-    printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/launcher.pid"
-    printf '%1023s\n' '' >"$run/exit.json.next" 2>/dev/null || rm -f "$run/exit.json.next"
-    local started=$EPOCHREALTIME
-    started=${started/,/.}
-
-    # launch.env is written by the coordinator with every value quoted by it.
-    # shellcheck disable=SC1091
-    . "$run/launch.env" || { write_exit "$run" 126 crashed "$started"; exit 126; }
-    # The watchdog does arithmetic with these: numbers, or nothing starts.
-    if ! valid_num "${COORD_STALL_MS-}" || ! valid_num "${COORD_MAXRT_MS-}" ||
-        ! valid_num "${COORD_GRACE_MS-}"; then
-        echo "launch.env has a limit that is not a number; not starting the worker" >&2
-        write_exit "$run" 126 crashed "$started"
-        exit 126
-    fi
-
-    # Receive the worker's environment from the coordinator (see dispatch).
-    local -a wenv=()
-    local rec complete=0
-    if exec 3<"$run/env.fifo"; then
-        while IFS= read -r -d '' -t 60 rec <&3; do
-            if [ "$rec" = "=END" ]; then complete=1; break; fi
-            wenv+=("$rec")
-        done
-        exec 3<&-
-    fi
-    rm -f "$run/env.fifo"
-    if [ "$stop_req" = 1 ] || [ -e "$run/stop" ]; then
-        echo "stopped before the worker started" >&2
-        write_exit "$run" 143 stopped "$started"
-        exit 143
-    fi
-    if [ "$complete" != 1 ]; then
-        echo "environment stream incomplete; not starting the worker" >&2
-        write_exit "$run" 125 crashed "$started"
-        exit 125
-    fi
-
-    local wtx
-    home_path wtx "$COORD_WORKTREE"
-    # One worker per worktree, so a session is never driven by two processes.  The
-    # launcher holds the lock while its worker lives; the worker does not inherit it, so
-    # a daemon the worker leaves behind cannot keep the worktree locked forever.
-    if command -v flock >/dev/null 2>&1; then
-        local workdir=${run%/runs/*}
-        mkdir -p "$workdir/locks"
-        exec 8>"$(wt_lock "$workdir" "$wtx")"
-        if ! flock -n 8; then
-            echo "another worker is still running in $COORD_WORKTREE; not starting" >&2
-            write_exit "$run" 124 busy "$started"
-            exit 124
-        fi
-    fi
-
-
-    # Has events.jsonl changed since the last look?  Its mtime against .seen's takes no fork
-    # (a poll used to fork a `stat`).  .seen holds one byte, rewritten in place at each look
-    # (a write sets the mtime on every file system, and needs no new block on a full disk),
-    # and exists before the worker does.  "Not older" looks again at a write made in the
-    # clock tick of a touch, so none is missed; before a stall is declared, the file's own
-    # mtime is stat'ed once, in case the clock stepped back.  No room for .seen: stat sizes.
-    local seen="$run/.seen" by_mtime=1 changed mtime
-    printf x >"$seen" 2>/dev/null || by_mtime=0
-
-    (
-        # A clean, stated environment: a few basics kept, then the machine's env.
-        keep=()
-        for v in HOME USER LOGNAME PATH SHELL LANG LC_ALL TZ TMPDIR; do
-            [ -n "${!v+x}" ] && keep+=("$v=${!v}")
-        done
-        while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
-        for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
-        cd "$wtx" || exit 127
-        # The prompt on stdin, from its file: as an argument it would be read as an option
-        # when it starts with "-", fail past 128 KiB, and show in `ps` to every user.
-        exec setsid "${COORD_CMD[@]}" -p "${COORD_ARGS[@]}" \
-            <"$run/briefing.md" >>"$run/events.jsonl" 2>>"$run/stderr.log" 8>&-
-    ) &
-    local wpid=$!
-    unset wenv
-    printf '%s\n' "$wpid" >"$run/worker.pid"
-
-    local reason=exited last_size=-1 size last_change result_at=0 start_ms NOW rc=""
-    local fast_wait=0 # `wait -n -p` needs bash 5.1
-    if ((BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1))); then
-        fast_wait=1
-    fi
-    now_ms
-    start_ms=$NOW last_change=$NOW
-    while kill -0 "$wpid" 2>/dev/null; do
-        now_ms
-        if [ "$stop_req" = 1 ] || [ -e "$run/stop" ]; then
-            reason=stopped
-            kill_group "$wpid"
-            break
-        fi
-        changed=0
-        if ((by_mtime)) && ! [ "$run/events.jsonl" -ot "$seen" ]; then
-            printf x 1<>"$seen" 2>/dev/null
-            changed=1
-        elif ((!by_mtime)); then
-            size=$(stat -c %s "$run/events.jsonl" 2>/dev/null || echo 0)
-            [ "$size" != "$last_size" ] && last_size=$size changed=1
-        elif ((NOW - last_change >= COORD_STALL_MS)); then
-            # About to call it a stall: was the file written within the window, by its own
-            # mtime?  (After the clock steps back, new writes look older than .seen.)
-            mtime=$(stat -c %Y "$run/events.jsonl" 2>/dev/null || echo 0)
-            if ((${EPOCHREALTIME%[.,]*} - mtime < COORD_STALL_MS / 1000)); then
-                printf x 1<>"$seen" 2>/dev/null
-                changed=1
-            fi
-        fi
-        if ((changed)); then
-            last_change=$NOW
-            if [ "$result_at" = 0 ] && tail -n 1 "$run/events.jsonl" | grep -q '"type":"result"'; then
-                result_at=$NOW
-            fi
-        fi
-        if [ "$result_at" != 0 ] && ((NOW - result_at >= COORD_GRACE_MS)); then
-            reason=result_grace_kill
-        elif ((NOW - last_change >= COORD_STALL_MS)); then
-            reason=stalled
-        elif ((NOW - start_ms >= COORD_MAXRT_MS)); then
-            reason=timed_out
-        fi
-        if [ "$reason" != exited ]; then
-            kill_group "$wpid"
-            break
-        fi
-        if ((fast_wait)); then
-            # Sleep, but wake the moment the worker exits, so its end is recorded at once.
-            local sp fin=""
-            sleep "$COORD_POLL" &
-            sp=$!
-            wait -n -p fin "$wpid" "$sp"
-            local st=$?
-            [ "${fin:-}" = "$wpid" ] && rc=$st # wait -p leaves fin unset when a signal came
-            kill "$sp" 2>/dev/null
-            wait "$sp" 2>/dev/null
-            [ -n "$rc" ] && break
-        else
-            sleep "$COORD_POLL"
-        fi
-    done
-    if [ -z "$rc" ]; then
-        wait "$wpid"
-        rc=$?
-    fi
-    local more=""
-    if [ "$rc" != 0 ] && disk_full "$run"; then
-        more='"disk_full":true'
-    fi
-    write_exit "$run" "$rc" "$reason" "$started" "$more" ||
-        echo "cannot write exit.json (disk full?)" >&2
-    exit "$rc"
+    # The worktree's commit, read from git's files (no fork): .git names the worktree's git
+    # dir, whose HEAD names the branch, whose ref (loose: just made) is the commit.
+    local head="" wgit="" ref=""
+    read -r _ wgit 2>/dev/null <"$wt/.git" && read -r _ ref 2>/dev/null <"$wgit/HEAD" &&
+        read -r head 2>/dev/null <"$gitdir/$ref" || head=$(git -C "$wt" rev-parse HEAD 2>/dev/null)
+    printf '%s dispatch\nstarted launcher_pid=%s head=%s\nend\n' "$PROTOCOL" "$pid" "$head"
 }
 
 # ---------------------------------------------------------------- status
-cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
-    [ $# -ge 2 ] || die 2 "status: expected WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]"
+cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX]...
+    need_args status $# 3 "WORKDIR SOCKET live|all [ID OFFSET MAX]..." 3
     need_path status workdir "$1"
     need_shape status "tmux socket name" "$2" A-Za-z0-9 A-Za-z0-9_.- 100 # (unused: see below)
-    local workdir mode=all
+    need_word status scope "$3" live all
+    local workdir mode=$3
     home_path workdir "$1"
-    shift 2
-    case ${1:-} in live | all) mode=$1 && shift ;; esac
+    shift 3
     local -A want=() maxb=() sizes=()
-    local spec sid rest s
-    for spec in "$@"; do # ID:OFFSET:MAX, split without a here-string (a temp file each)
-        case $spec in *:*:*) ;; *) shown s "$spec" && die 2 "status: '$s' is not ID:OFFSET:MAX" ;; esac
-        sid=${spec%%:*} rest=${spec#*:}
-        need_id status "$sid"
-        need_num status offset "${rest%%:*}"
-        need_num status "byte limit" "${rest#*:}" # (a third ':' makes it no number)
-        want[$sid]=${rest%%:*} maxb[$sid]=${rest#*:}
+    while (($#)); do # each run asked about: its id, the offset to read from, a byte limit
+        need_id status "$1"
+        need_num status offset "$2"
+        need_num status "byte limit" "$3"
+        want[$1]=$2 maxb[$1]=$3
+        shift 3
     done
-    printf 'coord-probe 1 boot=%s now=%s\n' "$BOOT_ID" "${EPOCHREALTIME/,/.}"
+    printf '%s status boot=%s now=%s\n' "$PROTOCOL" "$BOOT_ID" "${EPOCHREALTIME/,/.}"
     # (No `tmux list-sessions`: liveness is the launcher's process and exit.json, and the
     # tmux client would cost a fork and a socket round trip on every status.)
     # First every run's exit record and liveness (builtins only, no fork per run) ...
@@ -627,11 +307,11 @@ cmd_status() { # status WORKDIR SOCKET [live|all] [ID:OFFSET:MAX ...]
 }
 
 # ---------------------------------------------------------------- stop
-cmd_stop() {
-    [ $# -eq 2 ] || die 2 "stop: expected WORKDIR ID, got $# arguments"
+cmd_stop() { # stop WORKDIR ID
+    need_args stop $# 2 "WORKDIR ID"
     need_path stop workdir "$1"
     need_id stop "$2"
-    local workdir id run pid _rest
+    local workdir id run pid _rest ex=""
     home_path workdir "$1"
     id=$2 run="$workdir/runs/$2"
     [ -d "$run" ] || die 3 "no run $id on this machine"
@@ -644,19 +324,19 @@ cmd_stop() {
             sleep 0.1
         done
     fi
-    cat "$run/exit.json" 2>/dev/null || echo '{}'
+    [ -f "$run/exit.json" ] && IFS= read -r ex <"$run/exit.json"
+    printf '%s stop\nexit %s\nend\n' "$PROTOCOL" "$ex"
 }
 
 # ---------------------------------------------------------------- clean
 linked_worktree() { # linked_worktree DIR -> status 0 when DIR is the top of a linked (not main) worktree
-    (
-        cd "$1" 2>/dev/null || exit 1
-        here=$(pwd -P)
-        { read -r top && read -r gd && read -r cm; } < <(git rev-parse --show-toplevel --git-dir --git-common-dir 2>/dev/null)
-        [ -n "${cm:-}" ] || exit 1
-        [ "$(cd "$top" && pwd -P)" = "$here" ] || exit 1 # a subdirectory of some checkout
-        gd=$(cd "$gd" && pwd -P) && cm=$(cd "$cm" && pwd -P) || exit 1
-        [ "$gd" != "$cm" ] # the main checkout's git dir is its common dir
+    ( # (a subshell: the cd stays in it)
+        local here top="" gd="" cm=""
+        cd "$1" 2>/dev/null && here=$(pwd -P) &&
+            { read -r top && read -r gd && read -r cm; } < <(git rev-parse --show-toplevel --git-dir --git-common-dir 2>/dev/null) &&
+            [ -n "$cm" ] && [ "$(cd "$top" && pwd -P)" = "$here" ] && # not a subdirectory of some checkout
+            gd=$(cd "$gd" && pwd -P) && cm=$(cd "$cm" && pwd -P) &&
+            [ "$gd" != "$cm" ] # the main checkout's git dir is its common dir
     )
 }
 
@@ -775,45 +455,46 @@ clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR (the run has ended: see
 }
 
 cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per finished run
-    [ $# -eq 3 ] || die 2 "clean: expected WORKDIR MODE KEEP_RUNS, got $# arguments"
+    need_args clean $# 3 "WORKDIR MODE KEEP_RUNS"
     need_path clean workdir "$1"
     need_word clean mode "$2" remove check
     need_word clean keep_runs "$3" 0 1
     local workdir mode=$2 keep=$3 id wt line CW CN CR BUSY
     home_path workdir "$1"
     workdir=${workdir%/}
+    printf '%s clean\n' "$PROTOCOL"
     while IFS= read -r -d '' id && IFS= read -r -d '' wt; do
         if ! valid_id "$id"; then # one record refused, the others still cleaned
             json_str line "$id"
-            printf '{"id":%s,"worktree":"refused","run":"refused","note":"not a run id"}\n' "$line"
+            printf 'run {"id":%s,"worktree":"refused","run":"refused","note":"not a run id"}\n' "$line"
             continue
         fi
         home_path wt "$wt"
         if run_busy "$workdir/runs/$id" "$wt"; then
             json_str line "$BUSY"
-            printf '{"id":"%s","worktree":"%s","run":"running","note":%s}\n' \
+            printf 'run {"id":"%s","worktree":"%s","run":"running","note":%s}\n' \
                 "$id" "$([ -n "$wt" ] && echo kept || echo none)" "$line"
             continue
         fi
         clean_worktree "$workdir" "$wt" "$mode"
         clean_run "$workdir/runs/$id" "$mode" "$keep"
         json_str line "$CN"
-        printf '{"id":"%s","worktree":"%s","run":"%s","note":%s}\n' "$id" "$CW" "$CR" "$line"
+        printf 'run {"id":"%s","worktree":"%s","run":"%s","note":%s}\n' "$id" "$CW" "$CR" "$line"
     done
     printf 'end\n'
 }
 
 # ---------------------------------------------------------------- tail
-cmd_tail() {
-    [ $# -ge 3 ] && [ $# -le 5 ] || die 2 "tail: expected WORKDIR ID OFFSET [FILE [FOLLOW]]"
+cmd_tail() { # tail WORKDIR ID OFFSET FILE FOLLOW: raw bytes, no framing (a stream has no end)
+    need_args tail $# 5 "WORKDIR ID OFFSET FILE FOLLOW"
     need_path tail workdir "$1"
     need_id tail "$2"
     need_num tail offset "$3"
-    need_word tail file "${4-events.jsonl}" events.jsonl stderr.log launcher.log
-    need_word tail follow "${5-1}" 0 1
+    need_word tail file "$4" events.jsonl stderr.log launcher.log
+    need_word tail follow "$5" 0 1
     local workdir id off file follow run
     home_path workdir "$1"
-    id=$2 off=$3 file=${4-events.jsonl} follow=${5-1}
+    id=$2 off=$3 file=$4 follow=$5
     run="$workdir/runs/$id"
     [ -d "$run" ] || die 3 "no run $id on this machine"
     [ -e "$run/$file" ] || : >>"$run/$file"
@@ -837,14 +518,14 @@ cmd_tail() {
     exec tail -c +"$((off + 1))" "$run/$file"
 }
 
+# ---------------------------------------------------------------- verbs
 verb=${1:-}
 shift || true
 case $verb in
     dispatch) cmd_dispatch "$@" ;;
-    run) cmd_run "$@" ;;
     status) cmd_status "$@" ;;
     stop) cmd_stop "$@" ;;
     tail) cmd_tail "$@" ;;
     clean) cmd_clean "$@" ;;
-    *) die 2 "unknown verb '$verb' (expected dispatch, run, status, stop, tail or clean)" ;;
+    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail or clean)" ;;
 esac

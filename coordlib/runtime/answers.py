@@ -1,0 +1,248 @@
+"""The machine's answers to the remote verbs: one framing, read by one parser, and a parser
+per verb on top (see `coordlib.runtime.protocol` for the framing and the verbs).
+
+An answer from a machine is untrusted input: anything that is not exactly a well-formed
+answer raises `ProtocolError`; ids must be assignment ids, numbers numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ..assignment import ID_PATTERN
+from ..errors import ProtocolError
+from .protocol import HEADER, NUMBER, PROTOCOL_VERSION, VERBS, ExitReason
+
+__all__ = [
+    "Frame",
+    "MachineProbe",
+    "Record",
+    "RunProbe",
+    "Started",
+    "failure_reason",
+    "parse_clean",
+    "parse_dispatch",
+    "parse_frame",
+    "parse_status",
+    "parse_stop",
+]
+
+
+class Record(NamedTuple):
+    """One record of an answer: its kind, the rest of its line, and its payload if it has one."""
+
+    kind: str
+    text: str
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A whole answer: its verb, the header's fields, and its records in order."""
+
+    verb: str
+    fields: Mapping[str, str]
+    records: list[Record]
+
+
+def _error(verb: str, detail: str, machine: str | None) -> ProtocolError:
+    return ProtocolError(f"unreadable {verb} answer: {detail}", machine=machine)
+
+
+def parse_frame(data: bytes, verb: str, *, machine: str | None = None) -> Frame:
+    """Parse an answer to `verb`; raise `ProtocolError` unless it is one, whole."""
+    spec = VERBS[verb]
+    lead = f"{HEADER} ".encode()
+    # Anything before the header is what a login script printed: passed over.
+    start = 0 if data.startswith(lead) else data.find(b"\n" + lead) + 1
+    nl = data.find(b"\n", start) if start or data.startswith(lead) else -1
+    if nl < 0:
+        raise _error(verb, "incomplete (no header line)", machine)
+    words = data[start:nl].decode("utf-8", "replace").split(" ")
+    if words[1:3] != [str(PROTOCOL_VERSION), verb]:
+        raise _error(verb, f"header {' '.join(words)[:80]!r} is not protocol "
+                     f"{PROTOCOL_VERSION}'s answer to {verb}", machine)  # fmt: skip
+    fields = dict(w.split("=", 1) for w in words[3:] if "=" in w)
+    records: list[Record] = []
+    pos = nl + 1
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            what = "incomplete (no end line)" if pos >= len(data) else f"truncated at byte {pos}"
+            raise _error(verb, what, machine)
+        line = data[pos:nl].decode("utf-8", "replace")
+        pos = nl + 1
+        if line == "end":
+            return Frame(verb, fields, records)
+        if not line:
+            continue
+        kind, _, text = line.partition(" ")
+        if kind not in spec.records:
+            raise _error(verb, f"unexpected line {line[:80]!r}", machine)
+        words_n = spec.payloads.get(kind)
+        if words_n is None:
+            records.append(Record(kind, text))
+            continue
+        words = text.split(" ")
+        if len(words) != words_n or not all(NUMBER.fullmatch(w) for w in words):
+            raise _error(verb, f"bad {kind} line {line[:80]!r}", machine)
+        n = int(words[-1])
+        payload = data[pos : pos + n]
+        if len(payload) != n or data[pos + n : pos + n + 1] != b"\n":
+            raise _error(verb, f"the payload of {line[:80]!r} is truncated", machine)
+        records.append(Record(kind, text, payload))
+        pos += n + 1
+
+
+def _exit_record(text: str) -> dict[str, Any] | None:
+    """Read an exit record as the machine wrote it (its file is the machine's: untrusted)."""
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {"reason": ExitReason.UNREADABLE, "raw": text[:200]}
+    return value if isinstance(value, dict) else {"raw": text[:200]}
+
+
+# ------------------------------------------------------------------ dispatch's answer
+
+_HEAD = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a dispatch that started its run says: the launcher's pid, the worktree's commit."""
+
+    launcher_pid: int | None = None
+    head: str | None = None
+
+
+def parse_dispatch(data: bytes, *, machine: str | None = None) -> Started:
+    """Parse a dispatch's answer."""
+    records = parse_frame(data, "dispatch", machine=machine).records
+    if len(records) != 1:
+        raise _error("dispatch", f"{len(records)} started lines, not 1", machine)
+    said = dict(w.split("=", 1) for w in records[0].text.split(" ") if "=" in w)
+    pid, head = said.get("launcher_pid", ""), said.get("head", "")
+    return Started(
+        launcher_pid=int(pid) if NUMBER.fullmatch(pid) else None,
+        head=head if _HEAD.fullmatch(head) else None,
+    )
+
+
+def failure_reason(stderr: str) -> str:
+    """Return a failed verb's own reason, with the causes git gave just before it (if any)."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    reason = lines[-1].removeprefix(f"{HEADER}: ")
+    causes = [ln for ln in lines[:-1] if ln.startswith(("fatal:", "error:"))][-2:]
+    return f"{reason}: {'; '.join(causes)}" if causes else reason
+
+
+# ------------------------------------------------------------------ status's answer
+#
+#   coord-run 2 status boot=<boot id> now=<epoch seconds>
+#   run <id> alive=<0|1> size=<bytes|-1> dispatching=<0|1>
+#   exit <exit.json on one line, or nothing>   (for runs not asked about, only that they
+#                                              ended: {"reason":"ended"})
+#   events <offset> <n>                        only for the runs asked about
+#   <n raw bytes of events.jsonl>\n
+#   missing <id>                               asked about, but no such run dir
+#   end
+#
+# An id that is not an assignment id (`ID_PATTERN`) makes the answer malformed: the script
+# never reports one, and the ids here go on to name rows, lines of output and commands.
+
+
+@dataclass
+class RunProbe:
+    """One run directory as the machine reports it."""
+
+    id: str
+    alive: bool
+    size: int
+    dispatching: bool = False  # its dispatch is still on its way (no launcher yet)
+    exit: dict[str, Any] | None = None
+    events_offset: int | None = None
+    events: bytes | None = None
+
+
+@dataclass
+class MachineProbe:
+    """Every run on one machine, and its boot id and clock."""
+
+    boot_id: str = ""
+    now: float = 0.0
+    runs: dict[str, RunProbe] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+
+
+def parse_status(data: bytes, *, machine: str | None = None) -> MachineProbe:
+    """Parse a status's answer into a `MachineProbe`."""
+    frame = parse_frame(data, "status", machine=machine)
+    probe = MachineProbe(boot_id=frame.fields.get("boot", ""))
+    try:
+        probe.now = float(frame.fields.get("now") or 0)
+    except ValueError:
+        raise _error("status", f"bad now= {frame.fields['now'][:40]!r}", machine) from None
+    current: RunProbe | None = None
+    for kind, text, payload in frame.records:
+        if kind == "run":
+            rid, *words = text.split(" ")
+            if not rid:
+                raise _error("status", "run line without an id", machine)
+            if not ID_PATTERN.fullmatch(rid):
+                raise _error("status", f"run line with a bad id: {text[:80]!r}", machine)
+            kv = dict(w.split("=", 1) for w in words if "=" in w)
+            try:
+                size = int(kv.get("size", "-1"))
+            except ValueError:
+                raise _error("status", f"bad run line {text[:80]!r}", machine) from None
+            current = RunProbe(
+                rid, kv.get("alive") == "1", size, dispatching=kv.get("dispatching") == "1"
+            )
+            probe.runs[rid] = current
+        elif current is None and kind in ("exit", "events"):
+            raise _error("status", f"{kind} line before any run line", machine)
+        elif kind == "exit":
+            assert current is not None
+            current.exit = _exit_record(text)
+        elif kind == "events":
+            assert current is not None
+            current.events_offset, current.events = int(text.split(" ")[0]), payload
+        elif not ID_PATTERN.fullmatch(text):  # missing
+            raise _error("status", f"missing line with a bad id: {text[:80]!r}", machine)
+        else:
+            probe.missing.add(text)
+    return probe
+
+
+# ------------------------------------------------------------------ stop's and clean's answers
+
+
+def parse_stop(data: bytes, *, machine: str | None = None) -> dict[str, Any] | None:
+    """Parse a stop's answer: the run's exit record, or None when it has none yet."""
+    records = parse_frame(data, "stop", machine=machine).records
+    if len(records) != 1:
+        raise _error("stop", f"{len(records)} exit lines, not 1", machine)
+    return _exit_record(records[0].text)
+
+
+def parse_clean(data: bytes, *, machine: str | None = None) -> dict[str, dict[str, Any]]:
+    """Parse a clean's answer: what happened to each run, by id (see `cleanup.CleanedRun`)."""
+    said: dict[str, dict[str, Any]] = {}
+    for record in parse_frame(data, "clean", machine=machine).records:
+        try:
+            value = json.loads(record.text)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+            raise _error("clean", f"bad run line {record.text[:80]!r}", machine)
+        said[value["id"]] = value
+    return said

@@ -1,0 +1,95 @@
+"""The names under a worker machine's workdir, as the remote scripts use them.
+
+::
+
+    bin/coord-launcher-<hash>            the launcher, installed by the first dispatch
+    worktrees/<repo>/<id>/               the git worktree of one assignment
+    runs/<id>/                           its run directory (`RunFile` names its files)
+    runs/.live/<id>                      empty: the run is live
+    locks/                               one worker per worktree; dispatches per clone
+
+tests/test_protocol.py checks that the scripts use these names.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["TAIL_FILES", "Layout", "RunDir", "RunFile"]
+
+
+class RunFile(enum.StrEnum):
+    """The files in a run directory (``runs/<id>/``)."""
+
+    SPEC = "spec.json"  # what was started (dispatch)
+    BRIEFING = "briefing.md"  # the prompt, the worker's stdin
+    LAUNCH_ENV = "launch.env"  # what the launcher starts, and its limits
+    EVENTS = "events.jsonl"  # the worker's stdout
+    STDERR = "stderr.log"
+    LAUNCHER_LOG = "launcher.log"
+    EXIT = "exit.json"  # written once, atomically, when the run ends
+    EXIT_RESERVE = "exit.json.next"  # space for exit.json, taken when the run began
+    LAUNCHER_PID = "launcher.pid"  # pid, boot id, start time
+    DISPATCH_PID = "dispatch.pid"  # the same, of the dispatch on its way
+    WORKER_PID = "worker.pid"
+    ENV_FIFO = "env.fifo"  # the worker's environment, from dispatch to launcher
+    STOP = "stop"  # asked to stop
+    SEEN = ".seen"  # the launcher's mark of the last look at events.jsonl
+
+
+TAIL_FILES = (RunFile.EVENTS, RunFile.STDERR, RunFile.LAUNCHER_LOG)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's directory on a machine."""
+
+    path: str
+
+    @property
+    def id(self) -> str:
+        """Return the assignment id the directory is named by."""
+        return self.path.rsplit("/", 1)[-1]
+
+    def __truediv__(self, name: RunFile) -> str:
+        return f"{self.path}/{name}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The names under a machine's workdir (``~`` is the remote home), as the scripts use them."""
+
+    workdir: str
+
+    RUNS = "runs"
+    LIVE = ".live"  # runs/.live/<id>: empty, the run is live
+    WORKTREES = "worktrees"
+    BIN = "bin"
+    LAUNCHER_FILE = "coord-launcher-"  # bin/coord-launcher-<hash>
+    LOCKS = "locks"
+    WORKTREE_LOCK = "wt-"  # locks/wt-<cksum of the worktree's path>.lock
+    REPO_LOCK = "repo-"  # locks/repo-<cksum>.lock, where the clone's git dir is read-only
+    DISPATCH_LOCK = "coord-dispatch.lock"  # in the clone's git dir
+    SESSION = "coord-"  # tmux session coord-<id>
+
+    @property
+    def root(self) -> str:
+        """Return the workdir with no trailing slash."""
+        return self.workdir.rstrip("/") or "~/.coord"
+
+    def run_dir(self, id: str) -> RunDir:
+        """Return run `id`'s directory."""
+        return RunDir(f"{self.root}/{self.RUNS}/{id}")
+
+    def live_mark(self, id: str) -> str:
+        """Return the file that lists run `id` as live."""
+        return f"{self.root}/{self.RUNS}/{self.LIVE}/{id}"
+
+    def worktree(self, repo: str, id: str) -> str:
+        """Return the worktree assignment `id` works in."""
+        return f"{self.root}/{self.WORKTREES}/{repo}/{id}"
+
+    def launcher(self, hash: str) -> str:
+        """Return where the launcher of that version is installed."""
+        return f"{self.root}/{self.BIN}/{self.LAUNCHER_FILE}{hash}"

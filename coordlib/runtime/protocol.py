@@ -1,0 +1,415 @@
+"""The remote run protocol, declared once: what coordlib asks of a worker machine, and how
+the machine answers.
+
+Every operation is one ``bash --norc -c <script> coord-run VERB ARGS…`` on the machine (over
+SSH, or locally), where the script is ``common.sh`` + ``remote.sh``.  The launcher that tmux
+keeps alive is ``common.sh`` + ``launcher.sh``: each dispatch carries it on its stdin, and the
+machine saves it once per version as ``bin/coord-launcher-<hash>``.  Declared here:
+
+- each verb's arguments (`VERBS`), checked before a command is built and checked again by
+  the script with bash builtins; the typed builders (`dispatch_command`, `status_command`,
+  `stop_command`, `tail_command`, `clean_command`) build every command coordlib sends;
+- the one framing of every answer but tail's (which is the raw bytes of a file)::
+
+      coord-run 2 VERB [KEY=VALUE ...]        the protocol's version and the verb
+      KIND TEXT                               records, one a line
+      KIND WORD… N                            a record with a payload: N raw bytes, then \\n
+      end
+
+  read by `coordlib.runtime.answers` (`parse_frame`, and one parser per verb on top); a
+  failure is an exit status (`ExitCode`) and a ``coord-run: …`` line on stderr;
+- the reasons a run's ``exit.json`` gives (`ExitReason`);
+- the names under a machine's workdir are `coordlib.runtime.layout`'s.
+
+The scripts implement this declaration; tests/test_protocol.py reads them and checks that
+they agree with it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..assignment import check_id
+from ..errors import UsageError
+from .command import LaunchSpec, encode_env
+from .layout import TAIL_FILES, RunFile
+
+__all__ = [
+    "HEADER",
+    "LAUNCHER",
+    "PROTOCOL_VERSION",
+    "VERBS",
+    "Arg",
+    "CleanMode",
+    "DispatchMode",
+    "ExitCode",
+    "ExitReason",
+    "Scope",
+    "Verb",
+    "Want",
+    "check_args",
+    "clean_command",
+    "dispatch_command",
+    "launcher_hash",
+    "launcher_script",
+    "remote_argv",
+    "remote_script",
+    "status_command",
+    "stop_command",
+    "tail_command",
+]
+
+PROTOCOL_VERSION = 2
+HEADER = "coord-run"  # the first word of every answer's first line, and $0 of every command
+
+
+class ExitCode(enum.IntEnum):
+    """The exit statuses of the scripts: of each verb, and of the launcher (its exit.json's)."""
+
+    OK = 0
+    USAGE = 2  # a bad argument: refused before anything was touched
+    NO_RUN = 3  # no such run directory on the machine (stop, tail, the launcher)
+    # dispatch's failures: nothing was started, and what it made is undone
+    NOT_A_REPO = 10  # the repo path is not a git repository there
+    FETCH_FAILED = 11  # git fetch origin BASE failed
+    WORKTREE_FAILED = 12  # the branch exists, the worktree is gone, or worktree add failed
+    RUN_EXISTS = 13  # the run directory exists already
+    NO_SPACE = 14  # a directory or file could not be made (disk full?)
+    WRITE_FAILED = 15  # the run files, the launcher or the env FIFO could not be written
+    TMUX_FAILED = 16  # tmux would not start the session
+    LAUNCHER_TIMEOUT = 17  # the launcher did not read its environment within 30 s
+    REPO_LOCKED = 18  # another dispatch held the repo's lock for 120 s
+    WORKTREE_HELD = 19  # continue: another worker still runs in the worktree
+    MISSING_TOOL = 20  # tmux or git is not installed
+    # the launcher's own, when no worker ran (or could not start), recorded in exit.json
+    LAUNCH_BUSY = 124  # another worker holds the worktree (reason busy)
+    LAUNCH_NO_ENV = 125  # the environment stream was incomplete (reason crashed)
+    LAUNCH_BAD_ENV = 126  # launch.env would not load, or a limit is no number (crashed)
+    WORKER_NOT_FOUND = 127  # the worker's worktree (or, the shell's status, command) is gone
+    LAUNCH_STOPPED = 143  # stopped before the worker started (128 + SIGTERM)
+
+
+class ExitReason(enum.StrEnum):
+    """Why a run ended: the ``reason`` of its exit.json (and of a status's exit records)."""
+
+    EXITED = "exited"  # the worker exited by itself
+    STALLED = "stalled"  # no new events for stall_timeout: killed
+    TIMED_OUT = "timed_out"  # ran past max_runtime: killed
+    STOPPED = "stopped"  # `coord stop`
+    RESULT_GRACE_KILL = "result_grace_kill"  # lingered past result_grace after its result
+    BUSY = "busy"  # another worker held the worktree: never started
+    CRASHED = "crashed"  # the launcher could not start the worker
+    DISPATCH_FAILED = "dispatch_failed"  # recorded by a failed dispatch, with its error
+    ENDED = "ended"  # status: a run not asked about has ended (its record is not sent)
+    UNREADABLE = "unreadable"  # coordlib's: the exit record is not JSON
+
+
+# ------------------------------------------------------------------ the scripts
+
+_TEXTS: dict[str, str] = {}
+
+
+def _text(name: str) -> str:
+    text = _TEXTS.get(name)
+    if text is None:
+        # A plain file read: importlib.resources costs more to import than this whole read.
+        text = _TEXTS[name] = Path(__file__).with_name(name).read_text("utf-8")
+    return text
+
+
+# remote.sh's sections: "# ---…--- NAME" lines open them; "verbs" is the verb table.
+_SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
+_SENT: dict[str, str] = {}
+
+
+def remote_script(verb: str | None = None) -> str:
+    """Return the text a remote command runs: the common part, then the verbs.
+
+    With `verb`, only what that verb needs: the common part, its own section of remote.sh
+    and the verb table, without comment lines.  Every command carries its script as an
+    argument, to every machine: a status sends about 7 KB rather than all the verbs' 31 KB.
+    """
+    if verb is None:
+        return _text("common.sh") + _text("remote.sh")
+    text = _SENT.get(verb)
+    if text is None:
+        parts = _SECTION.split(_text("remote.sh"))
+        sections = dict(zip(parts[1::2], parts[2::2], strict=True))
+        whole = _text("common.sh") + sections[verb] + sections["verbs"]
+        text = _SENT[verb] = "".join(
+            line for line in whole.splitlines(keepends=True)
+            if line.strip() and not line.lstrip().startswith("#")
+        )  # fmt: skip
+    return text
+
+
+def launcher_script() -> str:
+    """Return the text of the launcher that dispatch installs: the common part, then its own."""
+    return _text("common.sh") + _text("launcher.sh")
+
+
+def launcher_hash() -> str:
+    """Return a short hash of the launcher's text, which versions its installed copy."""
+    import hashlib  # only dispatches need it: not imported by every `coord status`
+
+    return hashlib.sha256(launcher_script().encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------ the verbs' arguments
+# remote.sh checks the same shapes again (valid_id, valid_num, need_*), since a machine must
+# not trust whoever sent the command.  Ids become paths and array keys there, numbers go
+# into bash arithmetic, and a word starting with "-" could reach git or tmux as an option.
+
+NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")  # no leading zero: bash reads 010 as octal
+_BRANCH = re.compile(r"(?=.{1,200}\Z)issue-[0-9]+(-[a-z0-9]+)*")  # issue-<N>[-<slug>][-r<K>]
+_BASE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+_SOCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_HASH = re.compile(r"[0-9a-f]{1,64}")
+
+Check = Callable[[str, str, str], None]  # (verb, what, value) -> None, or raise UsageError
+
+
+def _refuse(verb: str, what: str, value: str, should: str) -> UsageError:
+    shown = value if len(value) <= 80 else value[:80] + "…"
+    return UsageError(f"remote command {verb}: {what} {shown!r} is not {should}")
+
+
+def _path(verb: str, what: str, value: str) -> None:
+    if not value or value.startswith("-"):
+        raise _refuse(verb, what, value, "a path (empty, or would read as an option)")
+
+
+def _id(verb: str, what: str, value: str) -> None:
+    check_id(value, f"remote command {verb}: {what}")
+
+
+def _shaped(pattern: re.Pattern[str], should: str) -> Check:
+    def check(verb: str, what: str, value: str) -> None:
+        if not pattern.fullmatch(value):
+            raise _refuse(verb, what, value, should)
+
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    return _shaped(re.compile("|".join(map(re.escape, choices))), "one of " + ", ".join(choices))
+
+
+_number = _shaped(NUMBER, "a plain decimal number")
+
+
+class Scope(enum.StrEnum):
+    """Which runs a status reports besides those asked about."""
+
+    LIVE = "live"  # the running ones (the live index)
+    ALL = "all"  # every run dir, ended ones too (resume looks for orphans)
+
+
+class DispatchMode(enum.StrEnum):
+    """How a dispatch gets its worktree."""
+
+    NEW = "new"  # a new branch from origin/BASE
+    CONTINUE = "continue"  # the existing worktree, once no worker holds it
+
+
+class CleanMode(enum.StrEnum):
+    """What clean does with what it may remove."""
+
+    REMOVE = "remove"
+    CHECK = "check"  # a dry run
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a verb: what it is (for messages) and how it is checked."""
+
+    what: str
+    check: Check
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A verb of coord-run: its arguments, its stdin and its answer."""
+
+    name: str
+    args: tuple[Arg, ...]
+    group: tuple[Arg, ...] = ()  # repeated any number of times after args
+    stdin: str = ""  # what it reads on stdin, if anything
+    framed: bool = True  # its answer is a frame (tail's is the raw bytes of a file)
+    records: frozenset[str] = frozenset()  # the kinds of record its answer holds
+    # kind -> the words on its line, the last one the size of the payload that follows
+    payloads: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def arity(self) -> str:
+        """Describe how many arguments the verb takes."""
+        fixed = len(self.args)
+        return f"{fixed} + {len(self.group)}*N" if self.group else str(fixed)
+
+
+_WORKDIR = Arg("workdir", _path)
+_RUN_ID = Arg("assignment id", _id)
+
+VERBS: dict[str, Verb] = {
+    v.name: v
+    for v in (
+        Verb(
+            "dispatch",
+            (
+                _WORKDIR,
+                _RUN_ID,
+                Arg("repo path", _path),
+                Arg("worktree", _path),
+                Arg("branch", _shaped(_BRANCH, "a branch coord names (issue-<N>[-<slug>][-r<K>])")),
+                Arg("base branch", _shaped(_BASE, "a plain branch name")),
+                Arg("tmux socket", _shaped(_SOCKET, "a tmux socket name (letters, digits, _ . -)")),
+                Arg("launcher hash", _shaped(_HASH, "a hex hash")),
+                Arg("briefing size", _number),
+                Arg("spec size", _number),
+                Arg("launch.env size", _number),
+                Arg("launcher size", _number),
+                Arg("mode", _one_of(*DispatchMode)),
+            ),
+            stdin="briefing, spec.json, launch.env, launcher (sized), then the env records",
+            records=frozenset({"started"}),
+        ),
+        Verb(
+            "status",
+            (
+                _WORKDIR,
+                Arg("tmux socket", _shaped(_SOCKET, "a tmux socket name")),
+                Arg("scope", _one_of(*Scope)),
+            ),
+            group=(_RUN_ID, Arg("offset", _number), Arg("byte limit", _number)),
+            records=frozenset({"run", "exit", "events", "missing"}),
+            payloads={"events": 2},
+        ),
+        Verb("stop", (_WORKDIR, _RUN_ID), records=frozenset({"exit"})),
+        Verb(
+            "tail",
+            (
+                _WORKDIR,
+                _RUN_ID,
+                Arg("offset", _number),
+                Arg("file", _one_of(*TAIL_FILES)),
+                Arg("follow", _one_of("0", "1")),
+            ),
+            framed=False,
+        ),
+        Verb(
+            "clean",
+            (_WORKDIR, Arg("mode", _one_of(*CleanMode)), Arg("keep_runs", _one_of("0", "1"))),
+            stdin="ID NUL WORKTREE NUL, per run",
+            records=frozenset({"run"}),
+        ),
+    )
+}
+# Started by dispatch in the run's tmux session, from its installed copy; never sent.
+LAUNCHER = Verb("run", (Arg("run dir", _path),), framed=False)
+
+
+def check_args(verb: str, args: Sequence[str]) -> None:
+    """Check the arguments of one coord-run verb; raise `UsageError` naming the bad one."""
+    spec = VERBS.get(verb)
+    if spec is None:
+        raise UsageError(f"unknown remote command {verb!r} (expected one of {', '.join(VERBS)})")
+    fixed, group = spec.args, spec.group
+    extra = len(args) - len(fixed)
+    if extra < 0 or (extra % len(group) if group else extra):
+        raise UsageError(
+            f"remote command {verb} takes {spec.arity} arguments "
+            f"({', '.join(a.what for a in (*fixed, *group))}), not {len(args)}"
+        )
+    for arg, value in zip(fixed, args, strict=False):
+        arg.check(verb, arg.what, value)
+    for k, value in enumerate(args[len(fixed) :]):
+        arg = group[k % len(group)]
+        arg.check(verb, arg.what, value)
+
+
+def remote_argv(verb: str, *args: str) -> list[str]:
+    """Build the argv that runs one coord-run verb on a machine; raise `UsageError` if bad."""
+    check_args(verb, args)
+    # --norc: sshd's login shell has already read ~/.bashrc once; without it the inner bash
+    # (which also looks started by sshd) reads it again, ~200 ms a command with pyenv.
+    return ["bash", "--norc", "-c", remote_script(verb), HEADER, verb, *args]
+
+
+# ------------------------------------------------------------------ the typed builders
+
+
+@dataclass(frozen=True)
+class Want:
+    """A run a status asks about: its events from byte `offset`, at most `limit` bytes."""
+
+    id: str
+    offset: int
+    limit: int
+
+
+def dispatch_command(
+    *,
+    workdir: str,
+    id: str,
+    repo_path: str,
+    worktree: str,
+    branch: str,
+    base: str,
+    socket: str,
+    mode: DispatchMode,
+    briefing: str,
+    spec: Mapping[str, Any],
+    launch: LaunchSpec,
+    env: Mapping[str, str],
+) -> tuple[list[str], bytes]:
+    """Build a dispatch: its argv, and its stdin (the run's files, the launcher, the env)."""
+    parts = (
+        briefing.encode(),
+        (json.dumps(spec, indent=2) + "\n").encode(),
+        launch.render().encode(),
+        launcher_script().encode(),
+    )
+    sizes = [str(len(p)) for p in parts]
+    argv = remote_argv(
+        "dispatch", workdir, id, repo_path, worktree, branch, base, socket, launcher_hash(),
+        *sizes, str(mode),
+    )  # fmt: skip
+    return argv, b"".join(parts) + encode_env(env)
+
+
+def status_command(workdir: str, socket: str, scope: Scope, wants: Sequence[Want]) -> list[str]:
+    """Build a status of one machine's runs, with the new events of those in `wants`."""
+    args = [workdir, socket, str(scope)]
+    for w in wants:
+        args += [w.id, str(w.offset), str(w.limit)]
+    return remote_argv("status", *args)
+
+
+def stop_command(workdir: str, id: str) -> list[str]:
+    """Build a stop of run `id`, which waits for its exit record."""
+    return remote_argv("stop", workdir, id)
+
+
+def tail_command(
+    workdir: str, id: str, offset: int, file: RunFile = RunFile.EVENTS, *, follow: bool
+) -> list[str]:
+    """Build a tail of one of a run's files from byte `offset` (`follow`: until it ends)."""
+    return remote_argv("tail", workdir, id, str(offset), str(file), "1" if follow else "0")
+
+
+def clean_command(
+    workdir: str, mode: CleanMode, *, keep_runs: bool, runs: Sequence[tuple[str, str]]
+) -> tuple[list[str], bytes]:
+    """Build a clean of `runs` ((id, worktree or ""), each ended): its argv and its stdin."""
+    payload = bytearray()
+    for id, worktree in runs:
+        if "\0" in id or "\0" in worktree:
+            raise UsageError(f"remote command clean: a NUL byte in run {id!r} or its worktree")
+        payload += f"{id}\0{worktree}\0".encode()
+    return remote_argv("clean", workdir, str(mode), str(int(keep_runs))), bytes(payload)
