@@ -20,8 +20,13 @@ from .errors import (
     ConfigError,
     CoordError,
     DispatchError,
+    ForgeAuthError,
+    ForgeError,
     HostKeyError,
     MachineError,
+    MergeConflictError,
+    NotFoundError,
+    ProtocolError,
     UnreachableError,
     UsageError,
     WaitTimeout,
@@ -32,7 +37,10 @@ if TYPE_CHECKING:
     from .board import Board
     from .config import Config
     from .config_load import load_config
-    from .coordinator import Coordinator, MachineStatus, ResumeReport, StatusReport
+    from .coordinator import Coordinator
+    from .forge.base import Comment, Forge, Issue, PullRequest
+    from .monitor import MachineStatus, ResumeReport, StatusReport
+    from .progress import RunProgress
     from .runtime.local import LocalTransport
     from .runtime.ssh import SSHTarget, SSHTransport
     from .runtime.transport import CompletedCommand, Transport
@@ -47,17 +55,27 @@ __all__ = [
     "ClaimError",
     "CommandError",
     "CommandTimeout",
+    "Comment",
     "CompletedCommand",
     "Config",
     "ConfigError",
     "CoordError",
     "Coordinator",
     "DispatchError",
+    "Forge",
+    "ForgeAuthError",
+    "ForgeError",
     "HostKeyError",
+    "Issue",
     "LocalTransport",
     "MachineError",
     "MachineStatus",
+    "MergeConflictError",
+    "NotFoundError",
+    "ProtocolError",
+    "PullRequest",
     "ResumeReport",
+    "RunProgress",
     "SSHTarget",
     "SSHTransport",
     "Status",
@@ -79,9 +97,14 @@ _LAZY = {
     "Config": ".config",
     "load_config": ".config_load",
     "Coordinator": ".coordinator",
-    "MachineStatus": ".coordinator",
-    "ResumeReport": ".coordinator",
-    "StatusReport": ".coordinator",
+    "MachineStatus": ".monitor",
+    "ResumeReport": ".monitor",
+    "StatusReport": ".monitor",
+    "Comment": ".forge.base",
+    "Forge": ".forge.base",
+    "Issue": ".forge.base",
+    "PullRequest": ".forge.base",
+    "RunProgress": ".progress",
     "LocalTransport": ".runtime.local",
     "SSHTarget": ".runtime.ssh",
     "SSHTransport": ".runtime.ssh",

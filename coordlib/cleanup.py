@@ -19,7 +19,6 @@ skips them; the board keeps their outcome, and the forge keeps the trail.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from .assignment import Assignment
 from .errors import CoordError, MachineError, UsageError
-from .runtime.command import remote_argv
+from .runtime.answers import parse_clean
+from .runtime.protocol import CleanMode, clean_command
 
 if TYPE_CHECKING:
-    from .coordinator import Coordinator
+    from .context import Context
 
 __all__ = ["CleanReport", "CleanedRun", "clean"]
 
@@ -125,12 +125,11 @@ def select(
 
 
 def _cleaned(a: Assignment, keep_runs: bool) -> bool:
-    mark = a.extra.get("cleaned")
-    return isinstance(mark, dict) and (keep_runs or mark.get("run") in GONE)
+    return a.cleaned is not None and (keep_runs or a.cleaned.get("run") in GONE)
 
 
 async def clean(
-    coord: Coordinator,
+    ctx: Context,
     *,
     older_than: float = 7 * 86400.0,
     ids: Sequence[str] = (),
@@ -140,9 +139,9 @@ async def clean(
 ) -> CleanReport:
     """Remove the worktrees and run directories of ended assignments (see the module)."""
     if machine is not None:
-        coord.config.machine(machine)  # an unknown name: ConfigError with a suggestion
-    rows = coord.assignments(history=True)
-    full_ids = [coord.get(i).id for i in ids]  # prefixes resolved; unknown ids raise
+        ctx.config.machine(machine)  # an unknown name: ConfigError with a suggestion
+    rows = ctx.board.assignments(history=True)
+    full_ids = [ctx.board.assignment(i).id for i in ids]  # prefixes resolved; unknown ids raise
     chosen, in_use = select(
         rows,
         now=time.time(),
@@ -157,7 +156,7 @@ async def clean(
         by_machine.setdefault(a.machine, []).append(a)
     results = await asyncio.gather(
         *(
-            _clean_machine(coord, name, runs, in_use, keep_runs=keep_runs, dry_run=dry_run)
+            _clean_machine(ctx, name, runs, in_use, keep_runs=keep_runs, dry_run=dry_run)
             for name, runs in by_machine.items()
         )
     )
@@ -169,12 +168,12 @@ async def clean(
             ]
         report.runs.extend(outcome)
     if not dry_run:
-        _mark(coord, report.runs, keep_runs=keep_runs)
+        _mark(ctx, report.runs, keep_runs=keep_runs)
     return report
 
 
 async def _clean_machine(
-    coord: Coordinator,
+    ctx: Context,
     name: str,
     runs: Sequence[Assignment],
     in_use: dict[tuple[str, str], str],
@@ -183,9 +182,9 @@ async def _clean_machine(
     dry_run: bool,
 ) -> list[CleanedRun] | CoordError:
     """Clean one machine's runs with one remote command."""
-    if name not in coord.config.machines:
+    if name not in ctx.config.machines:
         return MachineError("not in the config any more; clean it by hand", machine=name)
-    m = coord.config.machine(name)
+    m = ctx.config.machine(name)
     owner: dict[str, str] = {}  # worktree -> the id it is sent with (continued sessions share)
     sent: list[tuple[Assignment, str]] = []
     for a in runs:
@@ -195,18 +194,22 @@ async def _clean_machine(
         else:
             owner[wt] = a.id
         sent.append((a, wt))
-    payload = b"".join(f"{a.id}\0{wt}\0".encode() for a, wt in sent)
-    argv = remote_argv("clean", m.root, "check" if dry_run else "remove", str(int(keep_runs)))
+    argv, payload = clean_command(
+        m.root,
+        CleanMode.CHECK if dry_run else CleanMode.REMOVE,
+        keep_runs=keep_runs,
+        runs=[(a.id, wt) for a, wt in sent],
+    )
     try:
-        done = await coord.transport(name).run(
+        done = await ctx.machines.get(name).run(
             argv,
             input=payload,
             timeout=max(_CLEAN_TIMEOUT, _CLEAN_TIMEOUT_PER_RUN * len(sent)),
             what="clean",
         )
+        said = parse_clean(done.stdout, machine=name)
     except CoordError as exc:
         return exc
-    said = _parse(done.stdout)
     out: list[CleanedRun] = []
     for a, wt in sent:
         line = said.get(a.id, {})
@@ -229,33 +232,11 @@ async def _clean_machine(
     return out
 
 
-def _parse(stdout: bytes) -> dict[str, dict[str, Any]]:
-    said: dict[str, dict[str, Any]] = {}
-    for raw in stdout.splitlines():
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            continue  # "end", or noise a login script printed
-        if isinstance(line, dict) and isinstance(line.get("id"), str):
-            said[line["id"]] = line
-    return said
-
-
-def _mark(coord: Coordinator, runs: Sequence[CleanedRun], *, keep_runs: bool) -> None:
+def _mark(ctx: Context, runs: Sequence[CleanedRun], *, keep_runs: bool) -> None:
     """Record on the board what is gone, so later cleans skip it."""
     now = time.time()
-    marks = {
+    ctx.board.mark_cleaned({
         r.id: {"at": now, "worktree": r.worktree, "run": r.run}
         for r in runs
         if r.worktree in GONE and (r.run in GONE or (keep_runs and r.run == "kept"))
-    }
-    if not marks:
-        return
-    with coord.board.transaction() as txn:
-        for aid in [i for i in marks if i in txn]:
-            extra = {**txn.get(aid).get("extra", {}), "cleaned": marks.pop(aid)}
-            txn.update(aid, {"extra": extra})
-    if marks:
-        coord.board.amend_history(
-            marks, lambda r: {"extra": {**r.get("extra", {}), "cleaned": marks[r["id"]]}}
-        )
+    })  # fmt: skip

@@ -144,7 +144,7 @@ def make_marker(stage: str, a: Assignment, key: TrailKey) -> str:
     record: dict[str, Any] = {"v": MARKER_VERSION, "stage": stage}
     row = a.to_dict()
     record.update({k: row[k] for k in _FIELDS if row.get(k) is not None})
-    record.update({k: a.extra[k] for k in _LINKS if a.extra.get(k)})
+    record.update({k: getattr(a, k) for k in _LINKS if getattr(a, k)})
     record["mac"] = key.sign(record)
     text = json.dumps(record, sort_keys=True, separators=(",", ":"))
     while "--" in text:  # only possible inside strings, where \u002d means the same

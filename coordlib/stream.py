@@ -5,9 +5,9 @@ a ``system``/``init`` event, ``assistant`` events (one per content block, sharin
 message id), ``user`` events carrying tool results, ``system``/``api_retry`` events while
 the API is retried, ``rate_limit_event`` notices, and a final ``result``.  `parse_line`
 turns one line into a list of events and never raises: anything it cannot read becomes
-`Malformed`, anything it does not know becomes `Other`.  `RunProgress` folds events into
-the fields the board keeps, `format_event` is the line ``coord watch`` prints, and
-`classify` decides how a finished run ends on the board.
+`Malformed`, anything it does not know becomes `Other`.  `format_event` is the line
+``coord watch`` prints, and `classify` decides how a finished run ends on the board;
+`coordlib.progress.RunProgress` folds events into what the board keeps.
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ __all__ = [
     "Progress",
     "RateLimit",
     "Result",
-    "RunProgress",
     "ToolResult",
     "ToolUse",
     "classify",
-    "fold",
     "format_event",
     "parse_line",
     "parse_lines",
@@ -534,88 +532,6 @@ def format_event(event: Event, *, verbose: bool = False) -> str | None:
         outcome = "error" if event.is_error else "ok"
         return f"[tool-result] {outcome} {_one_line(event.text)}".rstrip()
     return f"[event] {event.type or '?'}" + (f"/{event.subtype}" if event.subtype else "")
-
-
-# -- folding ----------------------------------------------------------------------------------
-
-
-@dataclass
-class RunProgress:
-    """What a run's events say so far, folded into the fields the board keeps."""
-
-    session_id: str | None = None
-    model: str | None = None
-    cwd: str | None = None
-    turns: int = 0
-    last_status: str | None = None  # "STATUS: …" or "STUCK: …"
-    last_tool: str | None = None  # "Edit auth/x.py"
-    cost_usd: float | None = None
-    duration_ms: int | None = None
-    result: Result | None = None
-    malformed: int = 0
-    retries: int = 0
-    rate_limited_until: float | None = None  # epoch seconds, while the account is limited
-    last_retry_delay_ms: float | None = None  # the CLI's last back-off (429s honour retry-after)
-    _message_ids: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
-
-    def note_message(self, message_id: str) -> None:
-        """Count message_id as a turn already folded (when resuming a fold from a count)."""
-        self._message_ids.add(message_id)
-
-    def apply(self, event: Event) -> None:
-        """Fold one event in."""
-        if isinstance(event, Malformed):
-            self.malformed += 1
-            return
-        raw = event.raw
-        # Any event carries the session id, so a watcher that starts mid-file still learns it.
-        if self.session_id is None:
-            self.session_id = _str(raw, "session_id")
-        if raw.get("type") == "assistant":
-            message = _dict(raw, "message")
-            key = _str(message, "id") or _str(raw, "uuid")
-            # The CLI reports an API failure as a "<synthetic>" assistant message: no turn.
-            synthetic = _str(message, "model") == "<synthetic>"
-            if (
-                key is not None
-                and key not in self._message_ids
-                and self.result is None
-                and not synthetic
-            ):
-                self._message_ids.add(key)
-                self.turns += 1
-            if not synthetic:
-                self.model = self.model or _str(message, "model")
-        if isinstance(event, Init):
-            self.session_id = event.session_id or self.session_id
-            self.model = event.model or self.model
-            self.cwd = event.cwd or self.cwd
-        elif isinstance(event, Progress):
-            self.last_status = f"{event.kind}: {event.text}"
-        elif isinstance(event, ToolUse):
-            summary = _summarize(event.name, event.input, event.cwd or self.cwd)
-            self.last_tool = f"{event.name} {summary}".rstrip()
-        elif isinstance(event, ApiRetry):
-            self.retries += 1
-            self.last_retry_delay_ms = event.retry_delay_ms or self.last_retry_delay_ms
-        elif isinstance(event, RateLimit):
-            limited = event.status not in (None, "allowed", "allowed_warning")
-            self.rate_limited_until = event.resets_at if limited else None
-        elif isinstance(event, Result):
-            self.result = event
-            self.session_id = event.session_id or self.session_id
-            if event.num_turns is not None:
-                self.turns = event.num_turns
-            self.cost_usd = event.total_cost_usd
-            self.duration_ms = event.duration_ms
-
-
-def fold(events: Iterable[Event]) -> RunProgress:
-    """Fold events into a fresh `RunProgress`."""
-    progress = RunProgress()
-    for event in events:
-        progress.apply(event)
-    return progress
 
 
 # -- classifying ------------------------------------------------------------------------------

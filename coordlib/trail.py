@@ -70,15 +70,15 @@ def _cut(text: str, room: int, where: str) -> str:
 
 def briefing_comment(a: Assignment, briefing: str, key: TrailKey) -> str:
     """The comment a dispatch posts: who works on it, where, and the briefing itself."""
-    verb = "continues" if a.extra.get("continues") else "dispatched"
+    verb = "continues" if a.continues else "dispatched"
     head = (
         f"**coord** {verb} `{a.id}` on `{a.machine}` with `{a.model}`, "
         f"branch `{a.branch}` (attempt {a.attempt})."
     )
-    if a.extra.get("retry_of"):
-        head += f" It retries `{a.extra['retry_of']}`."
-    if a.extra.get("continues"):
-        head += f" It continues `{a.extra['continues']}`, session `{a.session_id}`."
+    if a.retry_of:
+        head += f" It retries `{a.retry_of}`."
+    if a.continues:
+        head += f" It continues `{a.continues}`, session `{a.session_id}`."
     marker = make_marker("dispatch", a, key)
     room = MAX_COMMENT_CHARS - len(head) - len(marker) - 200
     text = _cut(neutralise(briefing.rstrip()), room, f"`{a.run_dir}/briefing.md` on `{a.machine}`")
@@ -164,8 +164,8 @@ def sort_into_sections(issues: Iterable[Issue], live: set[int]) -> dict[str, lis
 class Trail:
     """Posts the trail on issues, once per stage, and rebuilds board rows from it.
 
-    Each row's ``extra["trail"]`` records the stages posted (stage → comment id), or
-    ``{"off": reason}`` for work that is not on the forge.  A stage is claimed on the
+    Each row's `trail` records the stages posted (stage → comment id), and `trail_off`
+    why work that is not on the forge leaves none.  A stage is claimed on the
     board before it is posted, so two coord processes never post it twice; a post that
     fails is forgotten, for `post_pending` (run by `coord resume`) to try again.
     """
@@ -184,16 +184,18 @@ class Trail:
 
     async def post_dispatch(
         self, a: Assignment, briefing: str, labels: Sequence[str] | None = None
-    ) -> None:
+    ) -> int | str | None:
         """Post the briefing on the issue and mark it in progress (best effort).
 
-        `labels` are the issue's labels when known: only those present are removed, as
-        every request to a forge counts.
+        The dispatcher claimed this stage on the board with the assignment itself and
+        records what this returns: the comment's id, or None when it could not be posted
+        (`post_pending` tries again).  `labels` are the issue's labels when known: only
+        those present are removed, as every request to a forge counts.
         """
         drop = [STATUS_LABELS["ready"], STATUS_LABELS["refining"], STATUS_LABELS["done"]]
         drop = [x for x in drop if x in labels] if labels is not None else drop[:1]
-        await self._post(a, "dispatch", briefing_comment(a, briefing, self.key),
-                         add=[STATUS_LABELS["in_progress"]], remove=drop)  # fmt: skip
+        return await self._send(a, "dispatch", briefing_comment(a, briefing, self.key),
+                                add=[STATUS_LABELS["in_progress"]], remove=drop)  # fmt: skip
 
     async def post_ending(self, a: Assignment) -> None:
         """Post how an assignment ended on its issue and move its status label."""
@@ -209,15 +211,17 @@ class Trail:
         """Post the stages earlier processes could not (or crashed before they did)."""
         posted = 0
         for a in rows:
-            trail = a.extra.get("trail")
-            if not isinstance(trail, dict) or trail.get("off"):
+            if a.trail is None or a.trail_off is not None:
                 continue
+            trail = a.trail
             stale = time.time() - (a.finished_at or a.created_at) > _STALE_POSTING
             if stale and "posting" in trail.values():
-                trail = self._forget(a.id, lambda k, v: v == "posting")
+                trail = self.board.trail_forget(a.id, lambda k, v: v == "posting")
             if "dispatch" not in trail and a.status != Status.PENDING:
                 note = f"(the briefing of {a.id} was not recorded by the coordinator)"
-                await self.post_dispatch(a, note)
+                drop = [STATUS_LABELS["ready"]]
+                await self._post(a, "dispatch", briefing_comment(a, note, self.key),
+                                 add=[STATUS_LABELS["in_progress"]], remove=drop)  # fmt: skip
                 posted += 1
             if (a.is_terminal or a.status == Status.QUEUED) and str(a.status) not in trail:
                 await self.post_ending(a)
@@ -227,17 +231,21 @@ class Trail:
     async def _post(
         self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
     ) -> None:
-        known = a.extra.get("trail")
-        if not isinstance(known, dict) or known.get("off"):
+        """Claim `stage` on the board, post it, and record the comment (or forget the claim)."""
+        if a.trail is None or a.trail_off is not None:
             return  # work that is not on the forge: no need to lock the board to know it
-        with self.board.transaction() as txn:
-            if a.id not in txn:
-                return
-            row = txn.get(a.id)
-            trail = row.get("extra", {}).get("trail")
-            if not isinstance(trail, dict) or trail.get("off") or stage in trail:
-                return
-            txn.update(a.id, {"extra": {**row["extra"], "trail": {**trail, stage: "posting"}}})
+        if not self.board.trail_claim(a.id, stage):
+            return
+        comment = await self._send(a, stage, body, add=add, remove=remove)
+        if comment is None:
+            self.board.trail_forget(a.id, lambda k, v: k == stage)
+        else:
+            self.board.trail_posted(a.id, stage, comment)
+
+    async def _send(
+        self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
+    ) -> int | str | None:
+        """Post body on a's issue and move its labels; return the comment id, None on failure."""
         try:
             forge = self.forge(a.repo)
             comment = await forge.comment(a.issue, body)
@@ -247,22 +255,8 @@ class Trail:
                 await forge.add_labels(a.issue, add)
         except CoordError as exc:
             self.notify(f"{a.id}: the {stage} comment on {a.repo}#{a.issue} was not posted: {exc}")
-            self._forget(a.id, lambda k, v: k == stage)
-            return
-        with self.board.transaction() as txn:
-            if a.id in txn:
-                row = txn.get(a.id)
-                trail = {**(row.get("extra", {}).get("trail") or {}), stage: comment.id}
-                txn.update(a.id, {"extra": {**row["extra"], "trail": trail}})
-
-    def _forget(self, aid: str, drop: Callable[[str, Any], bool]) -> dict[str, Any]:
-        with self.board.transaction() as txn:
-            if aid not in txn:
-                return {}
-            row = txn.get(aid)
-            trail = {k: v for k, v in (row["extra"].get("trail") or {}).items() if not drop(k, v)}
-            txn.update(aid, {"extra": {**row["extra"], "trail": trail}})
-            return trail
+            return None
+        return comment.id
 
     async def rebuild(
         self, repos: Iterable[str], config: Config
@@ -310,14 +304,7 @@ class Trail:
                         continue
                     if row["id"] not in known:
                         found.setdefault(row["id"], {}).update(row)
-        restored: list[Assignment] = []
-        with self.board.transaction() as txn:
-            for aid, data in found.items():
-                if aid in txn:
-                    continue
-                a = _row_from_marker(aid, data)
-                txn.insert(a.to_dict())
-                restored.append(a)
+        restored = self.board.restore([_row_from_marker(aid, data) for aid, data in found.items()])
         return restored, skipped
 
 
@@ -325,14 +312,13 @@ def _row_from_marker(aid: str, data: dict[str, Any]) -> Assignment:
     """Build the board row of a checked marker's latest stage."""
     stage = data["stage"]
     status = Status(stage) if stage in {str(x) for x in Status} else Status.RUNNING
-    trail = {"dispatch": "restored"}
+    trail: dict[str, Any] = {"dispatch": "restored"}
     if status in TERMINAL or status == Status.QUEUED:
         trail[str(status)] = "restored"
-    extra: dict[str, Any] = {"restored_from_forge": True, "trail": trail}
-    if status == Status.QUEUED:
-        extra["held"] = HELD_RESTORED
-    extra.update({k: data[k] for k in ("retry_of", "continues") if data.get(k)})
     fields = {k: data[k] for k in _ROW_FIELDS if k in data}
-    a = Assignment.from_dict({**fields, "id": aid, "status": str(status), "extra": extra})
-    a.events_offset = 0  # status folds the run's events again from the start
-    return a
+    a = Assignment.from_dict({**fields, "id": aid, "status": str(status)})
+    a.trail, a.restored = trail, True
+    a.retry_of, a.continues = data.get("retry_of"), data.get("continues")
+    if status == Status.QUEUED:
+        a.held = HELD_RESTORED
+    return a  # its events are folded again from the start by the next status

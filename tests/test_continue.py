@@ -92,7 +92,7 @@ def test_a_worktree_is_driven_by_one_worker_at_a_time(setup: Setup) -> None:
             a = c.get(a.id)
             # Force a second driver while the first still runs: the machine refuses it.
             with pytest.raises(DispatchError, match="another worker is still running"):
-                await c._continue(a, "also work here")
+                await c._dispatcher.continue_session(a, "also work here")
             await c.stop(a.id)
 
     arun(go())

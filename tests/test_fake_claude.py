@@ -16,6 +16,7 @@ import pytest
 
 import coordlib.testing
 from coordlib.assignment import Status
+from coordlib.progress import fold
 from coordlib.stream import (
     ApiRetry,
     Event,
@@ -25,7 +26,6 @@ from coordlib.stream import (
     Result,
     ToolUse,
     classify,
-    fold,
     format_event,
     parse_line,
     parse_lines,

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordlib.assignment import Status
+from coordlib.progress import RunProgress, fold
 from coordlib.stream import (
     FAILURE_CLASSES,
     ApiRetry,
@@ -23,11 +24,9 @@ from coordlib.stream import (
     Progress,
     RateLimit,
     Result,
-    RunProgress,
     ToolResult,
     ToolUse,
     classify,
-    fold,
     format_event,
     parse_line,
     parse_lines,
@@ -432,6 +431,7 @@ def test_run_progress_of_a_successful_run() -> None:
         malformed=0,
         retries=0,
         rate_limited_until=None,
+        files_touched=["auth/middleware.py"],  # relative to the worktree (its cwd)
     )
 
 

@@ -122,10 +122,10 @@ def test_other_workers_files_are_in_the_do_not_touch_list(setup: Setup, run_coor
             a = await c.assign("local", "api", first)
             for _ in range(100):  # until its Write shows up in the board's fold
                 await c.status()
-                if c.get(a.id).extra.get("files_touched"):
+                if c.get(a.id).files_touched:
                     break
                 await asyncio.sleep(0.1)
-            assert c.get(a.id).extra["files_touched"] == ["fake_claude_output.txt"]
+            assert c.get(a.id).files_touched == ["fake_claude_output.txt"]
             b = await c.assign("local", "api", second, dry_run=True)
             await c.stop(a.id)
             return str(b.extra["briefing"])

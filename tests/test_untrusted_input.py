@@ -33,7 +33,7 @@ from coordlib.markers import (
     neutralise,
 )
 from coordlib.reconcile import MAX_EVENT_BYTES, fold, reconcile
-from coordlib.runtime.probe import MachineProbe, RunProbe
+from coordlib.runtime.answers import MachineProbe, RunProbe
 from coordlib.terminal import printable
 from coordlib.trail import MAX_COMMENT_CHARS, briefing_comment, ending_comment, parse_markers
 
@@ -231,11 +231,11 @@ def test_a_session_id_that_is_not_a_uuid_is_refused_and_never_folded(setup: Setu
 
     async def go() -> None:
         async with setup.coordinator() as c:
-            spec = c._dispatcher._launch_spec("local", "/w", "m", resume=UUID)
+            spec = c._dispatcher.launch_spec("local", "/w", "m", resume=UUID)
             assert f"--resume={UUID}" in spec.args and "--resume" not in spec.args
             for bad in ("--permission-mode=bypassPermissions", "abc", f"{UUID}\n-x"):
                 with pytest.raises(UsageError, match="not a UUID"):
-                    c._dispatcher._launch_spec("local", "/w", "m", resume=bad)
+                    c._dispatcher.launch_spec("local", "/w", "m", resume=bad)
             stuck = _row(machine="local", status="failed", session_id="--dangerous")
             c.board.insert(stuck.to_dict())
             with pytest.raises(UsageError, match="not a UUID"):
@@ -269,13 +269,13 @@ def test_an_event_line_over_the_read_limit_is_skipped_recorded_and_the_run_ends(
         run = RunProbe(id=a.id, alive=False, size=len(log), exit=exit_record,
                        events_offset=a.events_offset, events=chunk)  # fmt: skip
         change = reconcile(a, MachineProbe(runs={a.id: run}), in_flight=lambda _: False)
-        extra = {**a.extra, **change.pop("extra", {})}
-        a = Assignment.from_dict({**a.to_dict(), **change, "extra": extra})
+        for name, value in change.items():  # as Board.settle applies a reconciled change
+            setattr(a, name, Status(value) if name == "status" else value)
         if a.is_terminal:
             break
     assert a.status == Status.DONE and a.result == "done" and a.session_id == UUID
     assert a.events_offset == len(log)
-    assert a.extra["malformed_lines"] == [{"start": len(ok), "size": len(huge) - 1}]
+    assert a.progress["malformed_lines"] == [[len(ok), len(huge) - 1]]
     assert reads == 3  # one read each: never the same 8 MiB twice
 
 
