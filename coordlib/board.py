@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from .assignment import TERMINAL, Assignment, Status
 from .board_store import FINISHED, SCHEMA_VERSION, BoardSnapshot, RecordStore, Transaction
@@ -51,6 +51,31 @@ ALLOWED: Mapping[Status, frozenset[Status]] = {
 }
 
 
+class LiveRow(Protocol):
+    """What the claim checks read of a live row: an `Assignment`, or a `_Live` of a raw one."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def repo(self) -> str: ...
+    @property
+    def issue(self) -> int: ...
+    @property
+    def machine(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+
+
+class _Live(NamedTuple):
+    """The few fields of a live row that claims check, read without building an Assignment."""
+
+    id: str
+    repo: str
+    issue: int
+    machine: str
+    status: str
+
+
 @dataclass(frozen=True)
 class Capacity:
     """How many workers may be live: fleet-wide, and on the machine being claimed."""
@@ -60,7 +85,7 @@ class Capacity:
     where: str = ""  # the config file, for the message
 
 
-def refuse_live_clash(live: Iterable[Assignment], repo: str, issue: int) -> None:
+def refuse_live_clash(live: Iterable[LiveRow], repo: str, issue: int) -> None:
     """Raise `ClaimError` if one of the live assignments works on repo's issue."""
     clash = next((x for x in live if x.repo == repo and x.issue == issue), None)
     if clash is not None:
@@ -87,11 +112,6 @@ class Board(RecordStore):
                 del self._groups[old]
             group = self._groups[loop] = _GroupCommit(self)
         return await group.submit(change)
-
-    def _live(self, txn: Transaction) -> list[Assignment]:
-        """The live rows of a transaction (finished ones are not even built)."""
-        return [Assignment.from_dict(r, where=self.path) for r in txn.all()
-                if r.get("status") not in FINISHED]  # fmt: skip
 
     # -- reading ---------------------------------------------------------------------------
     def live(self) -> list[Assignment]:
@@ -131,7 +151,19 @@ class Board(RecordStore):
         """
 
         def change(txn: Transaction) -> None:
-            live = [x for x in self._live(txn) if x.id != replaces]
+            # Raw fields, not Assignments: a batch of a hundred claims on a board of hundreds
+            # of rows would otherwise build tens of thousands of them.
+            live = [
+                _Live(
+                    r["id"],
+                    r.get("repo", ""),
+                    r.get("issue", -1),
+                    r.get("machine", ""),
+                    r.get("status", "pending"),
+                )
+                for r in txn.records()
+                if r.get("status") not in FINISHED and r["id"] != replaces
+            ]
             if capacity is not None:
                 refuse_live_clash(live, a.repo, a.issue)
                 _check_capacity(live, a.machine, capacity)
@@ -363,7 +395,7 @@ def _move(a: Assignment, to: Status) -> None:
     a.status = to
 
 
-def _check_capacity(live: Sequence[Assignment], machine: str, cap: Capacity) -> None:
+def _check_capacity(live: Sequence[LiveRow], machine: str, cap: Capacity) -> None:
     working = [x for x in live if x.status != Status.QUEUED]
     if len(working) >= cap.fleet:
         where = f" in {cap.where}" if cap.where else ""

@@ -150,6 +150,11 @@ class Transaction:
         self._check_open()
         return [dict(record) for record in self._records.values()]
 
+    def records(self) -> Iterator[Mapping[str, Any]]:
+        """Iterate over the live records themselves, without copies: read, never change them."""
+        self._check_open()
+        return iter(self._records.values())
+
     def insert(self, record: Mapping[str, Any]) -> None:
         """Add a record; its "id" must be a string no live record has."""
         self._check_open()

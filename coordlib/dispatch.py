@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 __all__ = ["RATE_LIMIT_GUIDANCE", "Dispatcher"]
 
 _DISPATCH_TIMEOUT = 180.0
+# A burst of assigns shares one read of the board's live rows (for the early clash check and
+# the "do not touch" list; the claim itself checks the board again, inside its transaction).
+_LIVE_SHARED_S = 1.0
 RATE_LIMIT_GUIDANCE = (
     "Your previous run was interrupted by an API rate limit. Continue the task from where "
     "you left off; check `git status` and `git log` to see what is already done."
@@ -61,6 +64,14 @@ class Dispatcher:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.claims = Claims(ctx)
+        self._live: tuple[float, list[Assignment]] | None = None
+
+    def _live_rows(self) -> list[Assignment]:
+        """The board's live rows, read once for a burst of assigns (see _LIVE_SHARED_S)."""
+        now = time.monotonic()
+        if self._live is None or now - self._live[0] > _LIVE_SHARED_S:
+            self._live = (now, self.ctx.board.live())
+        return self._live[1]
 
     # ------------------------------------------------------------ planning
     def launch_spec(
@@ -146,7 +157,7 @@ class Dispatcher:
             files_in_scope=scope,
         )
         if briefing is None:
-            rows = self.ctx.board.live() if live is None else live
+            rows = self._live_rows() if live is None else live
             info = self._issue_context(r.name, issue_info) if issue_info is not None else {}
             briefing = render_briefing(
                 "work",
@@ -199,7 +210,7 @@ class Dispatcher:
     ) -> Assignment:
         """See `Coordinator.assign`."""
         board = self.ctx.board
-        live = board.live()
+        live = self._live_rows()
         titled = bool((title or "").strip()) or briefing is not None
         info = await self.claims.issue(
             repo, issue, live=live, titled=titled, force=force,
@@ -239,6 +250,7 @@ class Dispatcher:
         await self.ctx.board.claim(
             a, capacity=capacity, replaces=replaces.id if replaces else None, retried=retried
         )
+        self._live = None  # the next assign reads the board again: it holds a new row
         # Until its dispatch returns, a status in this process (another task's `wait`) must
         # not take the row's missing run for a lost one.
         self.ctx.sending.add(a.id)

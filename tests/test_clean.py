@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from coordlib import CoordError, Status, UsageError
+from coordlib.runtime.layout import Layout
 from coordlib.testing import SSHServer
 from coordlib.testing.gitrepo import git
 
@@ -255,13 +256,8 @@ def test_a_held_worktree_lock_or_a_symlink_out_keeps_it(setup: Setup, tmp_path: 
             a = await c.wait((await c.assign("local", "api", 12, title="f")).id, timeout=30)
             b = await c.wait((await c.assign("local", "api", 13, title="g")).id, timeout=30)
             # a: a worker about to start holds the worktree's lock.
-            lock_of = subprocess.run(
-                ["bash", "-c", "printf '%s' \"$1\" | cksum | cut -d' ' -f1", "-", a.worktree],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-            holder = subprocess.Popen(
-                ["flock", str(wd / "locks" / f"wt-{lock_of}.lock"), "sleep", "60"]
-            )
+            lock = Layout(str(wd)).worktree_lock(a.worktree)
+            holder = subprocess.Popen(["flock", lock, "sleep", "60"])
             # b: its path is a symlink to a linked worktree of the user's, elsewhere.
             mine = tmp_path / "my-own-worktree"
             git("worktree", "add", "-q", "-b", "mine", str(mine), cwd=setup.repo.path)
@@ -269,7 +265,7 @@ def test_a_held_worktree_lock_or_a_symlink_out_keeps_it(setup: Setup, tmp_path: 
             Path(b.worktree).symlink_to(mine)
             try:
                 for _ in range(50):  # until flock holds it
-                    if (wd / "locks" / f"wt-{lock_of}.lock").exists():
+                    if Path(lock).exists():
                         break
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(0.2)

@@ -150,8 +150,15 @@ pid_file_alive() { # pid_file_alive FILE -> status 0 when the process it names (
     [ "$state" != Z ] && [ "$pstart" = "$start" ]
 }
 
-wt_lock() { # wt_lock WORKDIR WORKTREE: print the lock file that one worker per worktree holds
-    printf '%s/locks/wt-%s.lock' "$1" "$(printf '%s' "$2" | cksum | cut -d' ' -f1)"
+wt_lock() { # wt_lock VAR WORKDIR WORKTREE: set VAR to the lock file one worker per worktree holds
+    # Named by the worktree's path, percent-encoded ("%" as %25, "/" as %2F; no fork: every
+    # launcher takes it as it starts); a path too long for a file name, by its checksum.
+    local name=${3//%/%25}
+    name=${name//\//%2F}
+    if ((${#name} > 200)); then
+        name=$(printf '%s' "$3" | cksum) && name=${name%% *}
+    fi
+    printf -v "$1" '%s/locks/wt-%s.lock' "$2" "$name"
 }
 
 live_mark() { # live_mark RUN_DIR: print the marker that lists the run as live (runs/.live/ID)

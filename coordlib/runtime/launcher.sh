@@ -107,9 +107,10 @@ cmd_run() { # run RUN_DIR
     # launcher holds the lock while its worker lives; the worker does not inherit it, so
     # a daemon the worker leaves behind cannot keep the worktree locked forever.
     if command -v flock >/dev/null 2>&1; then
-        local workdir=${run%/runs/*}
-        mkdir -p "$workdir/locks"
-        exec 8>"$(wt_lock "$workdir" "$wtx")"
+        local workdir=${run%/runs/*} lock
+        [ -d "$workdir/locks" ] || mkdir -p "$workdir/locks"
+        wt_lock lock "$workdir" "$wtx"
+        exec 8>"$lock"
         if ! flock -n 8; then
             echo "another worker is still running in $COORD_WORKTREE; not starting" >&2
             write_exit "$run" 124 busy "$started"

@@ -68,7 +68,7 @@ class Layout:
     BIN = "bin"
     LAUNCHER_FILE = "coord-launcher-"  # bin/coord-launcher-<hash>
     LOCKS = "locks"
-    WORKTREE_LOCK = "wt-"  # locks/wt-<cksum of the worktree's path>.lock
+    WORKTREE_LOCK = "wt-"  # locks/wt-<the worktree's path, %-encoded>.lock
     REPO_LOCK = "repo-"  # locks/repo-<cksum>.lock, where the clone's git dir is read-only
     DISPATCH_LOCK = "coord-dispatch.lock"  # in the clone's git dir
     SESSION = "coord-"  # tmux session coord-<id>
@@ -89,6 +89,13 @@ class Layout:
     def worktree(self, repo: str, id: str) -> str:
         """Return the worktree assignment `id` works in."""
         return f"{self.root}/{self.WORKTREES}/{repo}/{id}"
+
+    def worktree_lock(self, worktree: str) -> str:
+        """Return the lock one worker per worktree holds (a path of up to 200 characters)."""
+        name = worktree.replace("%", "%25").replace("/", "%2F")
+        if len(name) > 200:
+            raise ValueError(f"{worktree!r} is named by its cksum on the machine")
+        return f"{self.root}/{self.LOCKS}/{self.WORKTREE_LOCK}{name}.lock"
 
     def launcher(self, hash: str) -> str:
         """Return where the launcher of that version is installed."""

@@ -43,6 +43,33 @@ dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made
         rm -rf "$D_RUN"
 }
 
+# Builtins where a fork would do the same: a burst of dispatches shares the machine's cores.
+has_origin() { # has_origin GIT_CONFIG -> status 0 when it defines the remote "origin"
+    local line
+    while IFS= read -r line; do
+        [[ $line == *'[remote "origin"]'* ]] && return 0
+    done <"$1"
+    return 1
+}
+
+has_branch() { # has_branch GIT_DIR BRANCH -> status 0 when refs/heads/BRANCH exists, loose or packed
+    [ -e "$1/refs/heads/$2" ] && return 0
+    [ -f "$1/packed-refs" ] || return 1
+    local sha ref
+    while read -r sha ref; do
+        [ "$ref" = "refs/heads/$2" ] && return 0
+    done <"$1/packed-refs"
+    return 1
+}
+
+read_exactly() { # read_exactly N FILE: copy exactly N bytes of stdin to FILE (a small part)
+    local LC_ALL=C part="" # C: N counts bytes, and bytes pass as they are
+    if (($1 > 0)); then
+        IFS= read -r -d '' -N "$1" part
+    fi
+    [ "${#part}" -eq "$1" ] && printf '%s' "$part" >"$2"
+}
+
 cmd_dispatch() {
     need_args dispatch $# 13 "WORKDIR ID REPO_PATH WORKTREE BRANCH BASE SOCKET HASH N_BRIEF N_SPEC N_LAUNCH N_LAUNCHER MODE"
     need_path dispatch workdir "$1"
@@ -101,7 +128,9 @@ cmd_dispatch() {
     if [ "$mode" = continue ]; then
         [ -d "$wt" ] || die 12 "worktree $wt is gone from this machine; nothing to continue (use coord retry)"
         if command -v flock >/dev/null 2>&1; then
-            exec 8>"$(wt_lock "$workdir" "$wt")"
+            local lock
+            wt_lock lock "$workdir" "$wt"
+            exec 8>"$lock"
             flock -n 8 || die 19 "another worker is still running in $wt (stop it first)"
             exec 8>&-
         fi
@@ -114,14 +143,14 @@ cmd_dispatch() {
         if [ "$f_base" = "$base" ] && valid_num "$f_at" && ((now - f_at < FETCH_SHARED_S)); then
             start=$f_start
         else
-            if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
+            if has_origin "$gitdir/config"; then
                 git -C "$repo" fetch --quiet origin "$base" >&2 ||
                     die 11 "git fetch origin $base failed in $repo"
                 start="origin/$base"
             fi
             printf '%s %s %s\n' "$now" "$base" "$start" 2>/dev/null >"$fetched"
         fi
-        if git -C "$repo" show-ref --verify --quiet "refs/heads/$branch"; then
+        if has_branch "$gitdir" "$branch"; then
             die 12 "branch $branch already exists in $repo (finish or delete it: git -C $repo branch -D $branch)"
         fi
         mkdir -p "${wt%/*}" || die 14 "cannot create ${wt%/*} (disk full?)"
@@ -132,8 +161,8 @@ cmd_dispatch() {
     exec 9>&-
 
     head -c "$nbrief" >"$run/briefing.md" &&
-        head -c "$nspec" >"$run/spec.json" &&
-        head -c "$nlaunch" >"$run/launch.env" &&
+        read_exactly "$nspec" "$run/spec.json" &&
+        read_exactly "$nlaunch" "$run/launch.env" &&
         : >"$run/events.jsonl" && : >"$run/stderr.log" ||
         die 15 "cannot write the run files in $run (disk full?)"
     # A prompt cut short would be obeyed as it is: check it.  (A cut launch.env or
@@ -401,7 +430,9 @@ clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE: set CW (what happened
     # Hold the worktree's lock (the one each launcher holds while its worker lives) from the
     # checks to the removal, so no worker can start in it meanwhile.
     if command -v flock >/dev/null 2>&1 && mkdir -p "$workdir/locks" 2>/dev/null; then
-        { exec {lk}>"$(wt_lock "$workdir" "$wt")"; } 2>/dev/null || lk=""
+        local lock
+        wt_lock lock "$workdir" "$wt"
+        { exec {lk}>"$lock"; } 2>/dev/null || lk=""
         if [ -n "$lk" ] && ! flock -n "$lk"; then
             exec {lk}>&-
             CW=kept CN="a worker is still running in it" && return
