@@ -21,7 +21,7 @@ from typing import Any
 
 import _common as C
 
-STATUS_IMPORTS = "import cli.main, cli.run_cmds, coordlib.coordinator"
+STATUS_IMPORTS = "import coord_cli.main, coord_cli.run_cmds, coordlib.coordinator"
 
 
 def importtime(argv: list[str], runs: int) -> dict[str, dict[str, Any]]:
@@ -88,7 +88,7 @@ def main() -> int:
             for name in order[k:] + order[:k]:
                 times[name].append(C.time_process(tools[name])[0])
     with C.section(f"python -X importtime, {runs} runs each (fastest per module)"):
-        help_imports = offenders(importtime(["-m", "cli", "--help"], runs))
+        help_imports = offenders(importtime(["-m", "coord_cli", "--help"], runs))
         status_imports = offenders(importtime(["-c", STATUS_IMPORTS], runs))
 
     med = {k: C.median(v) for k, v in times.items()}

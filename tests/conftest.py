@@ -134,7 +134,7 @@ def run_coord() -> Callable[..., subprocess.CompletedProcess[str]]:
     ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "cli", "--config", str(config), *args],
+            [sys.executable, "-m", "coord_cli", "--config", str(config), *args],
             capture_output=True,
             text=True,
             timeout=timeout,

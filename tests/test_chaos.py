@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import coordlib
-from cli.main import coord
+from coord_cli.main import coord
 from coordlib import CoordError, Coordinator
 from coordlib.board import Board
 from coordlib.runtime.answers import parse_status
@@ -111,7 +111,7 @@ def write_config(setup: Setup) -> Path:
 def coord_proc(*args: str, config: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `coord` CLI in its own process."""
     return subprocess.run(
-        [sys.executable, "-m", "cli", "--config", str(config), *args],
+        [sys.executable, "-m", "coord_cli", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

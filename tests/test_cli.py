@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.main import coord
+from coord_cli.main import coord
 from coordlib._version import __version__
 from coordlib.testing import make_git_repo
 
@@ -377,29 +377,33 @@ def test_init_asks_which_repos(tmp_path: Path) -> None:
 def test_commands_load_on_use_and_the_map_names_each_module() -> None:
     import importlib
 
-    from cli import main as cli_main
+    from coord_cli import main as cli_main
 
     for module in set(cli_main._COMMAND_MODULES.values()):
-        importlib.import_module(f"cli.{module}")
+        importlib.import_module(f"coord_cli.{module}")
     registered = {
         name: command.callback.__module__
         for name, command in coord.commands.items()
         if command.callback is not None
     }
-    assert registered == {n: f"cli.{m}" for n, m in cli_main._COMMAND_MODULES.items()}
+    assert registered == {n: f"coord_cli.{m}" for n, m in cli_main._COMMAND_MODULES.items()}
     # A command imports its own module only.
     code = (
-        "import sys; from click.testing import CliRunner; from cli.main import coord; "
+        "import sys; from click.testing import CliRunner; from coord_cli.main import coord; "
         "CliRunner().invoke(coord, ['version']); "
-        "print(sorted(m for m in sys.modules if m.startswith('cli.')))"
+        "print(sorted(m for m in sys.modules if m.startswith('coord_cli.')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     # (cli.output is the one shared way of printing.)
-    assert done.stdout.strip() == "['cli.main', 'cli.output', 'cli.setup_cmds']", done.stderr
+    assert (
+        done.stdout.strip() == "['coord_cli.main', 'coord_cli.output', 'coord_cli.setup_cmds']"
+    ), done.stderr
 
 
 def test_a_mistyped_command_suggests_the_nearest() -> None:
     # In a fresh process, where no command module is loaded yet.
-    done = subprocess.run([sys.executable, "-m", "cli", "stauts"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "coord_cli", "stauts"], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert "Did you mean 'status'?" in done.stderr

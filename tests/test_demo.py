@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli.main import coord
+from coord_cli.main import coord
 
 
 def _branches(repo: Path) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cli.main import coord
+from coord_cli.main import coord
 from coordlib import HostKeyError, Status
 from coordlib.testing import SSHServer
 
@@ -141,7 +141,7 @@ def test_resume_after_the_coordinator_is_killed_mid_run(
     aid = json.loads(out.stdout)["id"]
     # A coordinator watching it is SIGKILLed mid-run.
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "cli", "--config", str(config), "watch", aid],
+        [sys.executable, "-m", "coord_cli", "--config", str(config), "watch", aid],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -191,7 +191,7 @@ def test_kill_during_assign_leaves_a_board_resume_repairs(setup: Setup, run_coor
             [
                 sys.executable,
                 "-m",
-                "cli",
+                "coord_cli",
                 "--config",
                 str(config),
                 "assign",

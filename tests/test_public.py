@@ -39,3 +39,19 @@ def test_importing_coordlib_loads_neither_asyncssh_nor_the_coordinator() -> None
     code = f"import sys, coordlib; print(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_setup_cfg_installs_every_package_and_the_cli_under_its_own_name() -> None:
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = {
+        ".".join(p.parent.relative_to(root).parts) for p in (root / "coordlib").rglob("__init__.py")
+    }
+    assert listed == found | {"coord_cli"}
+    assert cfg["options"]["package_dir"].split() == ["coord_cli", "=", "cli"]
+    assert "coord = coord_cli.main:main" in cfg["options.entry_points"]["console_scripts"]

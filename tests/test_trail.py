@@ -301,7 +301,7 @@ def test_the_trail_on_github(
     bare = {k: v for k, v in os.environ.items() if k not in ("GITHUB_TOKEN", "GH_TOKEN")}
     bare["PATH"] = "/usr/bin:/bin"  # no `gh` either
     no_token = subprocess.run(
-        [sys.executable, "-m", "cli", "--config", str(config), "issue", "list", "api"],
+        [sys.executable, "-m", "coord_cli", "--config", str(config), "issue", "list", "api"],
         capture_output=True, text=True, env=bare, timeout=60,
     )  # fmt: skip
     assert no_token.returncode == 1
