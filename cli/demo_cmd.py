@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,7 +14,7 @@ from .main import coord, fail, run
 
 if TYPE_CHECKING:
     from coordlib.assignment import Assignment
-    from coordlib.coordinator import Coordinator
+    from coordlib.stream import Event
 
 _COLORS = ("cyan", "magenta", "yellow", "green", "blue", "red")
 
@@ -51,52 +51,39 @@ def demo(workers: int, root: str | None, live: bool, stand_in: bool, tmux_socket
     if live and claude is None:
         fail("--live needs the Claude Code CLI: npm install -g @anthropic-ai/claude-code")
     mode = "live" if live else "scripted" if claude else "stand-in"
-    server: Any = None
     if mode == "scripted":
-        from coordlib.demo import demo_issues, demo_scenarios
-        from coordlib.testing.model_server import ModelServer
+        from coordlib.demo import scripted_model
 
-        server = ModelServer(demo_scenarios(demo_issues(workers))).start()
-    try:
-        _run_demo(workers, root, mode, claude, tmux_socket, server.url if server else None)
-    finally:
-        if server is not None:
-            server.stop()
+        with scripted_model(workers) as url:
+            _run_demo(workers, root, mode, claude, tmux_socket, url)
+    else:
+        _run_demo(workers, root, mode, claude, tmux_socket, None)
 
 
 def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmux_socket: str,
               model_url: str | None) -> None:  # fmt: skip
-    from coordlib.coordinator import Coordinator
-    from coordlib.demo import make_demo, scenario_name
+    from coordlib.demo import make_demo, run_demo
+    from coordlib.stream import format_event
 
     ws = make_demo(Path(root) if root else None, mode=mode, workers=workers,
                    tmux_socket=tmux_socket, claude=claude, model_url=model_url)  # fmt: skip
     click.echo(_SAYS[mode].format(claude=claude))
     click.echo(f"workspace {ws.root}\n")
 
-    import asyncio
+    def label(i: int, a: Assignment) -> str:
+        return click.style(f"{a.id:<14}", fg=_COLORS[i % len(_COLORS)])
 
-    async def go() -> list[Assignment]:
-        environ = {**_os_environ(), **ws.environ}
-        async with Coordinator.from_path(ws.config_path, environ=environ) as c:
-            forge = c.forge("demo")
-            numbers = []
-            for n, issue in enumerate(ws.issues, 1):
-                # The scripted model picks its script from this hidden marker in the briefing.
-                marker = f"\n\n<!-- [scenario:{scenario_name(n)}] -->" if mode == "scripted" else ""
-                made = await forge.create_issue(issue.title, body=issue.body + marker,
-                                                labels=["status:ready"])  # fmt: skip
-                numbers.append(made.number)
-            started = await asyncio.gather(*(c.assign("local", "demo", n) for n in numbers))
-            for i, a in enumerate(started):
-                label = click.style(f"{a.id:<14}", fg=_COLORS[i % len(_COLORS)])
-                click.echo(
-                    f"{label} started on {a.machine}: #{a.issue} {printable(a.title)} -> {a.branch}"
-                )
-            await asyncio.gather(*(_show(c, a, i) for i, a in enumerate(started)))
-            return [c.get(a.id) for a in started]
+    def started(assignments: list[Assignment]) -> None:
+        for i, a in enumerate(assignments):
+            title = printable(a.title)
+            click.echo(f"{label(i, a)} started on {a.machine}: #{a.issue} {title} -> {a.branch}")
 
-    done = run(go)
+    def shown(i: int, a: Assignment, event: Event) -> None:
+        line = format_event(event)
+        if line is not None:
+            click.echo(f"{label(i, a)} {printable(line)}")
+
+    done = run(lambda: run_demo(ws, environ=_os_environ(), on_started=started, on_event=shown))
     click.echo("")
     for a in done:
         cost = f"${a.cost_usd:.4f}" if a.cost_usd is not None else "-"
@@ -127,13 +114,3 @@ def _coord_command() -> str:
 
 def _os_environ() -> dict[str, str]:
     return dict(os.environ)
-
-
-async def _show(c: Coordinator, a: Assignment, i: int) -> None:
-    from coordlib.stream import format_event
-
-    label = click.style(f"{a.id:<14}", fg=_COLORS[i % len(_COLORS)])
-    async for event in c.watch(a.id):
-        line = format_event(event)
-        if line is not None:
-            click.echo(f"{label} {printable(line)}")

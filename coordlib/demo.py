@@ -11,9 +11,13 @@ The demo runs in one of three modes, and says which:
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,9 +27,20 @@ import yaml
 from .testing.gitrepo import make_git_repo
 
 if TYPE_CHECKING:
+    from .assignment import Assignment
+    from .stream import Event
     from .testing.model_server import Scenario
 
-__all__ = ["DEMO_API_KEY_VAR", "DEMO_ISSUES", "DemoIssue", "DemoWorkspace", "find_cli", "make_demo"]
+__all__ = [
+    "DEMO_API_KEY_VAR",
+    "DEMO_ISSUES",
+    "DemoIssue",
+    "DemoWorkspace",
+    "find_cli",
+    "make_demo",
+    "run_demo",
+    "scripted_model",
+]
 
 # The scripted model accepts any key; it still travels as a secret reference, as a real one would.
 DEMO_API_KEY_VAR = "COORD_DEMO_API_KEY"
@@ -215,3 +230,50 @@ def make_demo(
         + yaml.safe_dump(config, sort_keys=False)
     )
     return DemoWorkspace(root, config_path, repo.path, issues, mode, claude, environ)
+
+
+@contextmanager
+def scripted_model(workers: int) -> Iterator[str]:
+    """Run the bundled scripted model for a demo of `workers` issues; yield its URL."""
+    from .testing.model_server import ModelServer
+
+    server = ModelServer(demo_scenarios(demo_issues(workers))).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+async def run_demo(
+    ws: DemoWorkspace,
+    *,
+    environ: Mapping[str, str] | None = None,
+    on_started: Callable[[list[Assignment]], None] = lambda started: None,
+    on_event: Callable[[int, Assignment, Event], None] = lambda i, a, event: None,
+) -> list[Assignment]:
+    """Open the demo's issues on its forge, assign one worker to each, and follow them.
+
+    `on_started` hears the assignments once all have started; `on_event(i, a, event)` each
+    event of worker i as it happens.  Return the assignments as they ended.
+    """
+    from .coordinator import Coordinator
+
+    env = {**(os.environ if environ is None else environ), **ws.environ}
+    async with Coordinator.from_path(ws.config_path, environ=env) as c:
+        forge = c.forge("demo")
+        numbers = []
+        for n, issue in enumerate(ws.issues, 1):
+            # The scripted model picks its script from this hidden marker in the briefing.
+            marker = f"\n\n<!-- [scenario:{scenario_name(n)}] -->" if ws.mode == "scripted" else ""
+            made = await forge.create_issue(issue.title, body=issue.body + marker,
+                                            labels=["status:ready"])  # fmt: skip
+            numbers.append(made.number)
+        started = list(await asyncio.gather(*(c.assign("local", "demo", n) for n in numbers)))
+        on_started(started)
+
+        async def follow(i: int, a: Assignment) -> None:
+            async for event in c.watch(a.id):
+                on_event(i, a, event)
+
+        await asyncio.gather(*(follow(i, a) for i, a in enumerate(started)))
+        return [c.get(a.id) for a in started]
