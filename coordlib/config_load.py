@@ -20,7 +20,7 @@ __all__ = ["load_config"]
 
 # The modules whose code decides what a text parses to: a change to any of them (a source
 # checkout being edited) makes every cached parse stale.
-_PARSER_MODULES = ("config.py", "config_yaml.py", "config_load.py")
+_PARSER_MODULES = ("config.py", "config_nodes.py", "config_yaml.py", "config_load.py")
 
 
 def load_config(path: str | os.PathLike[str], *, cache: bool = True) -> Config:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .assignment import ID_PATTERN, SESSION_ID_PATTERN, Assignment, Status
 from .errors import BoardError
+from .runtime.protocol import ExitReason
 
 if TYPE_CHECKING:
     from .config import Config
@@ -56,10 +57,8 @@ _FIELDS = (
     "exit_reason", "cost_usd", "num_turns", "duration_ms", "finished_at",
 )  # fmt: skip
 _LINKS = ("retry_of", "continues")
-_EXIT_REASONS = frozenset({
-    "exited", "stalled", "timed_out", "stopped", "result_grace_kill", "vanished",
-    "launcher_gone", "busy", "crashed", "dispatch_failed", "ended",
-})  # fmt: skip
+# What exit.json says (the protocol's reasons), or what reconcile says of a run without one.
+_EXIT_REASONS = frozenset({*ExitReason, "vanished", "launcher_gone"})
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}")
 _KEY_BYTES = 32
 
@@ -232,7 +231,7 @@ def check_marker(
     if data.get("session_id") is not None:
         out["session_id"] = _match(data, "session_id", SESSION_ID_PATTERN)
     if data.get("failure_class") is not None:
-        from .stream import FAILURE_CLASSES
+        from .outcomes import FAILURE_CLASSES
 
         out["failure_class"] = _one_of(data, "failure_class", FAILURE_CLASSES | {"dispatch_failed"})
     if data.get("exit_reason") is not None:

@@ -84,7 +84,7 @@ def reconcile(
 def _ended(
     fields: dict[str, Any], progress: RunProgress, exit: Mapping[str, Any]
 ) -> dict[str, Any]:
-    from .stream import FailureClass, classify
+    from .outcomes import FailureClass, classify
 
     reason = exit.get("reason")
     code = exit.get("exit_code")

@@ -6,13 +6,12 @@ message id), ``user`` events carrying tool results, ``system``/``api_retry`` eve
 the API is retried, ``rate_limit_event`` notices, and a final ``result``.  `parse_line`
 turns one line into a list of events and never raises: anything it cannot read becomes
 `Malformed`, anything it does not know becomes `Other`.  `format_event` is the line
-``coord watch`` prints, and `classify` decides how a finished run ends on the board;
-`coordlib.progress.RunProgress` folds events into what the board keeps.
+``coord watch`` prints; `coordlib.progress.RunProgress` folds events into what the board
+keeps, and `coordlib.outcomes.classify` decides how a finished run ends.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import re
@@ -21,14 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
-from coordlib.assignment import Status
-
 __all__ = [
-    "FAILURE_CLASSES",
     "ApiRetry",
     "AssistantText",
     "Event",
-    "FailureClass",
     "Init",
     "Malformed",
     "Other",
@@ -37,7 +32,6 @@ __all__ = [
     "Result",
     "ToolResult",
     "ToolUse",
-    "classify",
     "format_event",
     "parse_line",
     "parse_lines",
@@ -532,66 +526,3 @@ def format_event(event: Event, *, verbose: bool = False) -> str | None:
         outcome = "error" if event.is_error else "ok"
         return f"[tool-result] {outcome} {_one_line(event.text)}".rstrip()
     return f"[event] {event.type or '?'}" + (f"/{event.subtype}" if event.subtype else "")
-
-
-# -- classifying ------------------------------------------------------------------------------
-
-
-class FailureClass(enum.StrEnum):
-    """Why an assignment did not end DONE (the board's ``failure_class``)."""
-
-    LOST = "lost"  # the run vanished with no exit record
-    STOPPED = "stopped"  # someone stopped it
-    STALLED = "stalled"  # no output for stall_timeout; the launcher killed it
-    TIMED_OUT = "timed_out"  # ran past max_runtime; the launcher killed it
-    MAX_TURNS = "max_turns"  # hit --max-turns
-    OVERLOADED = "overloaded"  # API 529 until retries ran out
-    RATE_LIMITED = "rate_limited"  # API 429 until retries ran out
-    AUTH_ERROR = "auth_error"  # API 401/403: the key is wrong or lacks access
-    API_ERROR = "api_error"  # any other API status
-    UNREACHABLE_API = "unreachable_api"  # no API status at all: the server is down
-    EXECUTION_ERROR = "execution_error"  # an error_* result other than max turns, no API status
-    CRASHED = "crashed"  # the CLI exited without a result
-
-
-FAILURE_CLASSES = frozenset(FailureClass)
-
-_API_STATUS_CLASS = {
-    529: FailureClass.OVERLOADED,
-    429: FailureClass.RATE_LIMITED,
-    401: FailureClass.AUTH_ERROR,
-    403: FailureClass.AUTH_ERROR,
-}
-
-
-def classify(
-    *,
-    exit_code: int | None,
-    exit_reason: str | None,
-    result: Result | None,
-    run_present: bool = True,
-) -> tuple[Status, FailureClass | None]:
-    """Decide a finished run's terminal status and failure class."""
-    if not run_present or (exit_reason is None and exit_code is None):
-        return Status.LOST, FailureClass.LOST
-    if exit_reason == "stopped":
-        return Status.STOPPED, FailureClass.STOPPED
-    # A successful result is the worker's own word that it finished: whatever killed the
-    # process afterwards (the grace kill of a lingering CLI, a watchdog) changes nothing.
-    if result is not None and not result.is_error:
-        return Status.DONE, None
-    if exit_reason == "stalled":
-        return Status.FAILED, FailureClass.STALLED
-    if exit_reason == "timed_out":
-        return Status.FAILED, FailureClass.TIMED_OUT
-    if result is None:
-        # Exit 0 without a result is no success either: the worker said nothing.
-        return Status.FAILED, FailureClass.CRASHED
-    # Exhausted retries end with subtype "success" and is_error true, so read the status.
-    if result.subtype == "error_max_turns":
-        return Status.FAILED, FailureClass.MAX_TURNS
-    if result.api_error_status is not None:
-        return Status.FAILED, _API_STATUS_CLASS.get(result.api_error_status, FailureClass.API_ERROR)
-    if result.subtype and result.subtype.startswith("error_"):
-        return Status.FAILED, FailureClass.EXECUTION_ERROR
-    return Status.FAILED, FailureClass.UNREACHABLE_API

@@ -16,6 +16,7 @@ import pytest
 
 import coordlib.testing
 from coordlib.assignment import Status
+from coordlib.outcomes import classify
 from coordlib.progress import fold
 from coordlib.stream import (
     ApiRetry,
@@ -25,7 +26,6 @@ from coordlib.stream import (
     Progress,
     Result,
     ToolUse,
-    classify,
     format_event,
     parse_line,
     parse_lines,

@@ -11,13 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordlib.assignment import Status
+from coordlib.outcomes import FAILURE_CLASSES, FailureClass, classify
 from coordlib.progress import RunProgress, fold
 from coordlib.stream import (
-    FAILURE_CLASSES,
     ApiRetry,
     AssistantText,
     Event,
-    FailureClass,
     Init,
     Malformed,
     Other,
@@ -26,7 +25,6 @@ from coordlib.stream import (
     Result,
     ToolResult,
     ToolUse,
-    classify,
     format_event,
     parse_line,
     parse_lines,

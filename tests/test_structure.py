@@ -64,3 +64,12 @@ def test_the_library_never_prints_nor_imports_click() -> None:
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
                 assert not any(n.split(".")[0] == "click" for n in names), f"{f} imports click"
+
+
+def test_the_config_cache_is_keyed_by_every_module_of_the_parser() -> None:
+    """A changed parser must parse again: the cache key hashes the parser's own files."""
+    from coordlib.config_load import _PARSER_MODULES
+
+    graph = _imports()
+    parser = {"coordlib.config_yaml", *graph["coordlib.config_yaml"]} - {"coordlib.errors"}
+    assert {f"{m.rsplit('.', 1)[1]}.py" for m in parser} <= set(_PARSER_MODULES)

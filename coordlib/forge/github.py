@@ -25,9 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import shutil
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -42,6 +39,17 @@ from urllib3.util.retry import Retry
 from .._version import __version__
 from ..config import is_cleartext_url
 from ..errors import ForgeAuthError, ForgeError, MergeConflictError, NotFoundError
+from ._github_wire import (
+    DEFAULT_API_URL,
+    comment_of,
+    issue_of,
+    message_of,
+    next_link,
+    pull_of,
+    rate_limit_wait,
+    resolve_token,
+    review_of,
+)
 from .base import (
     Branch,
     Check,
@@ -57,82 +65,10 @@ from .base import (
 
 __all__ = ["DEFAULT_API_URL", "GitHubForge", "resolve_token"]
 
-DEFAULT_API_URL = "https://api.github.com"
 _log = logging.getLogger(__name__)
 _TOKEN_HELP = "set GITHUB_TOKEN or GH_TOKEN, or log in with `gh auth login`"
 _RETRIED = (502, 503, 504)
 _STATUS_CONCLUSION = {"success": "success", "failure": "failure", "error": "failure"}
-
-
-def resolve_token(
-    environ: Mapping[str, str] | None = None, *, api_url: str = DEFAULT_API_URL
-) -> str | None:
-    """Return a GitHub token from GITHUB_TOKEN, GH_TOKEN or `gh auth token`, in that order."""
-    env = os.environ if environ is None else environ
-    for name in ("GITHUB_TOKEN", "GH_TOKEN"):
-        if env.get(name, "").strip():
-            return env[name].strip()
-    gh = shutil.which("gh", path=env.get("PATH", os.defpath))
-    if gh is None:
-        return None
-    host = urllib.parse.urlsplit(api_url).hostname or "github.com"
-    host = "github.com" if host == "api.github.com" else host
-    try:
-        proc = subprocess.run(
-            [gh, "auth", "token", "--hostname", host],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    token = proc.stdout.strip()
-    return token if proc.returncode == 0 and token else None
-
-
-def _rate_limit_wait(exc: GithubException, now: float) -> tuple[float, str] | None:
-    """Return (seconds, which limit) if exc is a rate limit answer, else None."""
-    if exc.status not in (403, 429):
-        return None
-    headers = {k.lower(): str(v) for k, v in (exc.headers or {}).items()}
-    retry_after = headers.get("retry-after", "")
-    if retry_after.strip().isdigit():
-        return float(retry_after), "GitHub secondary rate limit"
-    if headers.get("x-ratelimit-remaining") == "0" and headers.get("x-ratelimit-reset"):
-        reset = float(headers["x-ratelimit-reset"])
-        return max(reset - now, 0.0) + 0.5, "GitHub rate limit"
-    message = _message(exc).lower()
-    if "secondary rate limit" in message or exc.status == 429:
-        return 60.0, "GitHub secondary rate limit"  # GitHub: wait at least a minute
-    return None
-
-
-def _message(exc: GithubException) -> str:
-    """Return GitHub's own words for an error: its message plus any field errors."""
-    data = exc.data if isinstance(exc.data, dict) else {}
-    text = str(data.get("message") or exc.message or "no message")
-    details = []
-    for err in data.get("errors") or []:
-        if isinstance(err, dict):
-            details.append(
-                str(
-                    err.get("message")
-                    or " ".join(str(err[k]) for k in ("resource", "field", "code") if err.get(k))
-                )
-            )
-        else:
-            details.append(str(err))
-    return f"{text}: {'; '.join(details)}" if details else text
-
-
-def _next_link(headers: Mapping[str, Any]) -> str | None:
-    for part in str(headers.get("link", "")).split(","):
-        url, _, rel = part.partition(";")
-        if rel.strip() == 'rel="next"':
-            return url.strip().strip("<>")
-    return None
 
 
 class GitHubForge(Forge):
@@ -230,7 +166,7 @@ class GitHubForge(Forge):
             try:
                 return await asyncio.to_thread(self._send, verb, url, params, body)
             except GithubException as exc:
-                limit = _rate_limit_wait(exc, time.time())
+                limit = rate_limit_wait(exc, time.time())
                 if limit is None:
                     raise self._error(exc, what) from exc
                 seconds, which = limit
@@ -271,7 +207,7 @@ class GitHubForge(Forge):
 
     def _error(self, exc: GithubException, what: str) -> ForgeError:
         status = exc.status
-        said = _message(exc)
+        said = message_of(exc)
         if status == 401:
             return ForgeAuthError(
                 f"GitHub rejected the token ({said}) while trying to {what}: {_TOKEN_HELP}",
@@ -314,67 +250,8 @@ class GitHubForge(Forge):
         while url is not None:
             headers, data = await self._call("GET", url, what, params=query)
             items += data
-            url, query = _next_link(headers), None
+            url, query = next_link(headers), None
         return items
-
-    # -- conversions -----------------------------------------------------------------
-    @staticmethod
-    def _issue(data: Mapping[str, Any], comments: Sequence[Comment] = ()) -> Issue:
-        return Issue(
-            number=data["number"],
-            title=data["title"],
-            body=data.get("body") or "",
-            labels=tuple(
-                label["name"] if isinstance(label, dict) else str(label)
-                for label in data.get("labels", [])
-            ),
-            state=data["state"],
-            comments=tuple(comments),
-            url=data.get("html_url", ""),
-            created_at=data.get("created_at", ""),
-            updated_at=data.get("updated_at", ""),
-        )
-
-    @staticmethod
-    def _comment(data: Mapping[str, Any]) -> Comment:
-        return Comment(
-            id=data["id"],
-            body=data.get("body") or "",
-            author=(data.get("user") or {}).get("login", ""),
-            created_at=data.get("created_at", ""),
-            url=data.get("html_url", ""),
-            author_association=data.get("author_association", ""),
-        )
-
-    @staticmethod
-    def _review(data: Mapping[str, Any]) -> Review:
-        return Review(
-            id=data["id"],
-            state=data["state"],
-            body=data.get("body") or "",
-            author=(data.get("user") or {}).get("login", ""),
-        )
-
-    @staticmethod
-    def _pull(
-        data: Mapping[str, Any], reviews: Sequence[Review] = (), checks: Sequence[Check] = ()
-    ) -> PullRequest:
-        merged = bool(data.get("merged") or data.get("merged_at"))
-        return PullRequest(
-            number=data["number"],
-            title=data["title"],
-            head=data["head"]["ref"],
-            base=data["base"]["ref"],
-            body=data.get("body") or "",
-            state="merged" if merged else data["state"],
-            merged=merged,
-            mergeable=data.get("mergeable"),
-            head_sha=data["head"]["sha"],
-            merge_sha=data.get("merge_commit_sha") if merged else None,
-            url=data.get("html_url", ""),
-            reviews=tuple(reviews),
-            checks=tuple(checks),
-        )
 
     async def identity(self) -> str:
         """Return the login of the user the token acts as (asked once)."""
@@ -391,7 +268,7 @@ class GitHubForge(Forge):
         if labels:
             params["labels"] = ",".join(labels)
         items = await self._list("/issues", f"list {state} issues", **params)
-        found = [self._issue(d) for d in items if "pull_request" not in d]
+        found = [issue_of(d) for d in items if "pull_request" not in d]
         return sorted(found, key=lambda i: i.number)
 
     async def get_issue(self, number: int) -> Issue:
@@ -400,8 +277,8 @@ class GitHubForge(Forge):
         comments: list[Comment] = []
         if data.get("comments"):  # the count is in the issue: skip the request when zero
             raw = await self._list(f"/issues/{number}/comments", f"read comments of #{number}")
-            comments = [self._comment(c) for c in raw]
-        return self._issue(data, comments)
+            comments = [comment_of(c) for c in raw]
+        return issue_of(data, comments)
 
     async def create_issue(
         self, title: str, *, body: str = "", labels: Sequence[str] = ()
@@ -413,7 +290,7 @@ class GitHubForge(Forge):
         _, data = await self._call(
             "POST", f"{self._path}/issues", f"create issue {title!r}", body=payload
         )
-        return self._issue(data)
+        return issue_of(data)
 
     async def comment(self, number: int, body: str) -> Comment:
         """Add a comment to an issue or pull request and return it."""
@@ -423,7 +300,7 @@ class GitHubForge(Forge):
             f"comment on #{number}",
             body={"body": body},
         )
-        return self._comment(data)
+        return comment_of(data)
 
     async def add_labels(self, number: int, labels: Iterable[str]) -> tuple[str, ...]:
         """Add labels (GitHub creates missing ones); return the issue's labels."""
@@ -456,7 +333,7 @@ class GitHubForge(Forge):
         _, data = await self._call(
             "PATCH", f"{self._path}/issues/{number}", f"{verb} #{number}", body={"state": state}
         )
-        return self._issue(data)
+        return issue_of(data)
 
     # -- pull requests -----------------------------------------------------------------
     async def open_pr(self, *, head: str, base: str, title: str, body: str = "") -> PullRequest:
@@ -467,7 +344,7 @@ class GitHubForge(Forge):
             _, data = await self._call("POST", f"{self._path}/pulls", what, body=payload)
         except ForgeError as exc:
             cause = exc.__cause__
-            said = _message(cause) if isinstance(cause, GithubException) else ""
+            said = message_of(cause) if isinstance(cause, GithubException) else ""
             if exc.status == 422 and "already exists" in said:
                 existing = await self.list_prs(state="open", head=head)
                 if existing:
@@ -480,7 +357,7 @@ class GitHubForge(Forge):
                     status=422,
                 ) from exc
             raise
-        return self._pull(data)
+        return pull_of(data)
 
     async def get_pr(self, number: int) -> PullRequest:
         """Return a pull request with its reviews and the checks on its head commit."""
@@ -506,7 +383,7 @@ class GitHubForge(Forge):
                     conclusion=_STATUS_CONCLUSION.get(state),
                 )
             )
-        return self._pull(data, [self._review(r) for r in raw_reviews], checks)
+        return pull_of(data, [review_of(r) for r in raw_reviews], checks)
 
     async def list_prs(self, *, state: str = "open", head: str | None = None) -> list[PullRequest]:
         """Return pull requests in `state`, optionally only those from branch `head`."""
@@ -515,7 +392,7 @@ class GitHubForge(Forge):
         if head is not None:
             params["head"] = f"{self._owner}:{head}"
         items = await self._list("/pulls", f"list {state} pull requests", **params)
-        return sorted((self._pull(d) for d in items), key=lambda p: p.number)
+        return sorted((pull_of(d) for d in items), key=lambda p: p.number)
 
     async def review(self, number: int, event: ReviewEvent, body: str) -> Review:
         """Post a review: approve, request changes, or comment."""
@@ -537,7 +414,7 @@ class GitHubForge(Forge):
                     status=422,
                 ) from exc
             raise
-        return self._review(data)
+        return review_of(data)
 
     async def merge(
         self, number: int, *, method: MergeMethod = "merge", message: str | None = None
