@@ -67,18 +67,32 @@ def clean(
         raise SystemExit(EXIT_ERROR)
 
 
+_STAYED = frozenset({"kept", "refused", "in_use"})
+_RUN_STAYED = frozenset({"kept", "running", "refused"})
+
+
 def _print(report: CleanReport) -> None:
+    from coordlib.config import format_duration
+
     verb = "would remove" if report.dry_run else "removed"
     gone = "would_remove" if report.dry_run else "removed"
     for r in report.runs:
-        if r.worktree in {"kept", "refused", "in_use"} or r.run in {"kept", "running", "refused"}:
-            echo(f"{r.id:<22} {r.machine:<12} worktree {r.worktree:<8} run {r.run:<8} "
-                       f"{r.note}")  # fmt: skip
+        stays = r.worktree in _STAYED or r.run in _RUN_STAYED
+        if stays or report.dry_run:  # a dry run lists what would go, too
+            echo(f"{r.id:<22} {r.machine:<12} worktree {r.worktree:<12} run {r.run:<12} "
+                 f"{r.note}".rstrip())  # fmt: skip
     for name, error in report.errors.items():
         echo(f"coord: {name}: not cleaned: {error}", err=True)
-    kept = report.count("worktree", "kept") + report.count("worktree", "refused")
+    held = report.count("worktree", "kept") + report.count("worktree", "refused")
     echo(
         f"{verb} {report.count('worktree', gone)} worktree(s) and "
         f"{report.count('run', gone)} run dir(s) of {len(report.runs)} ended assignment(s)"
-        + (f"; kept {kept} worktree(s), listed above" if kept else "")
+        + (f"; kept {held} worktree(s), listed above" if held else "")
     )
+    if report.younger:
+        age = format_duration(report.older_than)
+        echo(f"left alone: {report.younger} ended assignment(s) younger than {age} "
+             f"(`--older-than 0` includes them)")  # fmt: skip
+    if report.live:
+        echo(f"left alone: {report.live} assignment(s) that have not ended "
+             f"(`coord stop ID` first)")  # fmt: skip

@@ -15,6 +15,7 @@ from .output import echo, echo_json
 if TYPE_CHECKING:
     from coordlib.assignment import Assignment
     from coordlib.coordinator import StatusReport
+    from coordlib.monitor import MachineStatus
 
 
 @coord.command()
@@ -103,35 +104,59 @@ def assign(
 
 
 def _age(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    s = int(time.time() - ts)
-    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+    from coordlib.monitor import format_age
+
+    return format_age(time.time() - ts) if ts else "-"
 
 
-def _print_status(report: StatusReport) -> None:
-    lines = [
-        f"{m.name:<16} up      {m.running} running"
-        if m.reachable
-        else f"{m.name:<16} DOWN    {m.error}"
-        for m in report.machines
-    ]
-    if not report.assignments:
+_NOTE_WIDTH = 80
+
+
+def _cut(text: str, width: int = _NOTE_WIDTH) -> str:
+    """Cut text to width at a word boundary, marked with an ellipsis."""
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    space = head.rfind(" ")
+    return (head[:space] if space > width // 2 else head).rstrip(" ,;:") + "…"
+
+
+def _machine_line(m: MachineStatus) -> str:
+    if m.reachable:
+        return f"{m.name:<16} up      {m.running} running"
+    seen = f"; last contact {_age(m.seen_at)} ago" if m.seen_at else ""
+    return f"{m.name:<16} {m.state.upper():<7} {m.error}{seen}"
+
+
+def _print_status(report: StatusReport, *, show_all: bool = False) -> None:
+    lines = [_machine_line(m) for m in report.machines]
+    refused = [a for a in report.assignments if a.failure_class == "dispatch_failed"]
+    shown = report.assignments if show_all else [a for a in report.assignments if a not in refused]
+    if not shown:
         lines += ["", "no assignments; start one with `coord assign MACHINE REPO ISSUE`"]
     else:
         lines += ["", f"{'ID':<22} {'MACHINE':<12} {'ISSUE':<18} {'STATUS':<9} "
                       f"{'AGE':>5} {'TURNS':>5} {'COST':>8}  NOTE"]  # fmt: skip
-        lines += [_status_line(a) for a in report.assignments]
+        lines += [_status_line(a, report.unreachable(a)) for a in shown]
+    if refused and not show_all:
+        lines += ["", f"({len(refused)} dispatch(es) that never started are not shown: "
+                      f"coord status --all)"]  # fmt: skip
     echo("\n".join(lines))  # one write: a big board is hundreds of lines
 
 
-def _status_line(a: Assignment) -> str:
+def _status_line(a: Assignment, down: MachineStatus | None = None) -> str:
     cost = f"${a.cost_usd:.4f}" if a.cost_usd is not None else "-"
     turns = str(a.num_turns) if a.num_turns is not None else "-"
-    if a.status == "done":
+    status = str(a.status)
+    if down is not None and not a.is_terminal:
+        # Last known: the machine did not answer, so this is what it said last time.
+        status += "?"
+        seen = f"; last contact {_age(down.seen_at)} ago" if down.seen_at else ""
+        note = f"{down.name} did not answer ({down.state}){seen}"
+    elif a.status == "done":
         note = a.last_status or ""
     elif a.status == "queued":
-        until = float(a.extra.get("not_before") or 0)
+        until = a.not_before or 0.0
         note = f"rate limited; continues after {time.strftime('%H:%M:%S', time.localtime(until))}"
     elif a.is_terminal:
         note = a.failure_class or a.exit_reason or ""
@@ -141,28 +166,36 @@ def _status_line(a: Assignment) -> str:
         note = " | ".join(x for x in (a.last_status, a.last_tool and f"[tool] {a.last_tool}") if x)
     issue = f"{a.repo}#{a.issue}"
     return (
-        f"{a.id:<22} {a.machine:<12} {issue:<18} {a.status:<9} "
-        f"{_age(a.started_at or a.created_at):>5} {turns:>5} {cost:>8}  {note[:80]}"
+        f"{a.id:<22} {a.machine:<12} {issue:<18} {status:<9} "
+        f"{_age(a.started_at or a.created_at):>5} {turns:>5} {cost:>8}  {_cut(note)}"
     )
 
 
 @coord.command()
 @click.option("--machine", help="Only this machine.")
 @click.option("--history", is_flag=True, help="Include archived assignments.")
+@click.option("--all", "show_all", is_flag=True, help="Also dispatches that never started.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
 @pass_state
-def status(state: State, machine: str | None, history: bool, as_json: bool) -> None:
+def status(state: State, machine: str | None, history: bool, show_all: bool,
+           as_json: bool) -> None:  # fmt: skip
     """Ask every machine once and show every assignment."""
+    heard = None
+    if not as_json and sys.stderr.isatty():
+        # On a terminal, each machine as it answers: a hung one holds up no other's news.
+        def heard(m: MachineStatus) -> None:
+            said = "answered" if m.reachable else f"{m.state}: {m.error}"
+            echo(f"coord: {m.name} {said} ({m.seconds or 0:.1f} s)", err=True)
 
     async def go() -> StatusReport:
         async with state.coordinator() as c:
-            return await c.status(machine=machine, history=history)
+            return await c.status(machine=machine, history=history, on_machine=heard)
 
     report = run(go)
     if as_json:
         echo_json(report.to_dict())
     else:
-        _print_status(report)
+        _print_status(report, show_all=show_all)
 
 
 @coord.command()
@@ -282,16 +315,22 @@ def resume(state: State, from_forge: bool, as_json: bool) -> None:
         return
     for aid in report.restored:
         echo(f"{aid}: restored from the forge's trail")
-    for m in report.skipped:
-        echo(f"{m.repo}#{m.issue}: skipped the marker in comment {m.comment}: {m.reason}")
+    for skip in report.skipped:
+        echo(f"{skip.repo}#{skip.issue}: skipped the marker in comment {skip.comment}: "
+             f"{skip.reason}")  # fmt: skip
     for aid, old, new in report.changed:
         echo(f"{aid}: {old} -> {new}")
     for m in report.unreachable:
         echo(f"{m.name}: unreachable ({m.error}); its assignments stay as they are")
     for name, ids in report.orphans.items():
         echo(f"{name}: runs not on the board: {', '.join(ids)}")
+    if report.orphans and not from_forge:
+        echo("  if the board was lost, `coord resume --from-forge` puts these back from the "
+             "issues' trail")  # fmt: skip
     for a in report.continued:
-        echo(f"{a.extra.get('continues')}: rate limit over, continued as {a.id}")
+        echo(f"{a.continues}: rate limit over, continued as {a.id}")
+    for aid, stage in report.posted:
+        echo(f"{aid}: posted its {stage} comment on the issue")
     if not (
         report.changed
         or report.unreachable
@@ -299,6 +338,7 @@ def resume(state: State, from_forge: bool, as_json: bool) -> None:
         or report.continued
         or report.restored
         or report.skipped
+        or report.posted
     ):
         echo("board matches the machines; nothing to repair")
 

@@ -85,6 +85,10 @@ def show_config(state: State, as_json: bool) -> None:
     if as_json:
         echo(json.dumps(data, indent=2))
     else:
+        # Read by people: a machine with no repos listed serves all of them; say so.
+        for m in data["machines"].values():
+            if not m["repos"]:
+                m["repos"] = "all"
         echo(f"# {config.path}")
         echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
 

@@ -227,6 +227,11 @@ class Board(RecordStore):
                 return
             _move(a, Status.FAILED)
             a.failure_class, a.error, a.finished_at = "dispatch_failed", error, time.time()
+            # Nothing ran: nothing is posted as dispatched, and no ending either.
+            a.trail, a.trail_off = (
+                None,
+                a.trail_off or "the dispatch failed before the worker started",
+            )
             txn.update(id, a.to_dict())
             if a.continues is not None and a.continues in txn:
                 prev = Assignment.from_dict(txn.get(a.continues), where=self.path)

@@ -73,6 +73,11 @@ class CleanReport:
     runs: list[CleanedRun] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # machine -> what went wrong
     dry_run: bool = False
+    # What was left alone without asking a machine, and why: ended work younger than
+    # `older_than` (with the age asked for), and work that has not ended.
+    younger: int = 0
+    older_than: float = 0.0
+    live: int = 0
 
     def count(self, part: str, state: str) -> int:
         """Count the runs whose `part` ("worktree" or "run") ended in `state`."""
@@ -84,6 +89,8 @@ class CleanReport:
             "dry_run": self.dry_run,
             "runs": [r.to_dict() for r in self.runs],
             "errors": self.errors,
+            "younger": self.younger,
+            "live": self.live,
         }
 
 
@@ -150,7 +157,13 @@ async def clean(
         machine=machine,
         keep_runs=keep_runs,
     )
-    report = CleanReport(dry_run=dry_run)
+    report = CleanReport(dry_run=dry_run, older_than=older_than)
+    if not full_ids:
+        chosen_ids = {a.id for a in chosen}
+        mine = [a for a in rows if machine is None or a.machine == machine]
+        report.live = sum(1 for a in mine if not a.is_terminal)
+        report.younger = sum(1 for a in mine if a.is_terminal and a.id not in chosen_ids
+                             and not _cleaned(a, keep_runs))  # fmt: skip
     by_machine: dict[str, list[Assignment]] = {}
     for a in chosen:
         by_machine.setdefault(a.machine, []).append(a)

@@ -31,6 +31,7 @@ __all__ = [
     "ModelsConfig",
     "RepoConfig",
     "ReviewsConfig",
+    "SSHConfig",
     "SmokeTestsConfig",
     "WorkerConfig",
     "field_defaults",
@@ -105,6 +106,7 @@ class MachineConfig:
     env: Mapping[str, str] = field(default_factory=frozen_mapping)  # unresolved ${VAR} templates
     max_workers: int = 2
     tmux_socket: str = "coord"
+    connect_timeout: float | None = None  # None: the fleet's (ssh.connect_timeout)
 
     @property
     def is_local(self) -> bool:
@@ -124,6 +126,15 @@ class MachineConfig:
     def claude_argv(self) -> list[str]:
         """Return the command that starts Claude Code, split into argv."""
         return shlex.split(self.claude_command)
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    """How long to wait for a machine, fleet-wide (a machine may set its own connect_timeout)."""
+
+    connect_timeout: float = 10.0  # a machine that has not answered by then is `timeout`
+    keepalive_interval: float = 15.0  # a dead connection is noticed after interval x count
+    keepalive_count: int = 3
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     board: BoardConfig = field(default_factory=BoardConfig)
+    ssh: SSHConfig = field(default_factory=SSHConfig)
     extra: Mapping[str, Any] = field(default_factory=frozen_mapping)
 
     def machine(self, name: str) -> MachineConfig:
@@ -291,6 +303,7 @@ class Config:
             models=_rebuild(ModelsConfig, data["models"]),
             worker=_rebuild(WorkerConfig, data["worker"]),
             board=_rebuild(BoardConfig, data["board"]),
+            ssh=_rebuild(SSHConfig, data["ssh"]),
             extra=frozen_mapping(data["extra"]),
         )
 

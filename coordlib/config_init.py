@@ -19,6 +19,7 @@ from .config import (
     MachineConfig,
     ModelsConfig,
     RepoConfig,
+    SSHConfig,
     WorkerConfig,
     field_defaults,
     format_duration,
@@ -114,6 +115,7 @@ def render_init_config(repos: Sequence[Path], *, machine_name: str = "local") ->
     repo, machine = field_defaults(RepoConfig), field_defaults(MachineConfig)
     concurrency, models = field_defaults(ConcurrencyConfig), field_defaults(ModelsConfig)
     worker, board = field_defaults(WorkerConfig), field_defaults(BoardConfig)
+    ssh = field_defaults(SSHConfig)
     ladder: tuple[str, ...] = models["escalation"]
     top, bottom = ladder[-1], ladder[0]
     lines = [
@@ -151,9 +153,21 @@ def render_init_config(repos: Sequence[Path], *, machine_name: str = "local") ->
         "  #   identity_file: ~/.ssh/id_ed25519",
         "  #   max_workers: 4",
         "  #   capabilities: [gpu]",
+        "  #   connect_timeout: 30s       # this machine only; default: ssh.connect_timeout",
         f"  #   repos: [{example}]    # default: all, at ~/src/<repo> unless repo_paths says",
         "  #   env:",
         "  #     ANTHROPIC_API_KEY: ${ANTHROPIC_API_KEY}",
+        "",
+        "ssh:",
+        _noted(
+            f"  connect_timeout: {format_duration(ssh['connect_timeout'])}",
+            "a machine silent this long is reported `timeout`",
+        ),
+        _noted(
+            f"  keepalive_interval: {format_duration(ssh['keepalive_interval'])}",
+            "a dead connection is noticed after",
+        ),
+        _noted(f"  keepalive_count: {ssh['keepalive_count']}", "... this many missed keepalives"),
         "",
         "concurrency:",
         _noted(

@@ -217,6 +217,11 @@ class Fields:
 
         return float(self._scalar(name, f"a number of at least {minimum:g}", ok))
 
+    def optional_duration(self, name: str) -> float | None:
+        if self.get(name) is None:
+            return cast("float | None", self.defaults.get(name))
+        return self.duration(name)
+
     def boolean(self, name: str) -> bool:
         return cast(bool, self._scalar(name, "true or false", lambda v: isinstance(v, bool)))
 

@@ -33,6 +33,7 @@ from .config import (
     MachineConfig,
     ModelsConfig,
     RepoConfig,
+    SSHConfig,
     WorkerConfig,
     field_defaults,
     frozen_mapping,
@@ -64,7 +65,9 @@ def _section(doc: Doc, node: yaml.Node | None, key: str, cls: type[Any], what: s
     return Fields(doc, node or EMPTY, key, field_names(cls), what, field_defaults(cls))
 
 
-_TOP_KEYS = ("repos", "machines", "concurrency", "models", "worker", "board", *EXTRA_SECTIONS)
+_TOP_KEYS = (
+    "repos", "machines", "concurrency", "models", "worker", "board", "ssh", *EXTRA_SECTIONS,
+)  # fmt: skip
 
 _Refs = list[tuple[str, yaml.Node, str]]
 
@@ -163,6 +166,7 @@ def _read_machines(
             claude_command=claude,
             env=frozen_mapping(_read_env(doc, f)),
             max_workers=f.integer("max_workers", 1),
+            connect_timeout=f.optional_duration("connect_timeout"),
             tmux_socket=check_name(
                 doc,
                 f.text("tmux_socket"),
@@ -254,6 +258,15 @@ def _read_worker(doc: Doc, node: yaml.Node | None) -> WorkerConfig:
     )
 
 
+def _read_ssh(doc: Doc, node: yaml.Node | None) -> SSHConfig:
+    f = _section(doc, node, "ssh", SSHConfig, "ssh settings")
+    return SSHConfig(
+        connect_timeout=f.duration("connect_timeout"),
+        keepalive_interval=f.duration("keepalive_interval"),
+        keepalive_count=f.integer("keepalive_count", 1),
+    )
+
+
 def _read_board(doc: Doc, node: yaml.Node | None, base_dir: Path) -> BoardConfig:
     f = _section(doc, node, "board", BoardConfig, "board settings")
     path = Path(f.text("path")).expanduser()
@@ -304,6 +317,7 @@ def parse_config(
         models=_read_models(doc, top.get("models")),
         worker=_read_worker(doc, top.get("worker")),
         board=_read_board(doc, top.get("board"), base_dir),
+        ssh=_read_ssh(doc, top.get("ssh")),
     )
     extra: dict[str, Any] = {}
     for name in EXTRA_SECTIONS:

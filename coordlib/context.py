@@ -57,6 +57,7 @@ class Machines:
             )
         from .runtime.ssh import SSHTarget
 
+        ssh = self.config.ssh
         return SSHTarget(
             name=m.name,
             host=m.host,
@@ -64,6 +65,9 @@ class Machines:
             user=m.user,
             identity_file=m.identity_file,
             known_hosts=m.known_hosts,
+            connect_timeout=m.connect_timeout or ssh.connect_timeout,
+            keepalive_interval=ssh.keepalive_interval,
+            keepalive_count_max=ssh.keepalive_count,
         )
 
     async def close(self) -> None:

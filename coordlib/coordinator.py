@@ -228,13 +228,20 @@ class Coordinator:
         return await self.trail.rebuild(repos or list(self.config.repos), self.config)
 
     # ------------------------------------------------------------ watching workers
-    async def status(self, *, machine: str | None = None, history: bool = False) -> StatusReport:
+    async def status(
+        self,
+        *,
+        machine: str | None = None,
+        history: bool = False,
+        on_machine: Callable[[MachineStatus], None] | None = None,
+    ) -> StatusReport:
         """Ask every machine (or one) once, reconcile the board, and report.
 
         A machine's ``orphans`` are the runs there that the board does not know and that
-        are still running (`resume` lists ended ones too).
+        are still running (`resume` lists ended ones too).  `on_machine` hears each machine
+        as it answers (or fails to), before the report is complete.
         """
-        return await self._monitor.status(machine=machine, history=history)
+        return await self._monitor.status(machine=machine, history=history, on_machine=on_machine)
 
     def watch_lines(
         self, id: str, *, offset: int = 0, reconnect_for: float = 300.0
@@ -299,7 +306,7 @@ class Coordinator:
         still = [a.id for a in report.assignments if not a.is_terminal and a.machine in down]
         orphans = {m.name: m.orphans for m in report.machines if m.orphans}
         continued = await self.dispatch_due()
-        await self.trail.post_pending(self.assignments())
+        posted = await self.trail.post_pending(self.assignments())
         return ResumeReport(
             changed=report.changed,
             unreachable=unreachable,
@@ -308,4 +315,5 @@ class Coordinator:
             continued=continued,
             restored=[a.id for a in restored],
             skipped=skipped,
+            posted=posted,
         )

@@ -346,7 +346,8 @@ class Dispatcher:
             model=model or prev.tier or prev.model,
             briefing=briefing,
             title=prev.title,
-            attempt=prev.attempt + 1,
+            # A dispatch that never started was no attempt: its retry takes its number.
+            attempt=prev.attempt + (prev.failure_class != "dispatch_failed"),
             issue_info=info,
             previous=prev,
         )

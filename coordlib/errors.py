@@ -118,13 +118,21 @@ class UnreachableError(MachineError, ConnectionError):
     """The machine could not be reached.
 
     `command_sent` tells whether a command had reached the machine when the link was lost
-    (it may have run); when false, nothing was started there.
+    (it may have run); when false, nothing was started there.  `reason` says how it failed:
+    ``timeout`` (no answer in time: a hung or stopped machine), ``refused`` (nothing listens),
+    ``lost`` (the connection dropped) or ``unreachable`` (anything else: DNS, routing).
     """
 
     def __init__(
-        self, message: str, *, machine: str | None = None, command_sent: bool = False
+        self,
+        message: str,
+        *,
+        machine: str | None = None,
+        command_sent: bool = False,
+        reason: str = "unreachable",
     ) -> None:
         self.command_sent = command_sent
+        self.reason = reason
         super().__init__(message, machine=machine)
 
 

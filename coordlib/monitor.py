@@ -9,9 +9,13 @@ A status asks each machine once (one remote command), folds each live run's new 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .assignment import TERMINAL, Assignment, Status
@@ -38,22 +42,38 @@ from .runtime.protocol import (
 if TYPE_CHECKING:
     from .context import Context
     from .markers import SkippedMarker
-    from .stream import Event
+    from .stream import Event, Reconnected, Reconnecting
 
-__all__ = ["MachineStatus", "Monitor", "ResumeReport", "StatusReport"]
+__all__ = [
+    "MachineStatus",
+    "Monitor",
+    "ResumeReport",
+    "StatusReport",
+    "format_age",
+    "machine_state",
+]
 
 _PROBE_TIMEOUT = 30.0
 
 
 @dataclass
 class MachineStatus:
-    """One machine as the last probe saw it."""
+    """One machine as the last probe saw it.
+
+    `state` is ``up``, or why it is not: ``timeout`` (no answer in time: hung or stopped),
+    ``refused`` (nothing listens), ``lost`` (the connection dropped), ``auth`` (our key was
+    refused), ``host_key`` (unknown or changed key), ``unreachable`` or ``error``.
+    `seen_at` is the last time it answered (epoch seconds), as far as this board knows.
+    """
 
     name: str
     reachable: bool
     error: str | None = None
     running: int = 0
     orphans: list[str] = field(default_factory=list)  # run ids on the machine, not on the board
+    state: str = "up"
+    seen_at: float | None = None
+    seconds: float | None = None  # how long the probe took (or waited)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON contract of ``coord status --json``."""
@@ -62,7 +82,22 @@ class MachineStatus:
             "reachable": self.reachable,
             "error": self.error,
             "running": self.running,
+            "state": self.state,
+            "seen_at": self.seen_at,
         }
+
+
+def machine_state(exc: CoordError) -> str:
+    """Name how a machine failed to answer (see `MachineStatus.state`)."""
+    from .errors import AuthError, HostKeyError
+
+    if isinstance(exc, UnreachableError):
+        return exc.reason
+    if isinstance(exc, HostKeyError):
+        return "host_key"
+    if isinstance(exc, AuthError):
+        return "auth"
+    return "error"
 
 
 _PUBLIC_FIELDS = (
@@ -89,10 +124,17 @@ class StatusReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON contract of ``coord status --json``."""
+        down = {m.name for m in self.machines if not m.reachable}
         return {
             "machines": [m.to_dict() for m in self.machines],
-            "assignments": [_public(a) for a in self.assignments],
+            "assignments": [
+                _public(a) | {"reachable": a.machine not in down} for a in self.assignments
+            ],
         }
+
+    def unreachable(self, a: Assignment) -> MachineStatus | None:
+        """Return a's machine's status if this report could not reach it."""
+        return next((m for m in self.machines if m.name == a.machine and not m.reachable), None)
 
 
 @dataclass
@@ -106,6 +148,7 @@ class ResumeReport:
     continued: list[Assignment] = field(default_factory=list)  # rate-limited work resumed
     restored: list[str] = field(default_factory=list)  # rows rebuilt from the forge's trail
     skipped: list[SkippedMarker] = field(default_factory=list)  # trail markers not trusted
+    posted: list[tuple[str, str]] = field(default_factory=list)  # (id, stage) posted late
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready summary."""
@@ -116,8 +159,75 @@ class ResumeReport:
             "still_running": self.still_running,
             "restored": self.restored,
             "skipped": [m.to_dict() for m in self.skipped],
+            "posted": [{"id": i, "stage": s} for i, s in self.posted],
             "continued": [{"id": a.id, "continues": a.continues} for a in self.continued],
         }
+
+
+def _machine_status(
+    name: str, outcome: MachineProbe | CoordError, seconds: float, contacts: _Contacts
+) -> MachineStatus:
+    if isinstance(outcome, CoordError):
+        state, seen = machine_state(outcome), contacts.seen(name)
+        return MachineStatus(name, False, str(outcome), state=state, seen_at=seen, seconds=seconds)
+    return MachineStatus(name, reachable=True, seen_at=time.time(), seconds=seconds)
+
+
+def _why(exc: UnreachableError) -> str:
+    """The reason of a machine error, without the machine's name in front."""
+    text = str(exc)
+    return text.removeprefix(f"{exc.machine}: ") if exc.machine else text
+
+
+def _last_contact(m: MachineStatus) -> str:
+    if m.seen_at is None:
+        return "no contact on record"
+    return f"last contact {format_age(time.time() - m.seen_at)} ago"
+
+
+def format_age(seconds: float) -> str:
+    """Say how long ago, shortly: 45s, 12m, 3h, 2d."""
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"
+
+
+class _Contacts:
+    """When each machine last answered: ``contacts.json`` beside the board, best effort."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: dict[str, float] | None = None
+
+    def seen(self, name: str) -> float | None:
+        if self._seen is None:
+            try:
+                data = json.loads(self.path.read_bytes())
+                self._seen = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+            except (OSError, ValueError, AttributeError):
+                self._seen = {}
+        return self._seen.get(name)
+
+    def saw(self, names: Sequence[str]) -> None:
+        """Note that these machines answered now (a lost write only loses a hint)."""
+        if not names:
+            return
+        now = time.time()
+        self.seen("")  # read what is there first
+        assert self._seen is not None
+        self._seen.update(dict.fromkeys(names, now))
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(self._seen, out)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 class Monitor:
@@ -132,7 +242,12 @@ class Monitor:
 
     # ------------------------------------------------------------ status
     async def status(
-        self, *, machine: str | None = None, history: bool = False, all_orphans: bool = False
+        self,
+        *,
+        machine: str | None = None,
+        history: bool = False,
+        all_orphans: bool = False,
+        on_machine: Callable[[MachineStatus], None] | None = None,
     ) -> StatusReport:
         """See `Coordinator.status`; `all_orphans` also lists ended runs the board lacks."""
         config, board = self.ctx.config, self.ctx.board
@@ -142,17 +257,27 @@ class Monitor:
         rows = board.assignments()
         # Queued (rate-limited) work has no run to ask about until it is continued.
         live = [a for a in rows if not a.is_terminal and a.status != Status.QUEUED]
-        probes = await asyncio.gather(
-            *(self._probe(n, [a for a in live if a.machine == n], ended=all_orphans) for n in names)
-        )
+        contacts = _Contacts(board.path.with_name("contacts.json"))
+
+        async def ask(name: str) -> MachineProbe | CoordError:
+            t0 = time.monotonic()
+            outcome = await self._probe(name, [a for a in live if a.machine == name],
+                                        ended=all_orphans)  # fmt: skip
+            if on_machine is not None:  # as each answers: a hung machine holds up no other
+                on_machine(_machine_status(name, outcome, time.monotonic() - t0, contacts))
+            return outcome
+
+        started = time.monotonic()
+        probes = await asyncio.gather(*(ask(n) for n in names))
+        took = time.monotonic() - started
         machines: list[MachineStatus] = []
         updates: dict[str, tuple[int, dict[str, Any]]] = {}
         archived: set[str] | None = None
         for name, outcome in zip(names, probes, strict=True):
             if isinstance(outcome, CoordError):
-                machines.append(MachineStatus(name, reachable=False, error=str(outcome)))
+                machines.append(_machine_status(name, outcome, took, contacts))
                 continue
-            ms = MachineStatus(name, reachable=True)
+            ms = _machine_status(name, outcome, took, contacts)
             known = {a.id for a in rows if a.machine == name}
             unknown = set(outcome.runs) - known
             if not all_orphans:
@@ -169,6 +294,7 @@ class Monitor:
                 if change:
                     updates[a.id] = (a.events_offset, change)
             machines.append(ms)
+        contacts.saw([m.name for m in machines if m.reachable])
         changed, written = board.settle(updates)
         if written is not None:  # the rows as our transaction left them: no second read
             rows = written
@@ -211,38 +337,60 @@ class Monitor:
         except CoordError as exc:
             return exc
         except TimeoutError:
-            return UnreachableError("did not answer within 45 s", machine=name)
+            return UnreachableError(
+                f"did not answer within {_PROBE_TIMEOUT + 15:g} s", machine=name, reason="timeout"
+            )
 
     # ------------------------------------------------------------ watch / wait / log
     async def watch_lines(
         self, id: str, *, offset: int = 0, reconnect_for: float = 300.0
     ) -> AsyncIterator[bytes]:
         """See `Coordinator.watch_lines`."""
+        async for item in self._follow(id, offset=offset, reconnect_for=reconnect_for):
+            if isinstance(item, bytes):
+                yield item
+
+    async def _follow(
+        self, id: str, *, offset: int, reconnect_for: float
+    ) -> AsyncIterator[bytes | Reconnecting | Reconnected]:
+        """Yield the run's lines, and a notice each time the connection drops and comes back.
+
+        A dropped connection is resumed from the last complete line, so no line is lost or
+        repeated; after `reconnect_for` seconds of failing to reconnect it raises.
+        """
+        from .stream import Reconnected, Reconnecting
+
         a = self.ctx.board.assignment(id)
         m = self.ctx.config.machine(a.machine)
         t = self.ctx.machines.get(a.machine)
         failing_since: float | None = None
         delay = 0.2
+        line = 0  # lines yielded so far
         while True:
             buf = b""
             try:
                 async for chunk in t.stream(tail_command(m.workdir, a.id, offset, follow=True)):
+                    if failing_since is not None:
+                        yield Reconnected(m.name, time.monotonic() - failing_since, line + 1)
                     failing_since, delay = None, 0.2
                     buf += chunk
                     if b"\n" not in chunk:
                         continue
                     *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        offset += len(line) + 1
-                        yield line
+                    for one in lines:
+                        offset += len(one) + 1
+                        line += 1
+                        yield one
                 break
             except CommandError as exc:
                 if exc.returncode == ExitCode.NO_RUN:  # the run dir is gone: nothing to read
                     break
                 raise
-            except UnreachableError:
+            except UnreachableError as exc:
                 now = time.monotonic()
-                failing_since = failing_since or now
+                if failing_since is None:
+                    failing_since = now
+                    yield Reconnecting(m.name, _why(exc))
                 if now - failing_since > reconnect_for:
                     raise
                 await asyncio.sleep(delay)
@@ -257,8 +405,11 @@ class Monitor:
 
         a = self.ctx.board.assignment(id)
         progress = RunProgress()  # what it folds here is the session's cwd, for tool paths
-        async for line in self.watch_lines(a.id, offset=offset):
-            for event in parse_line(line, cwd=progress.cwd):
+        async for item in self._follow(a.id, offset=offset, reconnect_for=300.0):
+            if not isinstance(item, bytes):
+                yield item  # a reconnection, told as it happens
+                continue
+            for event in parse_line(item, cwd=progress.cwd):
                 progress.apply(event)
                 yield event
         await self.settle(a)
@@ -279,6 +430,7 @@ class Monitor:
         a = board.assignment(id)
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = poll
+        down: MachineStatus | None = None  # its machine, when the last look could not reach it
         while True:
             if a.is_terminal:
                 return a
@@ -286,11 +438,18 @@ class Monitor:
                 a = await self._wait_queued(a, deadline)
                 continue
             if deadline is not None and time.monotonic() >= deadline:
+                if down is not None:
+                    raise WaitTimeout(
+                        f"assignment {a.id} was {a.status} when last seen, but its machine "
+                        f"{down.name} is unreachable ({down.state}: {down.error}); "
+                        f"{_last_contact(down)}"
+                    )
                 raise WaitTimeout(
                     f"assignment {a.id} is still {a.status} after {timeout:g} s "
                     f"(`coord watch {a.id}` to follow it)"
                 )
             report = await self.status(machine=a.machine)
+            down = report.unreachable(a)
             a = next((x for x in report.assignments if x.id == a.id), None) or board.assignment(
                 a.id
             )

@@ -10,7 +10,7 @@ import enum
 from typing import TYPE_CHECKING
 
 from .assignment import Status
-from .runtime.protocol import ExitReason
+from .runtime.protocol import ExitCode, ExitReason
 
 if TYPE_CHECKING:
     from .stream import Result
@@ -33,6 +33,9 @@ class FailureClass(enum.StrEnum):
     UNREACHABLE_API = "unreachable_api"  # no API status at all: the server is down
     EXECUTION_ERROR = "execution_error"  # an error_* result other than max turns, no API status
     CRASHED = "crashed"  # the CLI exited without a result
+    CLAUDE_NOT_FOUND = "claude_not_found"  # the worker's command was not found (exit 127)
+    NOT_EXECUTABLE = "not_executable"  # the worker's command could not be run (exit 126)
+    WORKTREE_GONE = "worktree_gone"  # the worktree vanished before the worker started
 
 
 FAILURE_CLASSES = frozenset(FailureClass)
@@ -42,6 +45,14 @@ _API_STATUS_CLASS = {
     429: FailureClass.RATE_LIMITED,
     401: FailureClass.AUTH_ERROR,
     403: FailureClass.AUTH_ERROR,
+}
+
+
+# The worker never ran: how its launcher's subshell or the shell's exec reported it.
+_NO_WORKER = {
+    127: FailureClass.CLAUDE_NOT_FOUND,
+    126: FailureClass.NOT_EXECUTABLE,
+    ExitCode.WORKTREE_GONE: FailureClass.WORKTREE_GONE,
 }
 
 
@@ -66,6 +77,8 @@ def classify(
     if exit_reason == ExitReason.TIMED_OUT:
         return Status.FAILED, FailureClass.TIMED_OUT
     if result is None:
+        if exit_reason == ExitReason.EXITED and exit_code in _NO_WORKER:
+            return Status.FAILED, _NO_WORKER[exit_code]
         # Exit 0 without a result is no success either: the worker said nothing.
         return Status.FAILED, FailureClass.CRASHED
     # Exhausted retries end with subtype "success" and is_error true, so read the status.

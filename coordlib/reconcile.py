@@ -59,7 +59,7 @@ def reconcile(
         )
         if unread:
             return fields  # more events to read before the result can be trusted
-        return _ended(fields, progress, run.exit)
+        return _ended(a, fields, progress, run.exit, _last_words(run.stderr))
     # An idle worker (thinking, or in a long tool call) has no new events: nothing to parse.
     fields = fold(a, run)[0] if run.events else {}
     if run.dispatching and a.status == Status.PENDING:
@@ -81,8 +81,19 @@ def reconcile(
     return fields
 
 
+def _last_words(stderr: bytes | None) -> str:
+    """The last line a worker wrote on stderr that says anything, cut to one line's length."""
+    lines = (stderr or b"").decode("utf-8", "replace").splitlines()
+    said = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+    return said if len(said) <= 300 else said[:299] + "…"
+
+
 def _ended(
-    fields: dict[str, Any], progress: RunProgress, exit: Mapping[str, Any]
+    a: Assignment,
+    fields: dict[str, Any],
+    progress: RunProgress,
+    exit: Mapping[str, Any],
+    last_words: str = "",
 ) -> dict[str, Any]:
     from .outcomes import FailureClass, classify
 
@@ -126,8 +137,22 @@ def _ended(
             "the disk holding the run directory is full on the machine; free space there "
             f"and retry ({fields.get('error') or f'exit status {code}'})"
         )
-    if status == Status.FAILED and not fields.get("error") and progress.result is None:
-        fields["error"] = f"worker exited with status {code} ({reason}) and no result"
+    said = f": {last_words}" if last_words else ""
+    command = a.argv[0] if a.argv else "claude"
+    if fclass == FailureClass.CLAUDE_NOT_FOUND:
+        fields["error"] = (
+            f"`{command}` was not found on {a.machine} (exit 127{said}); install Claude Code "
+            f"there, or set machines.{a.machine}.claude_command to its path"
+        )
+    elif fclass == FailureClass.NOT_EXECUTABLE:
+        fields["error"] = (
+            f"`{command}` could not be run on {a.machine} (exit 126{said}); check that it is "
+            f"an executable for that machine (machines.{a.machine}.claude_command)"
+        )
+    elif fclass == FailureClass.WORKTREE_GONE:
+        fields["error"] = f"its worktree {a.worktree} was gone from {a.machine}{said}"
+    elif status == Status.FAILED and not fields.get("error") and progress.result is None:
+        fields["error"] = f"worker exited with status {code} ({reason}) and no result{said}"
     return fields
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "Other",
     "Progress",
     "RateLimit",
+    "Reconnected",
+    "Reconnecting",
     "Result",
     "ToolResult",
     "ToolUse",
@@ -169,6 +171,25 @@ class Malformed:
     error: str
 
 
+@dataclass(frozen=True)
+class Reconnecting:
+    """Not the worker's: watch lost its connection to the run's machine and is retrying."""
+
+    machine: str
+    error: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """Not the worker's: watch is connected again, and goes on from where it was."""
+
+    machine: str
+    after_s: float
+    line: int  # the line it resumes at (1 is the first line of the run's events)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
 Event: TypeAlias = (
     Init
     | AssistantText
@@ -180,6 +201,8 @@ Event: TypeAlias = (
     | Progress
     | Other
     | Malformed
+    | Reconnecting
+    | Reconnected
 )
 
 
@@ -503,6 +526,13 @@ def _format_rate_limit(event: RateLimit) -> str:
 
 def format_event(event: Event, *, verbose: bool = False) -> str | None:
     """Return the line ``coord watch`` shows for event, or None when it is hidden."""
+    if isinstance(event, Reconnecting):
+        return f"[reconnecting] {event.machine}: {event.error}; retrying…"
+    if isinstance(event, Reconnected):
+        return (
+            f"[reconnected] {event.machine} after {event.after_s:.0f} s, "
+            f"resuming at line {event.line}"
+        )
     if isinstance(event, Init):
         return f"[init] model={event.model or '?'} session={event.session_id or '?'}"
     if isinstance(event, ToolUse):

@@ -133,6 +133,8 @@ _ROW_FIELDS = (
 )  # fmt: skip
 # Why a restored row waits for a person rather than starting by itself.
 HELD_RESTORED = "restored from the forge's trail"
+# Every status label: an issue carries one of them at a time.
+_STATUS = frozenset(STATUS_LABELS.values())
 # A stage claimed for posting this long ago by a process that never finished is retried.
 _STALE_POSTING = 60.0
 
@@ -189,27 +191,22 @@ class Trail:
 
         The dispatcher claimed this stage on the board with the assignment itself and
         records what this returns: the comment's id, or None when it could not be posted
-        (`post_pending` tries again).  `labels` are the issue's labels when known: only
-        those present are removed, as every request to a forge counts.
+        (`post_pending` tries again).  `labels` are the issue's labels when known, which
+        saves reading them.
         """
-        drop = [STATUS_LABELS["ready"], STATUS_LABELS["refining"], STATUS_LABELS["done"]]
-        drop = [x for x in drop if x in labels] if labels is not None else drop[:1]
-        return await self._send(a, "dispatch", briefing_comment(a, briefing, self.key),
-                                add=[STATUS_LABELS["in_progress"]], remove=drop)  # fmt: skip
+        body = briefing_comment(a, briefing, self.key)
+        return await self._send(a, "dispatch", body, STATUS_LABELS["in_progress"], labels)
 
     async def post_ending(self, a: Assignment) -> None:
         """Post how an assignment ended on its issue and move its status label."""
-        if a.status == Status.DONE:
-            add, remove = [STATUS_LABELS["done"]], [STATUS_LABELS["in_progress"]]
-        elif a.status == Status.QUEUED:
-            add, remove = [], []
-        else:  # it is free to be picked up again
-            add, remove = [STATUS_LABELS["ready"]], [STATUS_LABELS["in_progress"]]
-        await self._post(a, str(a.status), ending_comment(a, self.key), add=add, remove=remove)
+        await self._post(a, str(a.status), ending_comment(a, self.key))
 
-    async def post_pending(self, rows: Iterable[Assignment]) -> int:
-        """Post the stages earlier processes could not (or crashed before they did)."""
-        posted = 0
+    async def post_pending(self, rows: Iterable[Assignment]) -> list[tuple[str, str]]:
+        """Post the stages earlier processes could not (or crashed before they did).
+
+        Return the (assignment, stage) pairs posted.
+        """
+        posted: list[tuple[str, str]] = []
         for a in rows:
             if a.trail is None or a.trail_off is not None:
                 continue
@@ -219,40 +216,62 @@ class Trail:
                 trail = self.board.trail_forget(a.id, lambda k, v: v == "posting")
             if "dispatch" not in trail and a.status != Status.PENDING:
                 note = f"(the briefing of {a.id} was not recorded by the coordinator)"
-                drop = [STATUS_LABELS["ready"]]
-                await self._post(a, "dispatch", briefing_comment(a, note, self.key),
-                                 add=[STATUS_LABELS["in_progress"]], remove=drop)  # fmt: skip
-                posted += 1
-            if (a.is_terminal or a.status == Status.QUEUED) and str(a.status) not in trail:
-                await self.post_ending(a)
-                posted += 1
+                if await self._post(a, "dispatch", briefing_comment(a, note, self.key)):
+                    posted.append((a.id, "dispatch"))
+            ended = a.is_terminal or a.status == Status.QUEUED
+            if ended and str(a.status) not in trail:  # noqa: SIM102 - await in the second test
+                if await self._post(a, str(a.status), ending_comment(a, self.key)):
+                    posted.append((a.id, str(a.status)))
         return posted
 
-    async def _post(
-        self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
-    ) -> None:
-        """Claim `stage` on the board, post it, and record the comment (or forget the claim)."""
+    async def _post(self, a: Assignment, stage: str, body: str) -> bool:
+        """Claim `stage` on the board, post it, and record the comment (or forget the claim).
+
+        The issue's status label is that of its newest assignment, read now: a stage posted
+        late (the forge was down) never moves it back.
+        """
         if a.trail is None or a.trail_off is not None:
-            return  # work that is not on the forge: no need to lock the board to know it
+            return False  # work that is not on the forge: no need to lock the board to know it
         if not self.board.trail_claim(a.id, stage):
-            return
-        comment = await self._send(a, stage, body, add=add, remove=remove)
+            return False
+        comment = await self._send(a, stage, body, self._status_label(a))
         if comment is None:
             self.board.trail_forget(a.id, lambda k, v: k == stage)
-        else:
-            self.board.trail_posted(a.id, stage, comment)
+            return False
+        self.board.trail_posted(a.id, stage, comment)
+        return True
+
+    def _status_label(self, a: Assignment) -> str:
+        """The status label a's issue should carry: what its newest assignment says."""
+        rows = [x for x in self.board.assignments() if x.repo == a.repo and x.issue == a.issue]
+        rows = [x for x in rows if x.id != a.id and x.failure_class != "dispatch_failed"]
+        newest = max([a, *rows], key=lambda x: x.created_at)
+        if newest.status == Status.DONE:
+            return STATUS_LABELS["done"]
+        if newest.is_terminal:
+            return STATUS_LABELS["ready"]  # free to be picked up again
+        return STATUS_LABELS["in_progress"]
 
     async def _send(
-        self, a: Assignment, stage: str, body: str, *, add: Sequence[str], remove: Sequence[str]
+        self,
+        a: Assignment,
+        stage: str,
+        body: str,
+        label: str,
+        known: Sequence[str] | None = None,
     ) -> int | str | None:
-        """Post body on a's issue and move its labels; return the comment id, None on failure."""
+        """Post body on a's issue and leave `label` its one status label.
+
+        Return the comment id, None on failure.  `known` are the issue's labels if read.
+        """
         try:
             forge = self.forge(a.repo)
             comment = await forge.comment(a.issue, body)
-            for label in remove:
-                await forge.remove_label(a.issue, label)
-            if add:
-                await forge.add_labels(a.issue, add)
+            labels = await forge.labels(a.issue) if known is None else known
+            for stale in [x for x in labels if x in _STATUS and x != label]:
+                await forge.remove_label(a.issue, stale)
+            if label not in labels:
+                await forge.add_labels(a.issue, [label])
         except CoordError as exc:
             self.notify(f"{a.id}: the {stage} comment on {a.repo}#{a.issue} was not posted: {exc}")
             return None

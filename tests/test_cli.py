@@ -25,10 +25,10 @@ from coordlib.testing import make_git_repo
 from .conftest import Setup
 
 STATUSES = {"pending", "running", "done", "failed", "stopped", "lost"}
-MACHINE_KEYS = {"name", "reachable", "error", "running"}
+MACHINE_KEYS = {"name", "reachable", "state", "seen_at", "error", "running"}
 ASSIGNMENT_KEYS = {
     "id", "machine", "repo", "issue", "branch", "model", "status", "cost_usd", "num_turns",
-    "session_id", "exit_reason", "failure_class",
+    "session_id", "exit_reason", "failure_class", "reachable",
 }  # fmt: skip
 ASSIGN_KEYS = {"id", "machine", "repo", "issue", "branch", "model", "status"}
 
@@ -115,7 +115,15 @@ def test_wait_exits_0_when_done(ok_run: OkRun) -> None:
 
 def test_status_json_contract(ok_run: OkRun) -> None:
     data = status_json(ok_run.config)
-    assert data["machines"] == [{"name": "local", "reachable": True, "error": None, "running": 0}]
+    [machine] = data["machines"]
+    assert isinstance(machine.pop("seen_at"), float)  # epoch seconds of the answer just received
+    assert machine == {
+        "name": "local",
+        "reachable": True,
+        "state": "up",
+        "error": None,
+        "running": 0,
+    }
     a = row(ok_run.config, ok_run.id)
     assert a["status"] == "done"
     assert a["failure_class"] is None
@@ -189,6 +197,7 @@ def test_resume_on_a_clean_board_has_nothing_to_repair(ok_run: OkRun) -> None:
         "continued": [],
         "restored": [],
         "skipped": [],
+        "posted": [],
     }
 
 

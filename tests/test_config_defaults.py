@@ -23,6 +23,7 @@ from coordlib.config import (
     MachineConfig,
     ModelsConfig,
     RepoConfig,
+    SSHConfig,
     WorkerConfig,
     field_defaults,
     format_duration,
@@ -37,6 +38,7 @@ MINIMAL = "repos: [api]\nmachines: [{name: m, host: h}]\n"
 SECTIONS: dict[type[Any], Callable[[Config], Any]] = {
     RepoConfig: lambda c: c.repo("api"),
     MachineConfig: lambda c: c.machine("m"),
+    SSHConfig: lambda c: c.ssh,
     ConcurrencyConfig: lambda c: c.concurrency,
     ModelsConfig: lambda c: c.models,
     WorkerConfig: lambda c: c.worker,
@@ -58,6 +60,7 @@ OTHER: dict[str, Any] = {
     "MachineConfig.workdir": "/scratch/coord",
     "MachineConfig.claude_command": "npx claude",
     "MachineConfig.tmux_socket": "elsewhere",
+    "MachineConfig.connect_timeout": 30.0,
     "ModelsConfig.default": "haiku",
     "ModelsConfig.escalation": ("sonnet", "opus"),
     "ModelsConfig.ids": {"haiku": "claude-h", "sonnet": "claude-s", "opus": "claude-o"},

@@ -767,3 +767,20 @@ def test_cli_honours_model_server_process(claude_cli: Path, ws: Workspace, tmp_p
             proc.terminate()
     assert run.returncode == 0, run.stderr
     assert run.result["result"] == "All done."
+
+
+def test_the_readme_s_scenario_file_loads(tmp_path: Path) -> None:
+    """The offline-fleet recipe's example, as the README gives it."""
+    import re
+    import textwrap
+
+    from coordlib.testing.scenarios import load_server_file
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = [m.group(2) for m in re.finditer(r"( *)```json\n((?:\1.*\n)*?)\1```", readme)]
+    example = next(b for b in blocks if '"scenarios"' in b)
+    path = tmp_path / "fleet.json"
+    path.write_text(textwrap.dedent(example))
+    scenarios, faults = load_server_file(path)
+    assert [len(scenarios[n].turns) for n in ("default", "slow")] == [3, 1] and faults == []
+    assert scenarios["slow"].turns[0].delay == 30

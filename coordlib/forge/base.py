@@ -208,6 +208,10 @@ class Forge(abc.ABC):
     async def branches(self, prefix: str = "") -> list[Branch]:
         """Return the remote's branches whose names start with `prefix`, sorted by name."""
 
+    async def labels(self, number: int) -> tuple[str, ...]:
+        """Return an issue's labels (forges that can, read them without its comments)."""
+        return (await self.get_issue(number)).labels
+
     async def identity(self) -> str | None:
         """Return the author name this forge posts coordlib's comments as (None: unknown)."""
         return None

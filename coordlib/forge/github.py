@@ -302,6 +302,11 @@ class GitHubForge(Forge):
         )
         return comment_of(data)
 
+    async def labels(self, number: int) -> tuple[str, ...]:
+        """Return an issue's labels with one request (no comments read)."""
+        data = await self._list(f"/issues/{number}/labels", f"read the labels of #{number}")
+        return tuple(str(label["name"]) for label in data)
+
     async def add_labels(self, number: int, labels: Iterable[str]) -> tuple[str, ...]:
         """Add labels (GitHub creates missing ones); return the issue's labels."""
         names = list(dict.fromkeys(labels))

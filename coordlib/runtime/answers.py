@@ -153,6 +153,8 @@ def failure_reason(stderr: str) -> str:
 #                                              ended: {"reason":"ended"})
 #   events <offset> <n>                        only for the runs asked about
 #   <n raw bytes of events.jsonl>\n
+#   stderr <n>                                 an ended run asked about: its stderr's tail
+#   <n raw bytes of stderr.log>\n
 #   missing <id>                               asked about, but no such run dir
 #   end
 #
@@ -171,6 +173,7 @@ class RunProbe:
     exit: dict[str, Any] | None = None
     events_offset: int | None = None
     events: bytes | None = None
+    stderr: bytes | None = None  # an ended run's last words on stderr (its last 600 bytes)
 
 
 @dataclass
@@ -208,7 +211,7 @@ def parse_status(data: bytes, *, machine: str | None = None) -> MachineProbe:
                 rid, kv.get("alive") == "1", size, dispatching=kv.get("dispatching") == "1"
             )
             probe.runs[rid] = current
-        elif current is None and kind in ("exit", "events"):
+        elif current is None and kind in ("exit", "events", "stderr"):
             raise _error("status", f"{kind} line before any run line", machine)
         elif kind == "exit":
             assert current is not None
@@ -216,6 +219,9 @@ def parse_status(data: bytes, *, machine: str | None = None) -> MachineProbe:
         elif kind == "events":
             assert current is not None
             current.events_offset, current.events = int(text.split(" ")[0]), payload
+        elif kind == "stderr":
+            assert current is not None
+            current.stderr = payload
         elif not ID_PATTERN.fullmatch(text):  # missing
             raise _error("status", f"missing line with a bad id: {text[:80]!r}", machine)
         else:

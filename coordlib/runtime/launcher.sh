@@ -136,7 +136,8 @@ cmd_run() { # run RUN_DIR
         done
         while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
         for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
-        cd "$wtx" || exit 127
+        exec 2>>"$run/stderr.log" # what goes wrong from here is the run's to report
+        cd "$wtx" || { echo "coord-run: the worktree $wtx is gone; the worker cannot start" >&2 && exit 122; }
         # The prompt on stdin, from its file: as an argument it would be read as an option
         # when it starts with "-", fail past 128 KiB, and show in `ps` to every user.
         exec setsid "${COORD_CMD[@]}" -p "${COORD_ARGS[@]}" \

@@ -88,10 +88,12 @@ class ExitCode(enum.IntEnum):
     WORKTREE_HELD = 19  # continue: another worker still runs in the worktree
     MISSING_TOOL = 20  # tmux or git is not installed
     # the launcher's own, when no worker ran (or could not start), recorded in exit.json
+    # (with reason "exited", 126 and 127 are the worker's own: setsid could not run its
+    # command, see outcomes.classify)
+    WORKTREE_GONE = 122  # the worktree vanished before the worker could start in it
     LAUNCH_BUSY = 124  # another worker holds the worktree (reason busy)
     LAUNCH_NO_ENV = 125  # the environment stream was incomplete (reason crashed)
     LAUNCH_BAD_ENV = 126  # launch.env would not load, or a limit is no number (crashed)
-    WORKER_NOT_FOUND = 127  # the worker's worktree (or, the shell's status, command) is gone
     LAUNCH_STOPPED = 143  # stopped before the worker started (128 + SIGTERM)
 
 
@@ -287,8 +289,8 @@ VERBS: dict[str, Verb] = {
                 Arg("scope", _one_of(*Scope)),
             ),
             group=(_RUN_ID, Arg("offset", _number), Arg("byte limit", _number)),
-            records=frozenset({"run", "exit", "events", "missing"}),
-            payloads={"events": 2},
+            records=frozenset({"run", "exit", "events", "stderr", "missing"}),
+            payloads={"events": 2, "stderr": 1},
         ),
         Verb("stop", (_WORKDIR, _RUN_ID), records=frozenset({"exit"})),
         Verb(

@@ -225,6 +225,12 @@ cmd_dispatch() {
 }
 
 # ---------------------------------------------------------------- status
+stderr_tail() { # stderr_tail FILE: set TAIL to the last 600 bytes of FILE, TAIL_BYTES to its size
+    local LC_ALL=C # ${#…} counts bytes, as the payload's size must
+    TAIL=$(tail -c 600 "$1" 2>/dev/null | tr -d '\000')
+    TAIL_BYTES=${#TAIL}
+}
+
 cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX]...
     need_args status $# 3 "WORKDIR SOCKET live|all [ID OFFSET MAX]..." 3
     need_path status workdir "$1"
@@ -323,6 +329,12 @@ cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX]...
                 tail -c +"$((off + 1))" "$workdir/runs/$id/events.jsonl" | head -c "$n"
             fi
             out+=$'\n'
+            if [ -n "$ex" ] && [ -s "$workdir/runs/$id/stderr.log" ]; then
+                # An ended run's last words on stderr name what went wrong (a missing
+                # command, a crash): its tail goes with its end.  (Ended runs only: rare.)
+                stderr_tail "$workdir/runs/$id/stderr.log"
+                out+="stderr $TAIL_BYTES"$'\n'"$TAIL"$'\n'
+            fi
             unset "want[$id]"
         fi
     done

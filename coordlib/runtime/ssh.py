@@ -126,9 +126,15 @@ class SSHTransport(Transport):
                     machine=self.name,
                 ) from exc
             except (*_TRANSIENT, asyncssh.Error) as exc:
+                if isinstance(exc, TimeoutError):
+                    reason, why = "timeout", f"no answer within {self.target.connect_timeout:g} s"
+                else:
+                    refused = isinstance(exc, ConnectionRefusedError)
+                    reason, why = ("refused" if refused else "unreachable"), _describe(exc)
                 raise UnreachableError(
-                    f"cannot connect to {self.target.host}:{self.target.port}: {_describe(exc)}",
+                    f"cannot connect to {self.target.host}:{self.target.port}: {why}",
                     machine=self.name,
+                    reason=reason,
                 ) from exc
             self._conn = conn
             return conn
@@ -218,6 +224,7 @@ class SSHTransport(Transport):
                         f"connection lost while running {what or 'a command'}: {_describe(exc)}",
                         machine=self.name,
                         command_sent=True,
+                        reason="lost",
                     ) from exc
                 except BaseException:
                     proc.close()
@@ -228,6 +235,7 @@ class SSHTransport(Transport):
                         f"connection lost while running {what or 'a command'}",
                         machine=self.name,
                         command_sent=True,
+                        reason="lost",
                     )
                 code = result.exit_status if result.exit_status is not None else 255
                 out = _as_bytes(result.stdout)
@@ -258,6 +266,7 @@ class SSHTransport(Transport):
                             f"connection lost while streaming: {_describe(exc)}",
                             machine=self.name,
                             command_sent=True,
+                            reason="lost",
                         ) from exc
                     if not chunk:
                         break
@@ -266,7 +275,10 @@ class SSHTransport(Transport):
                 if proc.exit_status is None and proc.exit_signal is None:
                     await self._drop(conn)
                     raise UnreachableError(
-                        "connection lost while streaming", machine=self.name, command_sent=True
+                        "connection lost while streaming",
+                        machine=self.name,
+                        command_sent=True,
+                        reason="lost",
                     )
                 if proc.exit_status:
                     err = _as_bytes(await proc.stderr.read())

@@ -192,7 +192,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ModelServer:
-    """A scripted Messages API server on 127.0.0.1, in a background thread."""
+    """A scripted Messages API server (on 127.0.0.1 unless `host` says), in a background thread.
+
+    `host` ``0.0.0.0`` (or one of this machine's addresses) lets workers on other machines
+    reach it: the scripted model has no secrets, but it answers anyone who can connect.
+    """
 
     def __init__(
         self,
@@ -203,6 +207,7 @@ class ModelServer:
         final_text: str = FINAL_TEXT,
         port: int = 0,
         log: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         if scenario is None:
             scenario = Scenario()
@@ -212,6 +217,7 @@ class ModelServer:
         self.side_text = side_text
         self.final_text = final_text
         self._port = port
+        self._host = host
         self._log = log
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -226,7 +232,7 @@ class ModelServer:
     # lifecycle
 
     def start(self) -> ModelServer:
-        """Listen on 127.0.0.1 and serve in a daemon thread; return self.
+        """Listen on the host (127.0.0.1 by default) and serve in a daemon thread; return self.
 
         After :meth:`stop` it starts again on the same port, so a test can take the API
         down and bring it back under a running CLI.
@@ -234,7 +240,7 @@ class ModelServer:
         if self._httpd is not None:
             return self
         self._stopping.clear()
-        httpd = _HTTPServer(("127.0.0.1", self._port), _Handler)
+        httpd = _HTTPServer((self._host, self._port), _Handler)
         httpd.app = self
         self._port = int(httpd.server_address[1])
         self._httpd = httpd
@@ -277,7 +283,8 @@ class ModelServer:
     @property
     def url(self) -> str:
         """Return the base URL, e.g. "http://127.0.0.1:41234" (for ANTHROPIC_BASE_URL)."""
-        return f"http://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
+        return f"http://{host}:{self.port}"
 
     # faults at run time
 
@@ -526,6 +533,13 @@ def claude_env(
     elsewhere (``ANTHROPIC_*``, ``CLAUDE*``, proxies, ``IS_SANDBOX``), and makes home, its
     config dir and its temp dir.  A git identity is set because the isolated HOME has no
     ``~/.gitconfig`` and the scripted tools commit.
+
+    Local only: ``HOME``, ``CLAUDE_CONFIG_DIR``, ``TMPDIR`` and ``CLAUDE_CODE_TMPDIR`` are
+    paths on *this* machine, made here, and `url` must be reachable from where the CLI
+    runs.  For a worker on another machine, give its ``env`` in coordinator.yml only the
+    rest (``ANTHROPIC_BASE_URL`` with an address that machine can reach, the key as a
+    ``${VAR}`` reference, the ``DISABLE_*`` switches, ``CLAUDE_CODE_MAX_RETRIES``), and
+    let the launcher's clean environment keep the machine's own ``HOME``.
     """
     config = home / ".claude"
     tmp = home / "tmp"
@@ -565,6 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coordlib.testing.model_server")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0: reachable from other machines; default 127.0.0.1)",
+    )
+    parser.add_argument(
         "--scenario",
         type=Path,
         help='JSON: one scenario {"turns": [...]}, or {"scenarios": {NAME: ...}, "faults": [...]}',
@@ -572,7 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="append one JSON line per request here")
     args = parser.parse_args(argv)
     scenarios, faults = load_server_file(args.scenario) if args.scenario else ({}, [])
-    server = ModelServer(scenarios, faults=faults, port=args.port, log=args.log).start()
+    server = ModelServer(
+        scenarios, faults=faults, port=args.port, log=args.log, host=args.host
+    ).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -220,8 +220,10 @@ class Scenario:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        """Read a scenario from ``{"turns": [...]}``."""
+    def from_dict(cls, data: Mapping[str, Any] | Sequence[Any]) -> Scenario:
+        """Read a scenario from ``{"turns": [...]}``, or a bare list of turns."""
+        if not isinstance(data, Mapping):
+            data = {"turns": data}
         return cls([Turn.from_dict(t) for t in data.get("turns", [])])
 
     @classmethod
