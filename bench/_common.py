@@ -105,6 +105,20 @@ def print_machine(info: dict[str, Any]) -> None:
     )
 
 
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to wanted (at most the hard limit); return it.
+
+    Children inherit it.  A fleet of N machines holds N connections in one process.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return int(soft)
+
+
 # ---------------------------------------------------------------- executables
 def bin_of(name: str) -> str:
     """Return the console script name installed beside this Python (not a pyenv shim)."""

@@ -29,6 +29,8 @@ PLAN: list[tuple[str, list[str]]] = [
     ("fanout_status", ["--user", C.BENCH_USER]),
     # as root every remote command costs ~0.2-0.4 s of .bashrc: fewer repetitions
     ("fanout_status", ["--user", "root", "--reps", "5"]),
+    # 100 sshd and 300 live workers: the longest one, last
+    ("scale", []),
 ]
 
 
@@ -108,6 +110,23 @@ def headline(r: dict[str, Any]) -> tuple[str, str]:
             f"`python -c pass` {_v(r.get('median_python_ms'), ' ms')}, "
             f"`coord --help` {_v(r.get('median_help_ms'), ' ms')}; "
             f"1 writer {_v(w.get('single'))} writes/s",
+        )
+    if b == "scale":
+        res = r.get("results") or {}
+        sizes = [str(n) for n in r.get("sizes") or []]
+        return (
+            "; ".join(
+                f"{n} machines: `coord status --json` {_v(res[n].get('status_coord_s'), ' s')}, "
+                f"dispatch round {_v(res[n].get('dispatch_coord_s'), ' s')}"
+                for n in sizes
+                if n in res
+            ),
+            "; ".join(
+                f"{n}: asyncssh floor: status {_v(res[n].get('status_floor_s'), ' s')}, "
+                f"dispatch round {_v(res[n].get('dispatch_floor_s'), ' s')}"
+                for n in sizes
+                if n in res
+            ),
         )
     if b == "startup":
         return (
