@@ -63,7 +63,7 @@ def demo(workers: int, root: str | None, live: bool, stand_in: bool, tmux_socket
 def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmux_socket: str,
               model_url: str | None) -> None:  # fmt: skip
     from coordlib.demo import make_demo, run_demo
-    from coordlib.stream import format_event
+    from coordlib.event_view import format_event
 
     ws = make_demo(Path(root) if root else None, mode=mode, workers=workers,
                    tmux_socket=tmux_socket, claude=claude, model_url=model_url)  # fmt: skip

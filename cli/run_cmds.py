@@ -104,7 +104,7 @@ def assign(
 
 
 def _age(ts: float | None) -> str:
-    from coordlib.monitor import format_age
+    from coordlib.contacts import format_age
 
     return format_age(time.time() - ts) if ts else "-"
 
@@ -204,7 +204,7 @@ def status(state: State, machine: str | None, history: bool, show_all: bool,
 @pass_state
 def watch(state: State, id: str, verbose: bool) -> None:
     """Follow a worker's events live until it ends."""
-    from coordlib.stream import format_event
+    from coordlib.event_view import format_event
 
     async def go() -> Assignment:
         async with state.coordinator() as c:

@@ -38,13 +38,14 @@ if TYPE_CHECKING:
     from .config import Config
     from .config_load import load_config
     from .coordinator import Coordinator
+    from .event_view import format_event
     from .forge.base import Comment, Forge, Issue, PullRequest
     from .monitor import MachineStatus, ResumeReport, StatusReport
     from .progress import RunProgress
     from .runtime.local import LocalTransport
     from .runtime.ssh import SSHTarget, SSHTransport
     from .runtime.transport import CompletedCommand, Transport
-    from .stream import format_event, parse_line
+    from .stream import parse_line
 
 __all__ = [
     "Assignment",
@@ -110,7 +111,7 @@ _LAZY = {
     "SSHTransport": ".runtime.ssh",
     "CompletedCommand": ".runtime.transport",
     "Transport": ".runtime.transport",
-    "format_event": ".stream",
+    "format_event": ".event_view",
     "parse_line": ".stream",
 }
 

@@ -9,16 +9,13 @@ A status asks each machine once (one remote command), folds each live run's new 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .assignment import TERMINAL, Assignment, Status
+from .contacts import Contacts, format_age, machine_state
 from .errors import (
     CommandError,
     CoordError,
@@ -49,8 +46,6 @@ __all__ = [
     "Monitor",
     "ResumeReport",
     "StatusReport",
-    "format_age",
-    "machine_state",
 ]
 
 _PROBE_TIMEOUT = 30.0
@@ -85,19 +80,6 @@ class MachineStatus:
             "state": self.state,
             "seen_at": self.seen_at,
         }
-
-
-def machine_state(exc: CoordError) -> str:
-    """Name how a machine failed to answer (see `MachineStatus.state`)."""
-    from .errors import AuthError, HostKeyError
-
-    if isinstance(exc, UnreachableError):
-        return exc.reason
-    if isinstance(exc, HostKeyError):
-        return "host_key"
-    if isinstance(exc, AuthError):
-        return "auth"
-    return "error"
 
 
 _PUBLIC_FIELDS = (
@@ -165,7 +147,7 @@ class ResumeReport:
 
 
 def _machine_status(
-    name: str, outcome: MachineProbe | CoordError, seconds: float, contacts: _Contacts
+    name: str, outcome: MachineProbe | CoordError, seconds: float, contacts: Contacts
 ) -> MachineStatus:
     if isinstance(outcome, CoordError):
         state, seen = machine_state(outcome), contacts.seen(name)
@@ -183,51 +165,6 @@ def _last_contact(m: MachineStatus) -> str:
     if m.seen_at is None:
         return "no contact on record"
     return f"last contact {format_age(time.time() - m.seen_at)} ago"
-
-
-def format_age(seconds: float) -> str:
-    """Say how long ago, shortly: 45s, 12m, 3h, 2d."""
-    s = int(max(seconds, 0))
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"
-
-
-class _Contacts:
-    """When each machine last answered: ``contacts.json`` beside the board, best effort."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: dict[str, float] | None = None
-
-    def seen(self, name: str) -> float | None:
-        if self._seen is None:
-            try:
-                data = json.loads(self.path.read_bytes())
-                self._seen = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
-            except (OSError, ValueError, AttributeError):
-                self._seen = {}
-        return self._seen.get(name)
-
-    def saw(self, names: Sequence[str]) -> None:
-        """Note that these machines answered now (a lost write only loses a hint)."""
-        if not names:
-            return
-        now = time.time()
-        self.seen("")  # read what is there first
-        assert self._seen is not None
-        self._seen.update(dict.fromkeys(names, now))
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(self._seen, out)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 class Monitor:
@@ -257,7 +194,7 @@ class Monitor:
         rows = board.assignments()
         # Queued (rate-limited) work has no run to ask about until it is continued.
         live = [a for a in rows if not a.is_terminal and a.status != Status.QUEUED]
-        contacts = _Contacts(board.path.with_name("contacts.json"))
+        contacts = Contacts(board.path.with_name("contacts.json"))
 
         async def ask(name: str) -> MachineProbe | CoordError:
             t0 = time.monotonic()

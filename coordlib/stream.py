@@ -5,9 +5,9 @@ a ``system``/``init`` event, ``assistant`` events (one per content block, sharin
 message id), ``user`` events carrying tool results, ``system``/``api_retry`` events while
 the API is retried, ``rate_limit_event`` notices, and a final ``result``.  `parse_line`
 turns one line into a list of events and never raises: anything it cannot read becomes
-`Malformed`, anything it does not know becomes `Other`.  `format_event` is the line
-``coord watch`` prints; `coordlib.progress.RunProgress` folds events into what the board
-keeps, and `coordlib.outcomes.classify` decides how a finished run ends.
+`Malformed`, anything it does not know becomes `Other`.  `coordlib.event_view` shows each
+as the line ``coord watch`` prints; `coordlib.progress.RunProgress` folds events into what
+the board keeps, and `coordlib.outcomes.classify` decides how a finished run ends.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 __all__ = [
@@ -34,13 +33,12 @@ __all__ = [
     "Result",
     "ToolResult",
     "ToolUse",
-    "format_event",
+    "one_line",
     "parse_line",
     "parse_lines",
 ]
 
 _SHORT = 100  # characters of a command, text or argument shown on one line
-_MALFORMED_SHOWN = 80
 _PATH_TOOLS = frozenset({"Edit", "Write", "Read", "MultiEdit", "NotebookEdit"})
 _MAIN_ARGUMENT = {
     "Bash": "command",
@@ -250,7 +248,7 @@ def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _one_line(text: str, limit: int = _SHORT) -> str:
+def one_line(text: str, limit: int = _SHORT) -> str:
     """Return the first non-blank line of text, cut to limit, marked when anything was dropped."""
     lines = [line.strip() for line in text.strip().splitlines()]
     first = lines[0] if lines else ""
@@ -277,7 +275,7 @@ def _summarize(name: str, tool_input: dict[str, Any], cwd: str | None) -> str:
     value = _str(tool_input, _MAIN_ARGUMENT.get(name, ""))
     if value is None:
         value = next((v for v in tool_input.values() if isinstance(v, str) and v.strip()), "")
-    return _one_line(value)
+    return one_line(value)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -463,96 +461,3 @@ def _tool_result_text(content: Any) -> str:
         parts = [_str(part, "text") for part in content if isinstance(part, dict)]
         return "\n".join(p for p in parts if p)
     return ""
-
-
-# -- showing ----------------------------------------------------------------------------------
-
-
-def _seconds(ms: float) -> str:
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-def _format_result(event: Result) -> str:
-    if event.is_error:
-        reasons = []
-        if event.api_error_status is not None:
-            reasons.append(f"api {event.api_error_status}")
-        if event.subtype and event.subtype != "success":
-            reasons.append(event.subtype)
-        head = f"error ({', '.join(reasons)})" if reasons else "error"
-    else:
-        head = "ok"
-    stats = []
-    if event.duration_ms is not None:
-        stats.append(f"in {_seconds(event.duration_ms)}")
-    if event.num_turns is not None:
-        stats.append(f"{event.num_turns} turn{'' if event.num_turns == 1 else 's'}")
-    if event.total_cost_usd is not None:
-        stats.append(f"${event.total_cost_usd:.4f}")
-    line = f"[result] {head}"
-    if stats:
-        line += (" " if stats[0].startswith("in ") else ", ") + ", ".join(stats)
-    if event.is_error and event.result:
-        line += f": {_one_line(event.result)}"
-    return line
-
-
-def _format_retry(event: ApiRetry) -> str:
-    attempt = "?" if event.attempt is None else str(event.attempt)
-    if event.max_retries is not None:
-        attempt += f"/{event.max_retries}"
-    line = f"[retry] attempt {attempt}"
-    if event.retry_delay_ms is not None:
-        line += f" in {_seconds(event.retry_delay_ms)}"
-    why = " ".join(str(p) for p in (event.error_status, event.error) if p is not None)
-    return f"{line} ({why})" if why else line
-
-
-def _format_rate_limit(event: RateLimit) -> str:
-    line = f"[rate-limit] {event.status or 'unknown'}"
-    if event.rate_limit_type:
-        line += f" ({event.rate_limit_type})"
-    if event.resets_at is not None:
-        when = datetime.fromtimestamp(event.resets_at, tz=UTC)
-        line += f" until {when:%Y-%m-%d %H:%M} UTC"
-    return line
-
-
-def format_event(event: Event, *, verbose: bool = False) -> str | None:
-    """Return the line ``coord watch`` shows for event, or None when it is hidden."""
-    if isinstance(event, Reconnecting):
-        return f"[reconnecting] {event.machine}: {event.error}; retrying…"
-    if isinstance(event, Reconnected):
-        return (
-            f"[reconnected] {event.machine} after {event.after_s:.0f} s, "
-            f"resuming at line {event.line}"
-        )
-    if isinstance(event, Init):
-        return f"[init] model={event.model or '?'} session={event.session_id or '?'}"
-    if isinstance(event, ToolUse):
-        return f"[tool] {event.name} {event.summary}".rstrip()
-    if isinstance(event, Progress):
-        return f"[{event.kind.lower()}] {event.text}"
-    if isinstance(event, ApiRetry):
-        return _format_retry(event)
-    if isinstance(event, RateLimit):
-        # The CLI reports "allowed" after every request; only a limit being near or hit is news.
-        return _format_rate_limit(event) if verbose or event.status != "allowed" else None
-    if isinstance(event, Result):
-        return _format_result(event)
-    if isinstance(event, Malformed):
-        return f"[malformed] {event.line[:_MALFORMED_SHOWN]}"
-    if not verbose:
-        return None
-    if isinstance(event, AssistantText):
-        return f"[text] {_one_line(event.text)}".rstrip()
-    if isinstance(event, ToolResult):
-        outcome = "error" if event.is_error else "ok"
-        return f"[tool-result] {outcome} {_one_line(event.text)}".rstrip()
-    return f"[event] {event.type or '?'}" + (f"/{event.subtype}" if event.subtype else "")

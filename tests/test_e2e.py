@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from coordlib import Status
-from coordlib.stream import Result, ToolUse, format_event
+from coordlib.event_view import format_event
+from coordlib.stream import Result, ToolUse
 from coordlib.testing import SSHServer
 from coordlib.testing.gitrepo import git
 

@@ -16,6 +16,7 @@ import pytest
 
 import coordlib.testing
 from coordlib.assignment import Status
+from coordlib.event_view import format_event
 from coordlib.outcomes import classify
 from coordlib.progress import fold
 from coordlib.stream import (
@@ -26,7 +27,6 @@ from coordlib.stream import (
     Progress,
     Result,
     ToolUse,
-    format_event,
     parse_line,
     parse_lines,
 )

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from coordlib import Status
+from coordlib.event_view import format_event
 from coordlib.markers import parse_markers
-from coordlib.stream import Reconnected, Reconnecting, format_event
+from coordlib.stream import Reconnected, Reconnecting
 from coordlib.testing import SSHServer
 
 from .conftest import Setup

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from coordlib import Status
-from coordlib.stream import Init, Result, ToolUse, format_event
+from coordlib.event_view import format_event
+from coordlib.stream import Init, Result, ToolUse
 from coordlib.testing import SSHServer
 from coordlib.testing.model_server import (
     Fault,

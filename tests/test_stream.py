@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordlib.assignment import Status
+from coordlib.event_view import format_event
 from coordlib.outcomes import FAILURE_CLASSES, FailureClass, classify
 from coordlib.progress import RunProgress, fold
 from coordlib.stream import (
@@ -25,7 +26,6 @@ from coordlib.stream import (
     Result,
     ToolResult,
     ToolUse,
-    format_event,
     parse_line,
     parse_lines,
 )

@@ -3,7 +3,8 @@
 The CLI is an npm package; it is installed once per version under
 ``${XDG_CACHE_HOME:-~/.cache}/coordlib/claude-code/<version>/`` and reused.
 ``python -m coordlib.testing.claude_cli install`` installs it and prints the path of the
-``claude`` executable (CI and bootstrap call this).
+``claude`` executable (CI and bootstrap call this).  `claude_env` is the environment that
+runs it offline against `coordlib.testing.model_server`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,83 @@ import argparse
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["CLAUDE_CODE_VERSION", "claude_version", "find_claude", "install_claude"]
+__all__ = [
+    "CLAUDE_CODE_VERSION",
+    "claude_env",
+    "claude_version",
+    "find_claude",
+    "install_claude",
+]
 
 # Pinned: the stream-json fields change between releases.  Node 20 picks this one.
 CLAUDE_CODE_VERSION = "2.1.197"
 PACKAGE = "@anthropic-ai/claude-code"
 _MARKER = ".coordlib-installed"
+
+
+# Variables from the caller's environment that would steer the CLI elsewhere or change it.
+_FOREIGN = re.compile(
+    r"^(ANTHROPIC_|CLAUDE|AWS_BEARER_TOKEN_BEDROCK$|IS_SANDBOX$|(HTTPS?|ALL|NO)_PROXY$)",
+    re.IGNORECASE,
+)
+
+
+def claude_env(
+    url: str,
+    home: Path,
+    *,
+    max_retries: int = 1,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Return a whole environment that runs the real CLI offline against url, isolated in home.
+
+    Starts from base (default ``os.environ``) less anything that would point the CLI
+    elsewhere (``ANTHROPIC_*``, ``CLAUDE*``, proxies, ``IS_SANDBOX``), and makes home, its
+    config dir and its temp dir.  A git identity is set because the isolated HOME has no
+    ``~/.gitconfig`` and the scripted tools commit.
+
+    Local only: ``HOME``, ``CLAUDE_CONFIG_DIR``, ``TMPDIR`` and ``CLAUDE_CODE_TMPDIR`` are
+    paths on *this* machine, made here, and `url` must be reachable from where the CLI
+    runs.  For a worker on another machine, give its ``env`` in coordinator.yml only the
+    rest (``ANTHROPIC_BASE_URL`` with an address that machine can reach, the key as a
+    ``${VAR}`` reference, the ``DISABLE_*`` switches, ``CLAUDE_CODE_MAX_RETRIES``), and
+    let the launcher's clean environment keep the machine's own ``HOME``.
+    """
+    config = home / ".claude"
+    tmp = home / "tmp"
+    for d in (home, config, tmp):
+        d.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not _FOREIGN.match(k)}
+    for name, value in (
+        ("GIT_AUTHOR_NAME", "coord-test"),
+        ("GIT_AUTHOR_EMAIL", "test@coord.invalid"),
+        ("GIT_COMMITTER_NAME", "coord-test"),
+        ("GIT_COMMITTER_EMAIL", "test@coord.invalid"),
+    ):
+        env.setdefault(name, value)
+    env.update(
+        {
+            "ANTHROPIC_BASE_URL": url,
+            "ANTHROPIC_API_KEY": "sk-test-coordlib-offline",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_MAX_RETRIES": str(max_retries),
+            "HOME": str(home),
+            "CLAUDE_CONFIG_DIR": str(config),
+            "TMPDIR": str(tmp),
+            "CLAUDE_CODE_TMPDIR": str(tmp),
+        }
+    )
+    return env
 
 
 def default_cache_dir() -> Path:
