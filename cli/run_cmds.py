@@ -125,13 +125,15 @@ def _machine_line(m: MachineStatus) -> str:
     if m.reachable:
         return f"{m.name:<16} up      {m.running} running"
     seen = f"; last contact {_age(m.seen_at)} ago" if m.seen_at else ""
-    return f"{m.name:<16} {m.state.upper():<7} {m.error}{seen}"
+    why = (m.error or "").removeprefix(f"{m.name}: ")  # the line starts with the name
+    return f"{m.name:<16} {m.state.upper():<7} {why}{seen}"
 
 
 def _print_status(report: StatusReport, *, show_all: bool = False) -> None:
     lines = [_machine_line(m) for m in report.machines]
-    refused = [a for a in report.assignments if a.failure_class == "dispatch_failed"]
-    shown = report.assignments if show_all else [a for a in report.assignments if a not in refused]
+    refused = {a.id for a in report.assignments if a.failure_class == "dispatch_failed"}
+    shown = report.assignments if show_all else [a for a in report.assignments
+                                                 if a.id not in refused]  # fmt: skip
     if not shown:
         lines += ["", "no assignments; start one with `coord assign MACHINE REPO ISSUE`"]
     else:

@@ -133,7 +133,7 @@ class SSHConfig:
     """How long to wait for a machine, fleet-wide (a machine may set its own connect_timeout)."""
 
     connect_timeout: float = 10.0  # a machine that has not answered by then is `timeout`
-    keepalive_interval: float = 15.0  # a dead connection is noticed after interval x count
+    keepalive_interval: float = 5.0  # a dead connection is noticed after interval x count
     keepalive_count: int = 3
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import AuthError, CoordError, HostKeyError, UnreachableError
+from .errors import AuthError, CommandTimeout, CoordError, HostKeyError, UnreachableError
 
 __all__ = ["Contacts", "format_age", "machine_state"]
 
@@ -18,6 +18,8 @@ def machine_state(exc: CoordError) -> str:
     """Name how a machine failed to answer (see `MachineStatus.state`)."""
     if isinstance(exc, UnreachableError):
         return exc.reason
+    if isinstance(exc, CommandTimeout):  # connected once, but silent now: hung or stopped
+        return "timeout"
     if isinstance(exc, HostKeyError):
         return "host_key"
     if isinstance(exc, AuthError):

@@ -346,8 +346,7 @@ class Dispatcher:
             model=model or prev.tier or prev.model,
             briefing=briefing,
             title=prev.title,
-            # A dispatch that never started was no attempt: its retry takes its number.
-            attempt=prev.attempt + (prev.failure_class != "dispatch_failed"),
+            attempt=prev.attempt + (not _no_attempt(prev)),
             issue_info=info,
             previous=prev,
         )
@@ -443,3 +442,13 @@ def _in_flight_files(rows: Sequence[Assignment], repo: str, issue: int) -> list[
         for path in [*x.files_touched, *x.files_in_scope]:
             seen.setdefault(path, {"path": path, "branch": x.branch, "assignment": x.id})
     return [seen[k] for k in sorted(seen)]
+
+
+def _no_attempt(a: Assignment) -> bool:
+    """Whether a's retry may take a's attempt number (and so its branch name).
+
+    A dispatch that never started was no attempt (the machine undid its worktree and
+    branch), unless it failed because that branch was already there: then the same name
+    would fail again.
+    """
+    return a.failure_class == "dispatch_failed" and "already exists" not in (a.error or "")

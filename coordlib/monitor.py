@@ -185,8 +185,13 @@ class Monitor:
         history: bool = False,
         all_orphans: bool = False,
         on_machine: Callable[[MachineStatus], None] | None = None,
+        within: float | None = None,
     ) -> StatusReport:
-        """See `Coordinator.status`; `all_orphans` also lists ended runs the board lacks."""
+        """See `Coordinator.status`; `all_orphans` also lists ended runs the board lacks.
+
+        `within` bounds the wait for each machine's answer (its connect included); one that
+        has not answered by then is `timeout`.  Only the read-only probe is cut short.
+        """
         config, board = self.ctx.config, self.ctx.board
         names = [machine] if machine else list(config.machines)
         if machine:
@@ -196,25 +201,29 @@ class Monitor:
         live = [a for a in rows if not a.is_terminal and a.status != Status.QUEUED]
         contacts = Contacts(board.path.with_name("contacts.json"))
 
-        async def ask(name: str) -> MachineProbe | CoordError:
+        async def ask(name: str) -> tuple[MachineProbe | CoordError, MachineStatus]:
             t0 = time.monotonic()
-            outcome = await self._probe(name, [a for a in live if a.machine == name],
-                                        ended=all_orphans)  # fmt: skip
+            probe = self._probe(name, [a for a in live if a.machine == name], ended=all_orphans)
+            outcome: MachineProbe | CoordError
+            try:
+                outcome = await asyncio.wait_for(probe, within)
+            except TimeoutError:
+                outcome = UnreachableError(
+                    f"no answer within {within:g} s", machine=name, reason="timeout"
+                )
+            ms = _machine_status(name, outcome, time.monotonic() - t0, contacts)
             if on_machine is not None:  # as each answers: a hung machine holds up no other
-                on_machine(_machine_status(name, outcome, time.monotonic() - t0, contacts))
-            return outcome
+                on_machine(ms)
+            return outcome, ms
 
-        started = time.monotonic()
         probes = await asyncio.gather(*(ask(n) for n in names))
-        took = time.monotonic() - started
         machines: list[MachineStatus] = []
         updates: dict[str, tuple[int, dict[str, Any]]] = {}
         archived: set[str] | None = None
-        for name, outcome in zip(names, probes, strict=True):
+        for name, (outcome, ms) in zip(names, probes, strict=True):
+            machines.append(ms)
             if isinstance(outcome, CoordError):
-                machines.append(_machine_status(name, outcome, took, contacts))
                 continue
-            ms = _machine_status(name, outcome, took, contacts)
             known = {a.id for a in rows if a.machine == name}
             unknown = set(outcome.runs) - known
             if not all_orphans:
@@ -230,7 +239,6 @@ class Monitor:
                 change = reconcile(a, outcome, in_flight=self._in_flight)
                 if change:
                     updates[a.id] = (a.events_offset, change)
-            machines.append(ms)
         contacts.saw([m.name for m in machines if m.reachable])
         changed, written = board.settle(updates)
         if written is not None:  # the rows as our transaction left them: no second read
@@ -302,7 +310,7 @@ class Monitor:
         t = self.ctx.machines.get(a.machine)
         failing_since: float | None = None
         delay = 0.2
-        line = 0  # lines yielded so far
+        line = 0  # lines yielded so far (from offset)
         while True:
             buf = b""
             try:
@@ -385,7 +393,9 @@ class Monitor:
                     f"assignment {a.id} is still {a.status} after {timeout:g} s "
                     f"(`coord watch {a.id}` to follow it)"
                 )
-            report = await self.status(machine=a.machine)
+            # A hung machine costs at most what is left of the wait, not its connect timeout.
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.5)
+            report = await self.status(machine=a.machine, within=left)
             down = report.unreachable(a)
             a = next((x for x in report.assignments if x.id == a.id), None) or board.assignment(
                 a.id
@@ -433,7 +443,8 @@ class Monitor:
         name = RunFile.STDERR if stderr else RunFile.EVENTS
         argv = tail_command(m.workdir, a.id, offset, name, follow=follow)
         async for chunk in self.ctx.machines.get(a.machine).stream(argv):
-            yield chunk
+            if chunk:
+                yield chunk
 
     async def stop(self, id: str) -> Assignment:
         """See `Coordinator.stop`."""

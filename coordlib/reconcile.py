@@ -88,6 +88,11 @@ def _last_words(stderr: bytes | None) -> str:
     return said if len(said) <= 300 else said[:299] + "…"
 
 
+def _posted(comment: object) -> bool:
+    """Whether a trail stage's record is a posted comment (not a claim, not absent)."""
+    return comment is not None and comment != "posting"
+
+
 def _ended(
     a: Assignment,
     fields: dict[str, Any],
@@ -109,6 +114,10 @@ def _ended(
             error=str(exit.get("error") or "the dispatch failed on the machine"),
             finished_at=float(finished) if isinstance(finished, int | float) else time.time(),
         )
+        # Nothing ran: like `Board.dispatch_failed`, no trail, unless its briefing is already
+        # on the issue (then the ending follows it there).
+        if not _posted((a.trail or {}).get("dispatch")):
+            fields.update(trail=None, trail_off="the dispatch failed before the worker started")
         return fields
     reason = reason if isinstance(reason, str) else None  # the machine's file: untrusted
     status, fclass = classify(

@@ -184,7 +184,7 @@ class Reconnected:
 
     machine: str
     after_s: float
-    line: int  # the line it resumes at (1 is the first line of the run's events)
+    line: int  # the line it resumes at (1: the first line this watch read; the run's first from 0)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 

@@ -96,6 +96,9 @@ def _duration(ms: int | None) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+_NO_MENTION = re.compile(r"@(?=[A-Za-z0-9_-])")
+
+
 def ending_comment(a: Assignment, key: TrailKey) -> str:
     """The comment posted when an assignment ends (done, failed, stopped, lost, queued)."""
     facts = [x for x in (
@@ -117,6 +120,7 @@ def ending_comment(a: Assignment, key: TrailKey) -> str:
     marker = make_marker(str(a.status), a, key)
     room = MAX_COMMENT_CHARS - len(head) - len(marker) - 200
     body = _cut(neutralise(body.strip()), room, f"in `coord log {a.id}`")
+    body = _NO_MENTION.sub("@\u200b", body)  # a worker's words ping nobody
     quoted = "\n".join(f"> {line}" if line else ">" for line in body.splitlines())
     text = head + (f"\n\n{quoted}" if quoted else "")
     return f"{text}\n\n{marker}\n"
@@ -234,7 +238,7 @@ class Trail:
             return False  # work that is not on the forge: no need to lock the board to know it
         if not self.board.trail_claim(a.id, stage):
             return False
-        comment = await self._send(a, stage, body, self._status_label(a))
+        comment = await self._send(a, stage, body, None)
         if comment is None:
             self.board.trail_forget(a.id, lambda k, v: k == stage)
             return False
@@ -244,8 +248,10 @@ class Trail:
     def _status_label(self, a: Assignment) -> str:
         """The status label a's issue should carry: what its newest assignment says."""
         rows = [x for x in self.board.assignments() if x.repo == a.repo and x.issue == a.issue]
-        rows = [x for x in rows if x.id != a.id and x.failure_class != "dispatch_failed"]
-        newest = max([a, *rows], key=lambda x: x.created_at)
+        rows = [x for x in rows if x.id != a.id] + [a]
+        # A dispatch that never started says nothing about the issue, unless it is all there is.
+        started = [x for x in rows if x.failure_class != "dispatch_failed"]
+        newest = max(started or rows, key=lambda x: x.created_at)
         if newest.status == Status.DONE:
             return STATUS_LABELS["done"]
         if newest.is_terminal:
@@ -257,24 +263,31 @@ class Trail:
         a: Assignment,
         stage: str,
         body: str,
-        label: str,
+        label: str | None,
         known: Sequence[str] | None = None,
     ) -> int | str | None:
         """Post body on a's issue and leave `label` its one status label.
 
-        Return the comment id, None on failure.  `known` are the issue's labels if read.
+        `label` None: the label of the issue's newest assignment, read once the comment is
+        posted.  Return the comment id, None when the comment was not posted.  `known` are
+        the issue's labels if read just now.  A label that cannot be set is reported and
+        does not undo the comment (it would be posted twice).
         """
         try:
             forge = self.forge(a.repo)
             comment = await forge.comment(a.issue, body)
-            labels = await forge.labels(a.issue) if known is None else known
-            for stale in [x for x in labels if x in _STATUS and x != label]:
-                await forge.remove_label(a.issue, stale)
-            if label not in labels:
-                await forge.add_labels(a.issue, [label])
         except CoordError as exc:
             self.notify(f"{a.id}: the {stage} comment on {a.repo}#{a.issue} was not posted: {exc}")
             return None
+        label = label or self._status_label(a)
+        try:
+            labels: Sequence[str] | None = known
+            if labels is None or label not in labels:
+                labels = await forge.add_labels(a.issue, [label])  # returns the issue's labels
+            for stale in [x for x in labels if x in _STATUS and x != label]:
+                await forge.remove_label(a.issue, stale)
+        except CoordError as exc:
+            self.notify(f"{a.id}: {a.repo}#{a.issue} could not be labelled {label}: {exc}")
         return comment.id
 
     async def rebuild(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from coordlib import Status
+from coordlib.errors import ForgeError
 from coordlib.event_view import format_event
 from coordlib.markers import parse_markers
 from coordlib.stream import Reconnected, Reconnecting
@@ -194,6 +195,59 @@ def test_a_late_trail_post_never_moves_the_label_back(setup: Setup, run_coord: A
     assert [x for x in after if x.startswith("status:")] == ["status:ready"]
 
 
+def test_a_label_that_cannot_be_set_never_posts_the_comment_twice(
+    setup: Setup, run_coord: Any
+) -> None:
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "fail"})
+    config = setup.write()
+    n = json.loads(run_coord("issue", "new", "api", "--title", "Labels down", "--json",
+                             config=config).stdout)["number"]  # fmt: skip
+    told: list[str] = []
+
+    async def go() -> Any:
+        async with setup.coordinator(notify=told.append) as c:
+            a = await c.assign("local", "api", n)
+
+            async def refuse(number: int, labels: Any) -> Any:
+                raise ForgeError("labels are down")
+
+            c.forge("api").add_labels = refuse  # type: ignore[method-assign]
+            a = await c.wait(a.id, timeout=30)
+            return a, await c.trail.post_pending(c.assignments())
+
+    a, late = arun(go())
+    assert a.status == Status.FAILED and late == []
+    assert any("could not be labelled status:ready: labels are down" in t for t in told), told
+    comments = show_comments(run_coord, config, n)
+    assert sum(f"`{a.id}` ended as **failed**" in c for c in comments) == 1
+
+
+def show_comments(run_coord: Any, config: Any, n: int) -> list[str]:
+    shown = json.loads(run_coord("issue", "show", "api", str(n), "--json", config=config).stdout)
+    return [c["body"] for c in shown["comments"]]
+
+
+def test_a_wait_on_a_hung_machine_keeps_to_its_own_timeout(
+    setup: Setup, sshd_factory: Any, run_coord: Any
+) -> None:
+    server: SSHServer = sshd_factory()
+    setup.add_ssh(server, "m3", env={"FAKE_CLAUDE_SCENARIO": "stall"}, connect_timeout="20s")
+    config = setup.write()
+    out = run_coord("assign", "m3", "api", "8", "--title", "hangs", "--json", config=config)
+    aid = json.loads(out.stdout)["id"]
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        waited = run_coord("wait", aid, "--timeout", "2", config=config)
+        took = time.monotonic() - t0
+        assert waited.returncode == 2 and took < 8, (took, waited.stderr)  # not 20 s
+        assert "its machine m3 is unreachable (timeout" in waited.stderr
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        run_coord("stop", aid, config=config)
+
+
 def test_watch_says_when_it_reconnects(setup: Setup, sshd_factory: Any) -> None:
     server: SSHServer = sshd_factory()
     setup.add_ssh(server, "m2", env={"FAKE_CLAUDE_SCENARIO": "events", "FAKE_CLAUDE_EVENTS": "60",
@@ -245,3 +299,20 @@ def test_the_note_column_is_cut_at_a_word() -> None:
     cut = _cut(text + " and more words after that", 60)
     assert len(cut) <= 60 and cut.endswith("…") and not cut[:-1].endswith(" ")
     assert _cut("short") == "short"
+
+
+def test_a_silent_connection_is_a_timeout_and_a_taken_branch_moves_the_retry_on() -> None:
+    from coordlib.assignment import Assignment
+    from coordlib.contacts import machine_state
+    from coordlib.dispatch import _no_attempt
+    from coordlib.errors import CommandTimeout
+
+    assert machine_state(CommandTimeout("probe did not finish within 30 s", machine="m")) == (
+        "timeout"
+    )
+    base = {"id": "api-1-abcd", "machine": "m", "repo": "api", "issue": 1, "branch": "b",
+            "model": "x", "status": "failed", "failure_class": "dispatch_failed"}  # fmt: skip
+    assert _no_attempt(Assignment.from_dict({**base, "error": "no tmux on m"}))
+    taken = {**base, "error": "branch issue-1-x already exists in /src/api (finish or delete it)"}
+    assert not _no_attempt(Assignment.from_dict(taken))  # the same name would fail again
+    assert not _no_attempt(Assignment.from_dict({**base, "failure_class": "crashed"}))

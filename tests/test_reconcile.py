@@ -91,6 +91,15 @@ def test_how_a_run_without_a_result_ended(exit: dict[str, Any], status: str, fcl
     assert change["exit_reason"] is None or isinstance(change["exit_reason"], str)
 
 
+def test_a_dispatch_the_machine_recorded_as_failed_leaves_no_trail_unless_posted() -> None:
+    failed = {"exit_code": 15, "reason": "dispatch_failed", "error": "no tmux"}
+    unsure = row(status="pending", extra={"trail": {"dispatch": "posting"}})  # answer lost
+    change = reconcile(unsure, probe(unsure, exit=failed), in_flight=never)
+    assert change["trail"] is None and "before the worker started" in change["trail_off"]
+    told = row(status="pending", extra={"trail": {"dispatch": 17}})  # briefing on the issue
+    assert "trail" not in reconcile(told, probe(told, exit=failed), in_flight=never)
+
+
 def test_a_rate_limited_run_is_queued_until_the_last_back_off_has_passed() -> None:
     a = row()
     limited = {**OK, "is_error": True, "api_error_status": 429, "result": "limited"}

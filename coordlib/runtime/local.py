@@ -79,6 +79,7 @@ class LocalTransport(Transport):
         assert proc.stdout is not None and proc.stderr is not None
         finished = False
         try:
+            yield b""  # running: see `Transport.stream`
             while chunk := await proc.stdout.read(65536):
                 yield chunk
             err = await proc.stderr.read()

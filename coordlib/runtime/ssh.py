@@ -257,6 +257,7 @@ class SSHTransport(Transport):
                     f"cannot open a channel: {_describe(exc)}", machine=self.name
                 ) from exc
             try:
+                yield b""  # running: see `Transport.stream`
                 while True:
                     try:
                         chunk = await proc.stdout.read(65536)

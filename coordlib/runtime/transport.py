@@ -59,8 +59,9 @@ class Transport(abc.ABC):
     def stream(self, argv: Sequence[str]) -> AsyncIterator[bytes]:
         """Yield argv's stdout in chunks as it arrives; end when the command exits.
 
-        A lost connection raises `UnreachableError`; the caller decides whether
-        to resume.
+        The first chunk is ``b""``, as soon as the command is running: a caller that was
+        reconnecting knows it is back before any output comes.  A lost connection raises
+        `UnreachableError`; the caller decides whether to resume.
         """
 
     @abc.abstractmethod
