@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ._version import __version__
+from .atomic import write_atomic
 from .config import Config
 from .errors import ConfigError
 
@@ -100,13 +101,7 @@ def _cache_write(entry: Path | None, key: str, config: Config) -> None:
             return  # e.g. a value JSON has no type for: it would come back changed
     except (KeyError, TypeError, ValueError):
         return
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-    try:
+    text = json.dumps({"key": key, "config": data}, separators=(",", ":"))
+    with contextlib.suppress(OSError):
         entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"key": key, "config": data}, out, separators=(",", ":"))
-        os.replace(tmp, entry)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        write_atomic(entry, text.encode(), durable=False)

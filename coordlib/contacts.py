@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .atomic import write_atomic
 from .errors import AuthError, CommandTimeout, CoordError, HostKeyError, UnreachableError
 
 __all__ = ["Contacts", "format_age", "machine_state"]
@@ -61,12 +61,5 @@ class Contacts:
         self.seen("")  # read what is there first
         assert self._seen is not None
         self._seen.update(dict.fromkeys(names, now))
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(self._seen, out)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        with contextlib.suppress(OSError):
+            write_atomic(self.path, json.dumps(self._seen).encode(), durable=False)

@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from coordlib.atomic import write_atomic
 from coordlib.errors import ForgeError, NotFoundError
 
 from .base import (
@@ -185,31 +185,9 @@ def _slug(title: str) -> str:
 
 
 def _write_atomic(path: Path, text: str, *, durable: bool = True) -> None:
-    """Replace `path` with `text`: temp file, fsync, rename, fsync the directory.
-
-    Not `durable` skips both fsyncs: the file is still whole or absent, but a crash may
-    bring back its previous version (or an empty file).
-    """
+    """Replace `path` with `text` (see `coordlib.atomic.write_atomic`), making its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(text.encode())
-            out.flush()
-            if durable:
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if not durable:
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, text.encode(), durable=durable)
 
 
 def _numbered(directory: Path, pattern: re.Pattern[str], what: str = "") -> dict[int, Path]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import os
@@ -17,6 +16,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..atomic import write_atomic
 from ..errors import HostKeyError, MachineError
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def trust_host_key(target: SSHTarget, info: HostKeyInfo, *, replace: bool = Fals
     lines.append(f"{_hashed(info.pattern) if hashing else info.pattern} {key}")
     try:
         real.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_private(real, "".join(line + "\n" for line in lines))
+        write_atomic(real, "".join(line + "\n" for line in lines).encode(errors="surrogateescape"))
     except OSError as exc:
         raise MachineError(
             f"cannot write {path}: {exc.strerror or exc}; check its permissions",
@@ -150,20 +150,3 @@ def _hashed(name: str) -> str:
     salt = os.urandom(20)
     mac = hmac.new(salt, name.encode(), hashlib.sha1).digest()
     return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(mac).decode()}"
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace path with text atomically, readable by its owner only."""
-    tmp = path.with_name(f".{path.name}.coord-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with open(fd, "w", errors="surrogateescape") as out:
-            os.fchmod(fd, 0o600)  # a temp file left by a killed run keeps its old mode
-            out.write(text)
-            out.flush()
-            os.fsync(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise

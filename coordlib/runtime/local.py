@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..errors import CommandTimeout
 from .transport import CompletedCommand, Transport
 
@@ -97,14 +98,7 @@ class LocalTransport(Transport):
         """Write data to path atomically (a leading ``~/`` means the home dir)."""
         target = Path(os.path.expanduser(path))
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
+        write_atomic(target, data, mode=mode)
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
