@@ -1,8 +1,9 @@
 """The remote protocol is declared once (`coordlib.runtime.protocol`) and the scripts keep to it.
 
-1. The shell side read as text: the verbs of remote.sh's dispatcher, each verb's argument
-   count and choices, every exit code and exit reason the scripts use, the answers' header and
-   record kinds, and the names under the workdir are those the declaration gives.
+1. The shell side read as text (remote.sh and branch.sh, the verbs' scripts): the verbs of
+   remote.sh's dispatcher, each verb's argument count and choices, every exit code and exit
+   reason the scripts use, the answers' header and record kinds, and the names under the
+   workdir are those the declaration gives.
 2. The typed builders: every argument checked, the stdin payloads laid out as declared.
 3. The framing: one frame parser, one parser per verb, fed literal bytes and real answers.
 4. The launcher travels in the dispatch's stdin and is installed once per version; no other
@@ -23,13 +24,17 @@ import pytest
 
 from coordlib import Status
 from coordlib.errors import MachineError, ProtocolError, UsageError
+from coordlib.runtime import answers
 from coordlib.runtime.answers import (
+    Pushed,
     Started,
     failure_reason,
     parse_clean,
     parse_dispatch,
     parse_frame,
+    parse_push,
     parse_stop,
+    parse_test,
 )
 from coordlib.runtime.command import LaunchSpec, encode_env
 from coordlib.runtime.layout import TAIL_FILES, Layout, RunDir, RunFile
@@ -37,6 +42,11 @@ from coordlib.runtime.protocol import (
     HEADER,
     LAUNCHER,
     PROTOCOL_VERSION,
+    TEST_LOG,
+    TEST_RESULT,
+    TEST_TAIL,
+    TEST_WORKTREE,
+    TESTS,
     VERBS,
     CleanMode,
     DispatchMode,
@@ -48,10 +58,12 @@ from coordlib.runtime.protocol import (
     dispatch_command,
     launcher_hash,
     launcher_script,
+    push_command,
     remote_script,
     status_command,
     stop_command,
     tail_command,
+    test_command,
 )
 from coordlib.testing import make_git_repo
 
@@ -60,9 +72,13 @@ from .conftest import Setup
 RUNTIME = Path(__file__).resolve().parent.parent / "coordlib" / "runtime"
 COMMON = (RUNTIME / "common.sh").read_text()
 REMOTE = (RUNTIME / "remote.sh").read_text()
+BRANCH_SH = (RUNTIME / "branch.sh").read_text()
 LAUNCHER_SH = (RUNTIME / "launcher.sh").read_text()
-SCRIPTS = {"common.sh": COMMON, "remote.sh": REMOTE, "launcher.sh": LAUNCHER_SH}
-EVERYTHING = COMMON + REMOTE + LAUNCHER_SH
+SCRIPTS = {
+    "common.sh": COMMON, "remote.sh": REMOTE, "branch.sh": BRANCH_SH, "launcher.sh": LAUNCHER_SH
+}  # fmt: skip
+VERBS_SH = REMOTE + BRANCH_SH  # the verbs' own scripts
+EVERYTHING = COMMON + VERBS_SH + LAUNCHER_SH
 
 
 def code_of(text: str) -> str:
@@ -90,11 +106,26 @@ def test_the_dispatcher_of_remote_sh_knows_exactly_the_declared_verbs() -> None:
     # The launcher is not a verb of remote.sh: it is a script of its own, run by tmux.
     assert "cmd_run" not in REMOTE and LAUNCHER.name not in VERBS
     assert LAUNCHER_SH.rstrip().endswith('cmd_run "$@"')
+    assert "case $verb in" not in BRANCH_SH  # one table, remote.sh's, for every verb
+
+
+def test_every_verb_has_one_section_in_the_verbs_scripts() -> None:
+    sections = {
+        name: re.findall(r"^# -{10,} (\w+)$", text, re.M)
+        for name, text in (("remote.sh", REMOTE), ("branch.sh", BRANCH_SH))
+    }
+    everywhere = sections["remote.sh"] + sections["branch.sh"]
+    assert sorted(everywhere) == sorted([*VERBS, "verbs"])  # none twice, none missing
+    assert sections["remote.sh"][-1] == "verbs" and sections["branch.sh"] == ["test", "push"]
+    # What branch.sh has before its first section holds functions only: nothing runs there.
+    shared = code_of(BRANCH_SH[: BRANCH_SH.index("# -----")])
+    outside = re.sub(r"^\w+\(\) \{.*?^\}$", "", shared, flags=re.M | re.S)
+    assert not outside.strip(), outside
 
 
 def test_each_verb_checks_its_declared_number_of_arguments_first() -> None:
     verbs = {**VERBS, LAUNCHER.name: LAUNCHER}
-    found = {**functions(REMOTE), **functions(LAUNCHER_SH)}
+    found = {**functions(VERBS_SH), **functions(LAUNCHER_SH)}
     for name, verb in verbs.items():
         body = found[f"cmd_{name}"].splitlines()
         first = next(ln.strip() for ln in body[1:] if ln.strip() and not ln.strip().startswith("#"))
@@ -143,6 +174,7 @@ def test_every_exit_code_the_scripts_use_is_declared_and_every_declared_one_is_u
     assert {c for c in ExitCode if c != ExitCode.OK} <= everything
     assert {ExitCode.USAGE} <= set(used["common.sh"])
     assert {c for c in ExitCode if 10 <= c <= 20} <= set(used["remote.sh"])  # dispatch's
+    assert {c for c in ExitCode if 21 <= c <= 24} <= set(used["branch.sh"])  # test's and push's
     assert {c for c in ExitCode if c >= 124} <= set(used["launcher.sh"])
     # Nothing exits with a number it computed from text: the other exits pass a status on.
     others = EXITS.findall(code_of(EVERYTHING))
@@ -162,7 +194,7 @@ def test_every_answer_is_framed_with_the_declared_header_and_records() -> None:
     assert re.findall(r'^PROTOCOL="(\S+) (\d+)"$', COMMON, re.M) == [
         (HEADER, str(PROTOCOL_VERSION))
     ]
-    bodies = functions(REMOTE)
+    bodies = functions(VERBS_SH)
     for name, verb in VERBS.items():
         body = code_of(bodies[f"cmd_{name}"])
         headers = re.findall(r"printf '%s (\w+)[ \\']", body)
@@ -188,6 +220,11 @@ def test_the_layouts_names_are_the_ones_the_scripts_use() -> None:
     used = set(re.findall(r'"\$(?:run|d|1|D_RUN)/([\w.]+)"', code))
     used = {u.removesuffix(".tmp") for u in used}
     assert used <= set(RunFile), used - set(RunFile)
+    # A test's: its dir and files, and the end of its log that the answer carries.
+    test = code_of(functions(BRANCH_SH)["cmd_test"])
+    assert f'dir="$workdir/{TESTS}/$id"' in test
+    assert set(re.findall(r'"\$dir/([\w.]+)"', test)) == {TEST_LOG, TEST_RESULT, TEST_WORKTREE}
+    assert re.findall(r"^TEST_TAIL=(\d+)", BRANCH_SH, re.M) == [str(TEST_TAIL)]
 
 
 def test_layout_names_the_paths_of_a_workdir() -> None:
@@ -268,6 +305,59 @@ def test_stop_tail_and_clean_commands() -> None:
         clean_command("w", CleanMode.REMOVE, keep_runs=False, runs=[("a-1", "w/\0x")])
 
 
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_test_command_sends_both_commands_sized_on_stdin() -> None:
+    argv, payload = test_command(
+        "~/.coord", "api-42-1f3a-t2", "~/src/api", "issue-42-fix-login",
+        build="make -j2", test="pytest -q 'a b'", timeout=2.5,
+    )  # fmt: skip
+    assert argv[:6] == ["bash", "--norc", "-c", remote_script("test"), HEADER, "test"]
+    assert argv[6:] == ["~/.coord", "api-42-1f3a-t2", "~/src/api", "issue-42-fix-login",
+                        "8", "15", "3"]  # fmt: skip
+    assert payload == b"make -j2pytest -q 'a b'"
+    # No command (None, empty or blank) is none: size 0, nothing on stdin for it.
+    argv, payload = test_command("w", "t-1", "r", SHA, build=None, test="  ", timeout=1)
+    assert argv[-3:] == ["0", "0", "1"] and payload == b""
+    argv, payload = test_command("w", "t-1", "r", SHA, build="", test="é", timeout=60)
+    assert argv[-3:] == ["0", "2", "60"] and payload == "é".encode()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"ref": "main"}, "ref"),
+        ({"ref": SHA[:39]}, "ref"),
+        ({"ref": SHA.upper()}, "ref"),
+        ({"ref": "HEAD~1"}, "ref"),
+        ({"ref": "--upload-pack=x"}, "ref"),
+        ({"ref": "issue-1;id"}, "ref"),
+        ({"id": "t$(id)"}, "test id"),
+        ({"id": "../x"}, "test id"),
+        ({"repo_path": "-C/x"}, "repo path"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": 1e10}, "timeout"),
+        ({"build": "a\0b"}, "NUL"),
+    ],
+)
+def test_test_command_refuses_bad_arguments(overrides: dict[str, Any], match: str) -> None:
+    kwargs: dict[str, Any] = {"workdir": "w", "id": "t-1", "repo_path": "r", "ref": SHA,
+                              "build": None, "test": "true", "timeout": 5, **overrides}  # fmt: skip
+    with pytest.raises(UsageError, match=match):
+        test_command(**kwargs)
+
+
+def test_push_command() -> None:
+    assert push_command("~/src/api", "issue-7-r2")[5:] == ["push", "~/src/api", "issue-7-r2"]
+    for bad in ("main", "issue-7 x", "--force", "issue-7:refs/heads/main", "+issue-7"):
+        with pytest.raises(UsageError, match="remote command push: branch"):
+            push_command("~/src/api", bad)
+
+
 def test_no_command_but_dispatch_carries_the_launcher() -> None:
     own = LAUNCHER_SH[LAUNCHER_SH.index("cmd_run() {") :]
     assert own not in remote_script() and own in launcher_script()
@@ -276,6 +366,8 @@ def test_no_command_but_dispatch_carries_the_launcher() -> None:
         stop_command("w", "a-1"),
         tail_command("w", "a-1", 0, follow=False),
         clean_command("w", CleanMode.CHECK, keep_runs=False, runs=[])[0],
+        test_command("w", "t-1", "r", SHA, build="make", test="make test", timeout=9)[0],
+        push_command("r", "issue-1"),
         dispatch()[0],
     ):
         assert not any(own in word for word in argv)
@@ -358,6 +450,64 @@ def test_clean_answer() -> None:
     for bad in (b"run [1]\n", b"run {}\n", b"run nope\n", b'run {"id":1}\n'):
         with pytest.raises(ProtocolError, match="bad run line"):
             parse_clean(b"coord-run 2 clean\n" + bad + b"end\n")
+
+
+TESTED = f"tested sha={SHA} exit=1 phase=test timed_out=0 seconds=2.5 log=/h/my wd/t/output.log"
+
+
+def test_test_answer() -> None:
+    data = f"coord-run 2 test\n{TESTED}\ntail 6\nok\n\xff\n\n\nend\n".encode("latin-1")
+    said = parse_test(data, machine="box")
+    assert said == answers.Tested(
+        sha=SHA, passed=False, exit_code=1, phase="test", timed_out=False, seconds=2.5,
+        log="/h/my wd/t/output.log", tail="ok\n\ufffd\n\n",
+    )  # fmt: skip
+    passed = parse_test(
+        f"coord-run 2 test\ntested sha={SHA} exit=0 phase=none timed_out=0 seconds=0.000 "
+        "log=/x\ntail 0\n\nend\n".encode()
+    )
+    assert (passed.passed, passed.phase, passed.tail, passed.log) == (True, "none", "", "/x")
+    late = parse_test(
+        f"coord-run 2 test\ntested sha={SHA} exit=0 phase=build timed_out=1 seconds=9 "
+        "log=/x\ntail 0\n\nend\n".encode()
+    )
+    assert (late.passed, late.timed_out) == (False, True)  # late is never passed
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"end\n", "no records, not tested tail"),
+        (f"{TESTED}\nend\n".encode(), "tested, not tested tail"),
+        (f"tail 0\n\n{TESTED}\nend\n".encode(), "tail tested, not tested tail"),
+        (f"{TESTED}\ntail 20\nshort\nend\n".encode(), "truncated"),
+        (f"{TESTED}\ntail x\n\nend\n".encode(), "bad tail line"),
+        (f"{TESTED.replace(SHA, 'HEAD')}\ntail 0\n\nend\n".encode(), "bad tested line"),
+        (f"{TESTED.replace('exit=1', 'exit=-1')}\ntail 0\n\nend\n".encode(), "bad tested"),
+        (f"{TESTED.replace('=test', '=lint')}\ntail 0\n\nend\n".encode(), "bad tested"),
+        (f"{TESTED.replace('out=0', 'out=yes')}\ntail 0\n\nend\n".encode(), "bad tested"),
+        (f"{TESTED.replace('2.5', 'nan')}\ntail 0\n\nend\n".encode(), "bad tested"),
+        (f"{TESTED.split(' log=')[0]}\ntail 0\n\nend\n".encode(), "bad tested"),
+        (f"{TESTED}\ntail 0\n\nrun x\nend\n".encode(), "unexpected line"),
+    ],
+    ids=lambda x: str(x)[:24] if isinstance(x, str) else None,
+)
+def test_a_test_answer_that_is_not_whole_is_refused(body: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        parse_test(b"coord-run 2 test\n" + body, machine="box")
+
+
+def test_push_answer() -> None:
+    data = f"coord-run 2 push\npushed branch=issue-7-r2 sha={SHA}\nend\n".encode()
+    assert parse_push(data) == Pushed("issue-7-r2", SHA)
+    for bad in (
+        b"end\n",
+        f"pushed branch=main sha={SHA}\nend\n".encode(),
+        b"pushed branch=issue-7 sha=\nend\n",
+        f"pushed branch=issue-7 sha={SHA}\npushed branch=issue-8 sha={SHA}\nend\n".encode(),
+    ):
+        with pytest.raises(ProtocolError, match="push answer"):
+            parse_push(b"coord-run 2 push\n" + bad, machine="box")
 
 
 def test_failure_reason_is_the_scripts_last_line_with_gits_causes() -> None:

@@ -11,24 +11,28 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from ..assignment import ID_PATTERN
 from ..errors import ProtocolError
-from .protocol import HEADER, NUMBER, PROTOCOL_VERSION, VERBS, ExitReason
+from .protocol import BRANCH, HEADER, NUMBER, PROTOCOL_VERSION, TEST_PHASES, VERBS, ExitReason
 
 __all__ = [
     "Frame",
     "MachineProbe",
+    "Pushed",
     "Record",
     "RunProbe",
     "Started",
+    "Tested",
     "failure_reason",
     "parse_clean",
     "parse_dispatch",
     "parse_frame",
+    "parse_push",
     "parse_status",
     "parse_stop",
+    "parse_test",
 ]
 
 
@@ -252,3 +256,87 @@ def parse_clean(data: bytes, *, machine: str | None = None) -> dict[str, dict[st
             raise _error("clean", f"bad run line {record.text[:80]!r}", machine)
         said[value["id"]] = value
     return said
+
+
+# ------------------------------------------------------------------ test's and push's answers
+#
+#   coord-run 2 test
+#   tested sha=<commit> exit=<n> phase=build|test|none timed_out=0|1 seconds=<s> log=<path>
+#   tail <n>                                   the end of output.log
+#   <n raw bytes>\n
+#   end
+#
+#   coord-run 2 push
+#   pushed branch=<branch> sha=<commit>
+#   end
+
+_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+
+
+@dataclass(frozen=True)
+class Tested:
+    """What a test of a commit found: how its last command ended, and its output's end."""
+
+    __test__: ClassVar[bool] = False  # pytest: an answer, not a test class
+
+    sha: str
+    passed: bool
+    exit_code: int
+    phase: str  # the command that ran last: "build", "test", or "none" (none configured)
+    timed_out: bool
+    seconds: float
+    log: str  # output.log's path on the machine (kept there)
+    tail: str  # its last bytes, decoded (a cut character, or bytes not UTF-8, as U+FFFD)
+
+
+def _single(frame: Frame, kinds: tuple[str, ...], machine: str | None) -> list[Record]:
+    """Return the frame's records if they are one of each of `kinds`, in that order."""
+    if tuple(r.kind for r in frame.records) != kinds:
+        said = " ".join(r.kind for r in frame.records) or "no records"
+        raise _error(frame.verb, f"{said}, not {' '.join(kinds)}", machine)
+    return frame.records
+
+
+def parse_test(stdout: bytes, *, machine: str | None = None) -> Tested:
+    """Parse a test's answer into a `Tested`."""
+    tested, tail = _single(
+        parse_frame(stdout, "test", machine=machine), ("tested", "tail"), machine
+    )
+    head, sep, log = tested.text.partition(" log=")  # the path last: it may hold spaces
+    said = dict(w.split("=", 1) for w in head.split(" ") if "=" in w)
+    sha, code, phase = said.get("sha", ""), said.get("exit", ""), said.get("phase", "")
+    late, seconds = said.get("timed_out", ""), said.get("seconds", "")
+    if not (
+        sep and log and _HEAD.fullmatch(sha) and NUMBER.fullmatch(code) and phase in TEST_PHASES
+        and late in ("0", "1") and _SECONDS.fullmatch(seconds)
+    ):  # fmt: skip
+        raise _error("test", f"bad tested line {tested.text[:120]!r}", machine)
+    exit_code, timed_out = int(code), late == "1"
+    return Tested(
+        sha=sha,
+        passed=exit_code == 0 and not timed_out,
+        exit_code=exit_code,
+        phase=phase,
+        timed_out=timed_out,
+        seconds=float(seconds),
+        log=log,
+        tail=(tail.payload or b"").decode("utf-8", "replace"),
+    )
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What a push sent to origin: the branch, and the commit it now names there."""
+
+    branch: str
+    sha: str
+
+
+def parse_push(stdout: bytes, *, machine: str | None = None) -> Pushed:
+    """Parse a push's answer into a `Pushed`."""
+    (pushed,) = _single(parse_frame(stdout, "push", machine=machine), ("pushed",), machine)
+    said = dict(w.split("=", 1) for w in pushed.text.split(" ") if "=" in w)
+    branch, sha = said.get("branch", ""), said.get("sha", "")
+    if not (BRANCH.fullmatch(branch) and _HEAD.fullmatch(sha)):
+        raise _error("push", f"bad pushed line {pushed.text[:120]!r}", machine)
+    return Pushed(branch, sha)

@@ -2,13 +2,18 @@
 the machine answers.
 
 Every operation is one ``bash --norc -c <script> coord-run VERB ARGS…`` on the machine (over
-SSH, or locally), where the script is ``common.sh`` + ``remote.sh``.  The launcher that tmux
-keeps alive is ``common.sh`` + ``launcher.sh``: each dispatch carries it on its stdin, and the
+SSH, or locally), where the script is ``common.sh`` + the verbs: ``remote.sh``'s (dispatch,
+status, stop, tail, clean, and the verb table) and ``branch.sh``'s (test, push); a command
+carries only its own verb's section of them (`remote_script`).  The launcher that tmux keeps
+alive is ``common.sh`` + ``launcher.sh``: each dispatch carries it on its stdin, and the
 machine saves it once per version as ``bin/coord-launcher-<hash>``.  Declared here:
 
 - each verb's arguments (`VERBS`), checked before a command is built and checked again by
   the script with bash builtins; the typed builders (`dispatch_command`, `status_command`,
-  `stop_command`, `tail_command`, `clean_command`) build every command coordlib sends;
+  `stop_command`, `tail_command`, `clean_command`, `test_command`, `push_command`) build
+  every command coordlib sends.  Nothing a verb is given is ever evaluated on the machine
+  and nothing reaches git as an option; the commands a test runs are the coordinator's
+  config and travel on stdin, sized, like a dispatch's briefing;
 - the one framing of every answer but tail's (which is the raw bytes of a file)::
 
       coord-run 2 VERB [KEY=VALUE ...]        the protocol's version and the verb
@@ -19,7 +24,17 @@ machine saves it once per version as ``bin/coord-launcher-<hash>``.  Declared he
   read by `coordlib.runtime.answers` (`parse_frame`, and one parser per verb on top); a
   failure is an exit status (`ExitCode`) and a ``coord-run: …`` line on stderr;
 - the reasons a run's ``exit.json`` gives (`ExitReason`);
-- the names under a machine's workdir are `coordlib.runtime.layout`'s.
+- the names under a machine's workdir are `coordlib.runtime.layout`'s, but for a test's
+  (`TESTS`, `TEST_LOG`, `TEST_RESULT`, `TEST_WORKTREE`): ``tests/<id>/`` holds its
+  ``output.log`` and ``result.json``, and its detached worktree ``wt/`` while it runs.
+
+A test whose build or tests fail is an answer, not a failure of the verb::
+
+    coord-run 2 test
+    tested sha=SHA exit=CODE phase=build|test|none timed_out=0|1 seconds=S log=PATH
+    tail N                                    the last (at most 4000) bytes of output.log
+    <N raw bytes>\n
+    end
 
 The scripts implement this declaration; tests/test_protocol.py reads them and checks that
 they agree with it.
@@ -29,6 +44,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +60,12 @@ __all__ = [
     "HEADER",
     "LAUNCHER",
     "PROTOCOL_VERSION",
+    "TESTS",
+    "TEST_LOG",
+    "TEST_PHASES",
+    "TEST_RESULT",
+    "TEST_TAIL",
+    "TEST_WORKTREE",
     "VERBS",
     "Arg",
     "CleanMode",
@@ -58,15 +80,26 @@ __all__ = [
     "dispatch_command",
     "launcher_hash",
     "launcher_script",
+    "push_command",
     "remote_argv",
     "remote_script",
     "status_command",
     "stop_command",
     "tail_command",
+    "test_command",
 ]
 
 PROTOCOL_VERSION = 2
 HEADER = "coord-run"  # the first word of every answer's first line, and $0 of every command
+
+# A test's names under the workdir: tests/<id>/ holds these.  Not layout.RunFile's: a test
+# is no run (no launcher, no events, no tmux) and keeps a dir of its own.
+TESTS = "tests"
+TEST_LOG = "output.log"  # the build's and the tests' stdout and stderr
+TEST_RESULT = "result.json"  # {sha, exit_code, phase, timed_out, seconds}
+TEST_PHASES = ("build", "test", "none")  # what ran last (none: no command was configured)
+TEST_TAIL = 4000  # the bytes of output.log's end that the answer carries
+TEST_WORKTREE = "wt"  # the commit's detached worktree, removed once the commands have run
 
 
 class ExitCode(enum.IntEnum):
@@ -87,6 +120,12 @@ class ExitCode(enum.IntEnum):
     REPO_LOCKED = 18  # another dispatch held the repo's lock for 120 s
     WORKTREE_HELD = 19  # continue: another worker still runs in the worktree
     MISSING_TOOL = 20  # tmux or git is not installed
+    # test's and push's own (test also fails with 10, 12-15, 18 and 20 as dispatch does, with
+    # what it made undone; its test failing is an answer, not an exit status)
+    NO_COMMIT = 21  # test: the ref names no commit in the repo
+    NO_ORIGIN = 22  # push: the repo has no remote "origin"
+    NO_BRANCH = 23  # push: no such branch in the repo
+    PUSH_FAILED = 24  # push: git push was rejected, or could not reach origin
     # the launcher's own, when no worker ran (or could not start), recorded in exit.json
     # (with reason "exited", 126 and 127 are the worker's own: setsid could not run its
     # command, see outcomes.classify)
@@ -125,25 +164,43 @@ def _text(name: str) -> str:
     return text
 
 
-# remote.sh's sections: "# ---…--- NAME" lines open them; "verbs" is the verb table.
+# The verbs' scripts, split into sections by "# ---…--- NAME" lines, one a verb; remote.sh's
+# last, "verbs", is the verb table.  What a file has before its first section is its own
+# common part, sent with each of its verbs (remote.sh's is only comments).
+_VERB_SCRIPTS = ("remote.sh", "branch.sh")
 _SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
 _SENT: dict[str, str] = {}
+
+
+def _sections() -> dict[str, tuple[str, str]]:
+    """Return each section of the verbs' scripts by name: (its file's common part, its text)."""
+    found: dict[str, tuple[str, str]] = {}
+    for name in _VERB_SCRIPTS:
+        shared, *parts = _SECTION.split(_text(name))
+        for section, text in zip(parts[::2], parts[1::2], strict=True):
+            found[section] = (shared, text)
+    return found
 
 
 def remote_script(verb: str | None = None) -> str:
     """Return the text a remote command runs: the common part, then the verbs.
 
-    With `verb`, only what that verb needs: the common part, its own section of remote.sh
-    and the verb table, without comment lines.  Every command carries its script as an
-    argument, to every machine: a status sends about 7 KB rather than all the verbs' 31 KB.
+    With `verb`, only what that verb needs: the common part, its own section (and its file's
+    common part) and the verb table, without comment lines.  Every command carries its
+    script as an argument, to every machine: a status sends about 7 KB rather than all the
+    verbs' 40 KB.
     """
     if verb is None:
-        return _text("common.sh") + _text("remote.sh")
+        remote = _text("remote.sh")
+        table = next(m.start() for m in _SECTION.finditer(remote) if m.group(1) == "verbs")
+        # The other files' functions must be defined before the table runs one of them.
+        others = "".join(_text(name) for name in _VERB_SCRIPTS[1:])
+        return _text("common.sh") + remote[:table] + others + remote[table:]
     text = _SENT.get(verb)
     if text is None:
-        parts = _SECTION.split(_text("remote.sh"))
-        sections = dict(zip(parts[1::2], parts[2::2], strict=True))
-        whole = _text("common.sh") + sections[verb] + sections["verbs"]
+        sections = _sections()
+        shared, own = sections[verb]
+        whole = _text("common.sh") + shared + own + sections["verbs"][1]
         text = _SENT[verb] = "".join(
             line for line in whole.splitlines(keepends=True)
             if line.strip() and not line.lstrip().startswith("#")
@@ -169,7 +226,9 @@ def launcher_hash() -> str:
 # into bash arithmetic, and a word starting with "-" could reach git or tmux as an option.
 
 NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")  # no leading zero: bash reads 010 as octal
-_BRANCH = re.compile(r"(?=.{1,200}\Z)issue-[0-9]+(-[a-z0-9]+)*")  # issue-<N>[-<slug>][-r<K>]
+BRANCH = re.compile(r"(?=.{1,200}\Z)issue-[0-9]+(-[a-z0-9]+)*")  # issue-<N>[-<slug>][-r<K>]
+_REF = re.compile(rf"[0-9a-f]{{40}}|[0-9a-f]{{64}}|{BRANCH.pattern}")  # a commit, or a branch
+_SECONDS = re.compile(r"[1-9][0-9]{0,8}")  # 0 would be no limit at all to timeout(1)
 _BASE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 _SOCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _HASH = re.compile(r"[0-9a-f]{1,64}")
@@ -218,6 +277,8 @@ class DispatchMode(enum.StrEnum):
 
     NEW = "new"  # a new branch from origin/BASE
     CONTINUE = "continue"  # the existing worktree, once no worker holds it
+    REVIEW = "review"  # a detached worktree at the branch's head (a reviewer's): no fetch,
+    # and a failed dispatch removes the worktree but never the branch, which is the worker's
 
 
 class CleanMode(enum.StrEnum):
@@ -257,6 +318,8 @@ class Verb:
 
 _WORKDIR = Arg("workdir", _path)
 _RUN_ID = Arg("assignment id", _id)
+_REPO = Arg("repo path", _path)
+_COORD_BRANCH = "a branch coord names (issue-<N>[-<slug>][-r<K>])"
 
 VERBS: dict[str, Verb] = {
     v.name: v
@@ -266,9 +329,9 @@ VERBS: dict[str, Verb] = {
             (
                 _WORKDIR,
                 _RUN_ID,
-                Arg("repo path", _path),
+                _REPO,
                 Arg("worktree", _path),
-                Arg("branch", _shaped(_BRANCH, "a branch coord names (issue-<N>[-<slug>][-r<K>])")),
+                Arg("branch", _shaped(BRANCH, _COORD_BRANCH)),
                 Arg("base branch", _shaped(_BASE, "a plain branch name")),
                 Arg("tmux socket", _shaped(_SOCKET, "a tmux socket name (letters, digits, _ . -)")),
                 Arg("launcher hash", _shaped(_HASH, "a hex hash")),
@@ -309,6 +372,26 @@ VERBS: dict[str, Verb] = {
             (_WORKDIR, Arg("mode", _one_of(*CleanMode)), Arg("keep_runs", _one_of("0", "1"))),
             stdin="ID NUL WORKTREE NUL, per run",
             records=frozenset({"run"}),
+        ),
+        Verb(
+            "test",
+            (
+                _WORKDIR,
+                Arg("test id", _id),
+                _REPO,
+                Arg("ref", _shaped(_REF, f"a commit's sha (40 hex digits) or {_COORD_BRANCH}")),
+                Arg("build command size", _number),
+                Arg("test command size", _number),
+                Arg("timeout", _shaped(_SECONDS, "a whole number of seconds, 1 to 999999999")),
+            ),
+            stdin="the build command, then the test command (sized; 0: none)",
+            records=frozenset({"tested", "tail"}),
+            payloads={"tail": 1},
+        ),
+        Verb(
+            "push",
+            (_REPO, Arg("branch", _shaped(BRANCH, _COORD_BRANCH))),
+            records=frozenset({"pushed"}),
         ),
     )
 }
@@ -415,3 +498,36 @@ def clean_command(
             raise UsageError(f"remote command clean: a NUL byte in run {id!r} or its worktree")
         payload += f"{id}\0{worktree}\0".encode()
     return remote_argv("clean", workdir, str(mode), str(int(keep_runs))), bytes(payload)
+
+
+def test_command(
+    workdir: str,
+    id: str,
+    repo_path: str,
+    ref: str,
+    *,
+    build: str | None,
+    test: str | None,
+    timeout: float,
+) -> tuple[list[str], bytes]:
+    """Build a test of `ref` (a commit's sha or a coord branch): its argv and its stdin.
+
+    `build` then `test` run as shell in a detached worktree of the commit, within `timeout`
+    seconds in all (rounded up); an empty or missing command is none.
+    """
+    parts = [c.encode() if c and c.strip() else b"" for c in (build, test)]
+    if any(b"\0" in p for p in parts):
+        raise UsageError("remote command test: a NUL byte in the build or test command")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise UsageError(f"remote command test: timeout {timeout!r} is not a positive number")
+    sizes = [str(len(p)) for p in parts]
+    argv = remote_argv("test", workdir, id, repo_path, ref, *sizes, str(math.ceil(timeout)))
+    return argv, b"".join(parts)
+
+
+test_command.__test__ = False  # type: ignore[attr-defined]  # pytest: a builder, not a test
+
+
+def push_command(repo_path: str, branch: str) -> list[str]:
+    """Build a push of `branch`, as the repo has it now, to the repo's origin."""
+    return remote_argv("push", repo_path, branch)

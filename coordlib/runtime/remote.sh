@@ -7,7 +7,9 @@
 #            the worker's environment as NUL-separated NAME=VALUE records ending "=END".
 #            MODE "new" makes the worktree on a new branch from origin/BASE; "continue"
 #            reuses the existing worktree (a session resumed with guidance, or after a
-#            rate limit), and refuses while another worker still holds it.
+#            rate limit), and refuses while another worker still holds it; "review" makes
+#            it detached at BRANCH's commit (a reviewer's: it neither fetches nor touches
+#            the branch, which is the worker's).
 #   status   WORKDIR SOCKET live|all [ID OFFSET MAX]...   state of every run (live: only
 #            the running ones and those asked about), with the new events of those asked
 #   stop     WORKDIR ID               ask a run to stop and wait for its exit record
@@ -16,6 +18,7 @@
 #   clean    WORKDIR MODE KEEP_RUNS   stdin: ID NUL WORKTREE NUL per finished run; removes
 #            (MODE remove) or checks (MODE check) each clean worktree coord made and each
 #            run dir (unless KEEP_RUNS=1); a record per run
+#   test, push                        on a repo's commits and branches: see branch.sh
 #
 # Every answer but tail's is framed: "$PROTOCOL VERB [KEY=VALUE...]", records, "end".
 # A failure is an exit status (protocol.ExitCode) and one "coord-run: ..." line on stderr.
@@ -24,13 +27,14 @@
 FETCH_SHARED_S=5 # seconds a fetch of the base is fresh enough for the next dispatch
 dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made, say why
     if [ "$D_MADE" = 1 ] && [ -d "$D_WT" ]; then
-        # The worktree is fresh (nothing of anyone's is in it yet): remove it and its branch,
-        # so the same dispatch works again once the cause is fixed.
+        # The worktree is fresh (nothing of anyone's is in it yet): remove it and the branch
+        # made with it, so the same dispatch works again once the cause is fixed.
         git -C "$D_REPO" worktree remove --force "$D_WT" >/dev/null 2>&1
     fi
     if [ "$D_MADE" = 1 ]; then
         git -C "$D_REPO" worktree prune >/dev/null 2>&1
-        git -C "$D_REPO" branch -D "$D_BRANCH" >/dev/null 2>&1
+        # D_BRANCH is set only when this dispatch made the branch: a review's is the worker's.
+        [ -z "$D_BRANCH" ] || git -C "$D_REPO" branch -D "$D_BRANCH" >/dev/null 2>&1
     fi
     # Record the failure in the run dir for a coordinator that died meanwhile; when even
     # that cannot be written (a full disk) leave nothing half-made behind.
@@ -86,7 +90,7 @@ cmd_dispatch() {
     need_num dispatch "spec size" "${10}"
     need_num dispatch "launch.env size" "${11}"
     need_num dispatch "launcher size" "${12}"
-    need_word dispatch mode "${13}" new continue
+    need_word dispatch mode "${13}" new continue review
     local workdir id repo wt branch base sock hash nbrief nspec nlaunch nlauncher mode
     home_path workdir "$1" && home_path repo "$3" && home_path wt "$4"
     id=$2 branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11}
@@ -112,7 +116,7 @@ cmd_dispatch() {
         die 14 "cannot create the directories under $workdir (disk full?)"
     [ -e "$run" ] && die 13 "run directory $run already exists"
     mkdir "$run" 2>/dev/null || die 13 "cannot create the run directory $run (disk full, or it exists)"
-    D_RUN=$run D_REPO=$repo D_WT=$wt D_BRANCH=$branch D_MADE=0 ON_DIE=dispatch_failed
+    D_RUN=$run D_REPO=$repo D_WT=$wt D_BRANCH="" D_MADE=0 ON_DIE=dispatch_failed
     proc_start $$
     printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/dispatch.pid" ||
         die 14 "cannot write in $run (disk full?)"
@@ -125,6 +129,7 @@ cmd_dispatch() {
             exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
         flock -w 120 9 || die 18 "another dispatch has held the lock on $repo for 120 s"
     fi
+    local head="" # the worktree's commit, when known here
     if [ "$mode" = continue ]; then
         [ -d "$wt" ] || die 12 "worktree $wt is gone from this machine; nothing to continue (use coord retry)"
         if command -v flock >/dev/null 2>&1; then
@@ -134,6 +139,17 @@ cmd_dispatch() {
             flock -n 8 || die 19 "another worker is still running in $wt (stop it first)"
             exec 8>&-
         fi
+    elif [ "$mode" = review ]; then
+        # At the commit the branch names now, detached: the reviewer's commits (if any) and
+        # the worker's next ones never mix, and a branch checked out elsewhere is no obstacle.
+        head=$(git -C "$repo" rev-parse --verify --quiet "refs/heads/$branch^{commit}") ||
+            die 12 "branch $branch does not exist in $repo: nothing to review"
+        # (the undo removes the worktree at $wt: it must be this dispatch's own)
+        [ -e "$wt" ] && die 12 "$wt already exists (a worktree of another run?)"
+        mkdir -p "${wt%/*}" || die 14 "cannot create ${wt%/*} (disk full?)"
+        D_MADE=1 # from here on a failure removes the fresh worktree (never the branch)
+        git -C "$repo" worktree add --quiet --detach "$wt" "$head" >&2 ||
+            die 12 "git worktree add --detach $wt at $branch ($head) failed in $repo"
     else
         # A burst of dispatches to one clone shares one fetch: one made in the last few
         # seconds (under this same lock) is as fresh as another.  fetched: TIME BASE START
@@ -153,8 +169,9 @@ cmd_dispatch() {
         if has_branch "$gitdir" "$branch"; then
             die 12 "branch $branch already exists in $repo (finish or delete it: git -C $repo branch -D $branch)"
         fi
+        [ -e "$wt" ] && die 12 "$wt already exists (a worktree of another run?)"
         mkdir -p "${wt%/*}" || die 14 "cannot create ${wt%/*} (disk full?)"
-        D_MADE=1 # from here on a failure removes the fresh worktree and branch again
+        D_MADE=1 D_BRANCH=$branch # from here on a failure removes the fresh worktree and branch
         git -C "$repo" worktree add --quiet -b "$branch" "$wt" "$start" >&2 ||
             die 12 "git worktree add $wt from $start failed in $repo"
     fi
@@ -218,9 +235,11 @@ cmd_dispatch() {
     done
     # The worktree's commit, read from git's files (no fork): .git names the worktree's git
     # dir, whose HEAD names the branch, whose ref (loose: just made) is the commit.
-    local head="" wgit="" ref=""
-    read -r _ wgit 2>/dev/null <"$wt/.git" && read -r _ ref 2>/dev/null <"$wgit/HEAD" &&
-        read -r head 2>/dev/null <"$gitdir/$ref" || head=$(git -C "$wt" rev-parse HEAD 2>/dev/null)
+    local wgit="" ref=""
+    if [ -z "$head" ]; then
+        read -r _ wgit 2>/dev/null <"$wt/.git" && read -r _ ref 2>/dev/null <"$wgit/HEAD" &&
+            read -r head 2>/dev/null <"$gitdir/$ref" || head=$(git -C "$wt" rev-parse HEAD 2>/dev/null)
+    fi
     printf '%s dispatch\nstarted launcher_pid=%s head=%s\nend\n' "$PROTOCOL" "$pid" "$head"
 }
 
@@ -408,7 +427,9 @@ worktree_unsafe() { # worktree_unsafe WT: status 0, with CN saying why, when rem
         CN="$((${#n} + 1)) uncommitted or untracked file(s): commit or remove them, then clean again"
         return 0
     fi
-    if ! git -C "$1" symbolic-ref -q HEAD >/dev/null 2>&1; then
+    # A detached HEAD (a review's worktree is one) loses nothing while a branch holds it.
+    if ! git -C "$1" symbolic-ref -q HEAD >/dev/null 2>&1 &&
+        [ -z "$(git -C "$1" for-each-ref --count=1 --contains HEAD refs/heads 2>/dev/null)" ]; then
         CN="HEAD is detached: commits made there are on no branch (check one out, then clean)"
         return 0
     fi
@@ -570,5 +591,7 @@ case $verb in
     stop) cmd_stop "$@" ;;
     tail) cmd_tail "$@" ;;
     clean) cmd_clean "$@" ;;
-    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail or clean)" ;;
+    test) cmd_test "$@" ;;
+    push) cmd_push "$@" ;;
+    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test or push)" ;;
 esac
