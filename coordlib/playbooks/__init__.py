@@ -1,0 +1,1 @@
+"""The playbooks coordlib ships (package data): `coordlib.playbook` reads them."""
