@@ -26,6 +26,7 @@ from coordlib.stream import (
     Malformed,
     Progress,
     Result,
+    ToolResult,
     ToolUse,
     parse_line,
     parse_lines,
@@ -37,11 +38,11 @@ PROMPT = f"{TITLE}\n\nThe middleware accepts expired tokens."
 MODEL = "claude-sonnet-4-5-20250929"
 
 
-def argv(*extra: str) -> list[str]:
+def argv(*extra: str, prompt: str = PROMPT) -> list[str]:
     return [
         str(FAKE),
         "-p",
-        PROMPT,
+        prompt,
         "--output-format",
         "stream-json",
         "--verbose",
@@ -79,10 +80,10 @@ def environment(scenario: str, **extra: str) -> dict[str, str]:
 
 
 def run(
-    repo: Path, scenario: str, *extra_argv: str, **extra_env: str
+    repo: Path, scenario: str, *extra_argv: str, prompt: str = PROMPT, **extra_env: str
 ) -> tuple[subprocess.CompletedProcess[bytes], list[Event]]:
     proc = subprocess.run(
-        argv(*extra_argv),
+        argv(*extra_argv, prompt=prompt),
         cwd=repo,
         env=environment(scenario, **extra_env),
         stdin=subprocess.DEVNULL,
@@ -285,3 +286,97 @@ def test_slow_waits_before_its_result(repo: Path) -> None:
     proc, events = run(repo, "slow", FAKE_CLAUDE_DELAY="0.3")
     assert proc.returncode == 0 and isinstance(events[-1], Result)
     assert time.monotonic() - started >= 0.3
+
+
+def test_a_prompt_marker_beats_the_environment(repo: Path) -> None:
+    proc, events = run(repo, "fail", prompt=f"{PROMPT}\n[fake:ok]")
+    assert proc.returncode == 0, proc.stderr
+    assert isinstance(events[-1], Result) and git(repo, "status", "--porcelain") == ""
+    assert git(repo, "log", "-1", "--format=%s") == f"coord: {TITLE}"
+
+
+def test_the_last_marker_wins_and_its_arg_is_the_content(repo: Path) -> None:
+    prompt = f"[fake:fail] {TITLE}\n\nquoted: [fake:stall]\n[fake:ok:hello, world 1.2-x_y]"
+    proc, _ = run(repo, "stall", prompt=prompt)
+    assert proc.returncode == 0, proc.stderr
+    assert (repo / "fake_claude_output.txt").read_text() == "hello, world 1.2-x_y\n"
+
+
+def test_a_marker_beats_the_resume_scenario_too(repo: Path) -> None:
+    proc, _ = run(
+        repo,
+        "ok",
+        "--resume",
+        str(uuid.uuid4()),
+        prompt="Carry on. [fake:slow:resumed]",
+        FAKE_CLAUDE_RESUME_SCENARIO="fail",
+        FAKE_CLAUDE_DELAY="0",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (repo / "fake_claude_output.txt").read_text() == "resumed\n"
+
+
+def test_an_unknown_marker_is_refused(repo: Path) -> None:
+    proc, events = run(repo, "ok", prompt="[fake:nonsense]")
+    assert proc.returncode == 2 and events == []
+    assert b"unknown scenario 'nonsense'" in proc.stderr
+
+
+def test_ok_always_has_something_to_commit(repo: Path) -> None:
+    """A second (and third) worker on the same branch writing the same content still commits."""
+    prompt = f"{TITLE} [fake:ok:same]"
+    for _ in range(3):
+        proc, events = run(repo, "ok", prompt=prompt)
+        assert proc.returncode == 0, proc.stderr
+        assert not any(isinstance(e, ToolResult) and e.is_error for e in events)
+    assert (repo / "fake_claude_output.txt").read_text() == "same\nagain 1\nagain 2\n"
+    assert git(repo, "rev-list", "--count", "HEAD") == "4"
+    assert git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize(
+    ("scenario", "text"),
+    [
+        (
+            "approve",
+            "The change does what the issue asks.\nVERDICT: approve\n1. Nothing blocking.",
+        ),
+        (
+            "request_changes",
+            "The greeting is wrong.\nVERDICT: request-changes\n"
+            "1. hello.txt:1 must say hello, not broken.\n2. Add a test.",
+        ),
+        ("no_verdict", "I looked at it and it seems fine."),
+    ],
+)
+def test_reviewers_read_the_history_and_give_a_verdict_without_committing(
+    repo: Path, scenario: str, text: str
+) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    for how in ({"scenario": scenario}, {"scenario": "ok", "prompt": f"Review. [fake:{scenario}]"}):
+        proc, events = run(repo, **how)
+        assert proc.returncode == 0, proc.stderr
+        shown = [format_event(e) for e in events if format_event(e) is not None]
+        assert shown[1:3] == ["[status] reviewing the change", "[tool] Bash git log --oneline -3"]
+        assert len(shown) == 4 and isinstance(events[-1], Result)
+        [log] = [e for e in events if isinstance(e, ToolResult)]
+        assert not log.is_error and log.text == git(repo, "log", "--oneline", "-3")
+        result = fold(events).result
+        assert result is not None and (result.result, result.is_error) == (text, False)
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_stuck_asks_and_ends_its_turn(repo: Path) -> None:
+    line = "STUCK: I need the staging API key to run the integration tests"
+    proc, events = run(repo, "stuck")
+    assert proc.returncode == 0, proc.stderr
+    assert [(e.kind, e.text) for e in events if isinstance(e, Progress)] == [
+        ("STATUS", "reading"),
+        ("STUCK", "I need the staging API key to run the integration tests"),
+    ]
+    progress = fold(events)
+    assert progress.last_status == line
+    assert progress.result is not None
+    assert (progress.result.result, progress.result.is_error) == (line, False)
+    assert git(repo, "status", "--porcelain") == ""

@@ -3,10 +3,14 @@
 
 Accepts ``-p [PROMPT] --output-format stream-json --verbose --model MODEL --allowedTools TOOLS
 [--resume ID]`` and ignores anything else.  Without a PROMPT argument the prompt is read from
-stdin, as the real CLI does (and as coord's launcher gives it).  FAKE_CLAUDE_SCENARIO picks the
-behaviour:
+stdin, as the real CLI does (and as coord's launcher gives it).  The scenario is the last
+``[fake:NAME]`` or ``[fake:NAME:ARG]`` marker in the prompt, else FAKE_CLAUDE_SCENARIO
+(FAKE_CLAUDE_RESUME_SCENARIO with ``--resume``), else ``ok``:
 
-    ok            init, STATUS, Write FAKE_CLAUDE_FILE, Bash git add + commit, STATUS, result
+    ok            init, STATUS, Write FAKE_CLAUDE_FILE, Bash git add + commit, STATUS, result;
+                  the file holds ARG (plus a newline) when the marker gives one, and gets an
+                  ``again <n>`` line when it already holds that content, so there is always
+                  something to commit (a second worker on the same branch)
     events        FAKE_CLAUDE_EVENTS "STATUS: tick n" lines at FAKE_CLAUDE_RATE per second,
                   each carrying top-level "ts" and "seq", then a result
     stall         init, one STATUS line, then silence forever
@@ -19,11 +23,20 @@ behaviour:
     env           ok, but the written file reports, for each name in FAKE_CLAUDE_REPORT_ENV,
                   whether it is set and the sha256 of its value (never the value)
 
+Reviewers' scenarios read but never edit or commit:
+
+    approve          init, STATUS, Bash ``git log --oneline -3`` (run for real), then a result
+                     ending in ``VERDICT: approve``
+    request_changes  the same, with ``VERDICT: request-changes`` and two numbered findings
+    no_verdict       the same, with a result that gives no verdict line
+    stuck            init, STATUS, a ``STUCK:`` line, then a successful result that is that
+                     line (a ``-p`` session that stops to ask ends its turn)
+
 FAKE_CLAUDE_ARGV_LOG, when set, names a file that gets one JSON line with the full argv per
 run; FAKE_CLAUDE_PROMPT_LOG one JSON line per run, ``{"prompt": ..., "source": "argv" |
-"stdin", "pid": ...}``.  With ``--resume ID`` the scenario is FAKE_CLAUDE_RESUME_SCENARIO
-(default ``ok``), so a stuck or rate-limited run can be continued.  Standard library only:
-it runs wherever the worker runs.
+"stdin", "pid": ...}``.  With ``--resume ID`` and no marker the scenario is
+FAKE_CLAUDE_RESUME_SCENARIO (default ``ok``), so a stuck or rate-limited run can be continued.
+Standard library only: it runs wherever the worker runs.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -52,6 +66,15 @@ VALUE_FLAGS = {
     "--session-id", "--add-dir", "--mcp-config", "--settings", "--setting-sources",
 }  # fmt: skip
 GIT_IDENTITY = ["-c", "user.name=coord-worker", "-c", "user.email=worker@coord.invalid"]
+# A prompt's `[fake:NAME]` or `[fake:NAME:ARG]`: the last one picks the scenario.
+MARKER = re.compile(r"\[fake:([a-z_]+)(?::([A-Za-z0-9 _.,-]*))?\]")
+APPROVE = "The change does what the issue asks.\nVERDICT: approve\n1. Nothing blocking."
+REQUEST_CHANGES = (
+    "The greeting is wrong.\nVERDICT: request-changes\n"
+    "1. hello.txt:1 must say hello, not broken.\n2. Add a test."
+)
+NO_VERDICT = "I looked at it and it seems fine."
+STUCK = "STUCK: I need the staging API key to run the integration tests"
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -77,7 +100,8 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 class Session:
     """Write one run's stream-json, mimicking the real CLI's shapes."""
 
-    def __init__(self, opts: dict[str, Any]) -> None:
+    def __init__(self, opts: dict[str, Any], arg: str | None = None) -> None:
+        self.arg = arg  # the prompt marker's ARG, if it gave one
         self.session_id = opts.get("resume") or str(uuid.uuid4())
         self.model = opts.get("model") or "claude-fake-model"
         self.prompt = opts["prompt"]
@@ -219,9 +243,10 @@ def write_file(path: str, content: str) -> tuple[str, bool]:
     return f"File created successfully at: {path}", False
 
 
-def commit(message: str) -> tuple[str, bool]:
+def run_commands(*argvs: list[str]) -> tuple[str, bool]:
+    """Run argvs in turn as the Bash tool would, stopping at the first that fails."""
     output = []
-    for argv in (["git", "add", "-A"], ["git", *GIT_IDENTITY, "commit", "-m", message]):
+    for argv in argvs:
         proc = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
         )
@@ -229,6 +254,23 @@ def commit(message: str) -> tuple[str, bool]:
         if proc.returncode != 0:
             return f"Error: exit code {proc.returncode}\n" + "".join(output).strip(), True
     return "".join(output).strip(), False
+
+
+def commit(message: str) -> tuple[str, bool]:
+    return run_commands(["git", "add", "-A"], ["git", *GIT_IDENTITY, "commit", "-m", message])
+
+
+def fresh(path: str, content: str) -> str:
+    """Return content, or the file plus an `again <n>` line when it already holds content."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    except OSError:
+        return content
+    if not old.startswith(content):
+        return content
+    again = old[len(content) :].count("\n") + 1
+    return old + f"again {again}\n"
 
 
 def shell_quote(text: str) -> str:
@@ -252,8 +294,11 @@ def work(session: Session, *, content: str | None = None, delay: float = 0.0) ->
     """Run the `ok` flow: report, write a file, commit it, report, and finish."""
     title = first_line(session.prompt)
     path = os.path.join(os.getcwd(), os.environ.get("FAKE_CLAUDE_FILE", "fake_claude_output.txt"))
+    if content is None and session.arg is not None:
+        content = session.arg + "\n"
     if content is None:
         content = f"fake claude was here\nprompt: {title}\n"
+    content = fresh(path, content)
     session.tool(
         "Write",
         {"file_path": path, "content": content},
@@ -341,6 +386,37 @@ def env(session: Session) -> int:
     return 0
 
 
+def review(session: Session, text: str) -> int:
+    """Read the branch's history (for real), change nothing, and give text as the result."""
+    session.tool(
+        "Bash",
+        {"command": "git log --oneline -3", "description": "Show the latest commits"},
+        lambda: run_commands(["git", "log", "--oneline", "-3"]),
+        say="STATUS: reviewing the change",
+    )
+    session.result(text)
+    return 0
+
+
+def approve(session: Session) -> int:
+    return review(session, APPROVE)
+
+
+def request_changes(session: Session) -> int:
+    return review(session, REQUEST_CHANGES)
+
+
+def no_verdict(session: Session) -> int:
+    return review(session, NO_VERDICT)
+
+
+def stuck(session: Session) -> int:
+    session.status("reading")
+    session.message({"type": "text", "text": STUCK})
+    session.result(STUCK)
+    return 0
+
+
 SCENARIOS = {
     "ok": ok,
     "events": events,
@@ -350,6 +426,10 @@ SCENARIOS = {
     "error_result": error_result,
     "slow": slow,
     "env": env,
+    "approve": approve,
+    "request_changes": request_changes,
+    "no_verdict": no_verdict,
+    "stuck": stuck,
 }
 
 
@@ -374,6 +454,15 @@ def log_line(variable: str, record: object) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def pick_scenario(prompt: str, *, resumed: bool) -> tuple[str, str | None]:
+    """Return the scenario and its ARG: the prompt's last marker, else the environment's."""
+    markers = list(MARKER.finditer(prompt))
+    if markers:
+        return markers[-1].group(1), markers[-1].group(2)
+    variable = "FAKE_CLAUDE_RESUME_SCENARIO" if resumed else "FAKE_CLAUDE_SCENARIO"
+    return os.environ.get(variable, "ok"), None
+
+
 def main(argv: list[str]) -> int:
     log_line("FAKE_CLAUDE_ARGV_LOG", [sys.argv[0], *argv])
     opts = parse_args(argv)
@@ -394,13 +483,13 @@ def main(argv: list[str]) -> int:
         return 1
     log_line("FAKE_CLAUDE_PROMPT_LOG", {"prompt": opts["prompt"], "source": source,
                                          "pid": os.getpid()})  # fmt: skip
-    scenario = os.environ.get("FAKE_CLAUDE_SCENARIO", "ok")
-    if opts.get("resume"):
-        scenario = os.environ.get("FAKE_CLAUDE_RESUME_SCENARIO", "ok")
+    scenario, arg = pick_scenario(opts["prompt"], resumed=bool(opts.get("resume")))
     if scenario not in SCENARIOS:
-        sys.stderr.write(f"fake claude: unknown FAKE_CLAUDE_SCENARIO {scenario!r}\n")
+        sys.stderr.write(
+            f"fake claude: unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}\n"
+        )
         return 2
-    session = Session(opts)
+    session = Session(opts, arg)
     session.init()
     return SCENARIOS[scenario](session)
 
