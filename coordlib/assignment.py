@@ -113,6 +113,7 @@ class Assignment:
     trail_off: str | None = None  # why it leaves no trail (not on the forge)
     cleaned: dict[str, Any] | None = None  # {at, worktree, run}: what `coord clean` did
     briefing: str | None = None  # a dry run's briefing (never on the board)
+    stage: str | None = None  # the pipeline stage it works (work, review, fix, …); None: none
     other: dict[str, Any] = field(default_factory=dict, repr=False)  # a newer version's keys
 
     @property
@@ -194,7 +195,7 @@ class Assignment:
 _EXTRA_KEYS = {"restored": "restored_from_forge"}
 _EXTRA_NAMES = (
     "continues", "continued_by", "retry_of", "retried_by", "not_before", "held", "restored",
-    "base_sha", "argv", "files_in_scope", "cleaned", "briefing",
+    "base_sha", "argv", "files_in_scope", "cleaned", "briefing", "stage",
 )  # fmt: skip
 _EXTRA_FIELD = {_EXTRA_KEYS.get(n, n): n for n in _EXTRA_NAMES}
 # Keys older versions kept under `extra` that now live in `progress`.

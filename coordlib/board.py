@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from .assignment import TERMINAL, Assignment, Status
-from .board_store import FINISHED, SCHEMA_VERSION, BoardSnapshot, RecordStore, Transaction
+from .board_pipelines import PipelineTransitions
+from .board_store import FINISHED, SCHEMA_VERSION, BoardSnapshot, Transaction
 from .errors import BoardError, ClaimError, DispatchError
 
 __all__ = [
@@ -96,8 +97,12 @@ def refuse_live_clash(live: Iterable[LiveRow], repo: str, issue: int) -> None:
         )
 
 
-class Board(RecordStore):
-    """Assignments in one locked file, changed only through the transitions here."""
+class Board(PipelineTransitions):
+    """Assignments in one locked file, changed only through the transitions here.
+
+    Each issue's pipeline state is in the same file, changed through the transitions of
+    `PipelineTransitions` (``board_pipelines.py``).
+    """
 
     def __init__(self, path: str | Path, *, keep_finished: int = 300) -> None:
         super().__init__(path, keep_finished=keep_finished)
@@ -192,11 +197,13 @@ class Board(RecordStore):
         *,
         base_sha: str | None,
         posted: Mapping[str, int | str | None] | None = None,
+        also: Callable[[Transaction, Assignment], None] | None = None,
     ) -> Assignment:
         """Record that a's worker was started: pending → running (if nothing moved it on).
 
         `posted` records trail stages claimed with the row: a comment's id, or None when it
-        could not be posted (the claim is dropped, for `post_pending` to try again).
+        could not be posted (the claim is dropped, for `post_pending` to try again).  `also`
+        makes a change of its own in the same transaction (the issue entering its pipeline).
         """
 
         def change(txn: Transaction) -> Assignment:
@@ -214,6 +221,8 @@ class Board(RecordStore):
                         trail[stage] = comment
                 a.trail = trail
             txn.update(id, a.to_dict())
+            if also is not None:
+                also(txn, a)
             return a
 
         return await self._grouped(change)

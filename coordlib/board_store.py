@@ -5,7 +5,9 @@
 Files beside the board (``board.json`` here):
 
 - ``board.json``: the live records in TinyDB's layout,
-  ``{"assignments": {"1": {...}, ...}, "meta": {"1": {"schema_version": 1}}}``.
+  ``{"assignments": {"1": {...}, ...}, "meta": {"1": {"schema_version": 1}}}``, and beside
+  them keyed documents of other kinds, one table each (``"pipelines": {"1": {"key":
+  "api#42", ...}}``): `Transaction.docs` reads and writes them in the same transaction.
 - ``board.json.lock``: ``flock``-ed, exclusive for a transaction, shared for a read.
 - ``board.json.tmp``: the next version while it is written; only the exclusive lock holder
   writes it, so one fixed name suffices and a killed writer leaves at most this one file.
@@ -37,7 +39,7 @@ from tinydb.storages import Storage
 
 from coordlib.errors import AssignmentNotFound, BoardError
 
-__all__ = ["FINISHED", "SCHEMA_VERSION", "BoardSnapshot", "RecordStore", "Transaction"]
+__all__ = ["FINISHED", "SCHEMA_VERSION", "BoardSnapshot", "Docs", "RecordStore", "Transaction"]
 
 SCHEMA_VERSION = 1
 FINISHED = frozenset({"done", "failed", "stopped", "lost"})
@@ -117,11 +119,51 @@ class _AtomicJSONStorage(Storage):
             raise BoardError(f"cannot write board {self.path}: {exc.strerror or exc}") from exc
 
 
+class Docs:
+    """One table of keyed documents (each a dict with a string "key") inside a transaction."""
+
+    def __init__(self, txn: Transaction, name: str, rows: dict[str, _Record]) -> None:
+        self._txn = txn
+        self.name = name
+        self._rows = rows
+        self._keys = {row["key"]: k for k, row in rows.items()}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """Return a copy of the document with this key, or None."""
+        self._txn._check_open()
+        k = self._keys.get(key)
+        return None if k is None else dict(self._rows[k])
+
+    def all(self) -> list[dict[str, Any]]:
+        """Return copies of every document, in insertion order."""
+        self._txn._check_open()
+        return [dict(row) for row in self._rows.values()]
+
+    def put(self, doc: Mapping[str, Any]) -> None:
+        """Insert or replace the document with doc's "key"."""
+        self._txn._check_open()
+        key = doc.get("key")
+        if not isinstance(key, str) or not key:
+            raise BoardError(f"cannot write to {self.name} of board {self._txn._path}: no key")
+        k = self._keys.get(key)
+        if k is None:
+            k = str(max((int(x) for x in self._rows), default=0) + 1)
+            self._keys[key] = k
+        elif self._rows[k] == doc:
+            return
+        self._rows[k] = dict(doc)
+        self._txn._changed = True
+
+
 class Transaction:
     """The live records inside one exclusive transaction, written once when it ends."""
 
-    def __init__(self, path: Path, records: dict[str, _Record]) -> None:
+    def __init__(
+        self, path: Path, records: dict[str, _Record], tables: _Tables | None = None
+    ) -> None:
         self._path = path
+        self._tables = tables if tables is not None else {}
+        self._docs: dict[str, Docs] = {}
         self._records = records
         self._keys = {record["id"]: key for key, record in records.items()}
         self._next_key: int | None = None
@@ -140,6 +182,16 @@ class Transaction:
     def changed(self) -> bool:
         """Tell whether the transaction has anything to write."""
         return self._changed
+
+    def docs(self, name: str) -> Docs:
+        """Return the table of keyed documents called `name` (made when first written)."""
+        self._check_open()
+        table = self._docs.get(name)
+        if table is None:
+            if name in (_RECORDS, _META):
+                raise BoardError(f"{name!r} is not a table of keyed documents")
+            table = self._docs[name] = Docs(self, name, _docs_of(self._tables, name, self._path))
+        return table
 
     def get(self, id: str) -> dict[str, Any]:
         """Return a copy of the record with this exact id."""
@@ -249,12 +301,14 @@ class RecordStore:
         with self._locked(exclusive=True):
             storage = _AtomicJSONStorage(self.path)
             tables = storage.read() or {}
-            txn = Transaction(self.path, _records_of(tables, self.path))
+            txn = Transaction(self.path, _records_of(tables, self.path), tables)
             try:
                 # An exception in the block skips the write below: the file stays as it was.
                 yield txn
                 self._archive(txn)
                 if txn.changed:
+                    for name, docs in txn._docs.items():
+                        tables[name] = docs._rows
                     tables[_RECORDS] = txn._records
                     tables[_META] = {"1": {"schema_version": SCHEMA_VERSION}}
                     storage.write(tables)
@@ -288,6 +342,13 @@ class RecordStore:
     def all(self) -> list[dict[str, Any]]:
         """Return the live records, in insertion order."""
         return self.snapshot().all()
+
+    def docs(self, name: str) -> list[dict[str, Any]]:
+        """Read every document of the keyed table `name` under a shared lock."""
+        with self._locked(exclusive=False):
+            tables = _AtomicJSONStorage(self.path).read() or {}
+            _records_of(tables, self.path)  # the schema check
+            return [dict(row) for row in _docs_of(tables, name, self.path).values()]
 
     def snapshot(self) -> BoardSnapshot:
         """Read the live records under a shared lock, writing nothing."""
@@ -436,6 +497,17 @@ def _records_of(tables: _Tables, path: Path) -> dict[str, _Record]:
         ):
             raise BoardError(f"board {path}: record {key!r} is not an object with a string id")
     return records
+
+
+def _docs_of(tables: _Tables, name: str, path: Path) -> dict[str, _Record]:
+    """Return the keyed documents of table `name`, after checking their shape."""
+    rows = tables.get(name, {})
+    if not isinstance(rows, dict):
+        raise BoardError(f"board {path}: the {name!r} table is not a JSON object")
+    for k, row in rows.items():
+        if not k.isdigit() or not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            raise BoardError(f"board {path}: {name} document {k!r} is not an object with a key")
+    return rows
 
 
 def _lookup(

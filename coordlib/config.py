@@ -24,11 +24,13 @@ __all__ = [
     "EXTRA_SECTIONS",
     "NAME_CHARS",
     "BoardConfig",
+    "BudgetConfig",
     "ConcurrencyConfig",
     "Config",
     "HooksConfig",
     "MachineConfig",
     "ModelsConfig",
+    "PipelineConfig",
     "RepoConfig",
     "ReviewsConfig",
     "SSHConfig",
@@ -52,7 +54,9 @@ CONFIG_NAME = "coordinator.yml"
 DEFAULT_MODEL_IDS: Mapping[str, str] = MappingProxyType(
     {"haiku": "claude-haiku-4-5", "sonnet": "claude-sonnet-4-5", "opus": "claude-opus-4-5"}
 )
-EXTRA_SECTIONS = ("github", "reviews", "smoke_tests", "hooks", "forge", "briefings")
+EXTRA_SECTIONS = (
+    "github", "reviews", "smoke_tests", "hooks", "forge", "briefings", "pipeline", "budget",
+)  # fmt: skip
 
 NAME_CHARS = "letters, digits, '.', '_' and '-'"  # what _NAME allows, for hints
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -204,8 +208,12 @@ class ReviewsConfig:
 
     enabled: bool = True
     model: str | None = None  # a tier or model id; None: the tier above the worker's
-    max_rounds: int = 3  # review → fix rounds before a human is asked
+    max_rounds: int | None = None  # fix rounds before a human is asked; None: the playbook's
     required_approvals: int = 1
+    # An environment variable holding a second GitHub identity's token: its reviews are real
+    # APPROVE / REQUEST_CHANGES (GitHub refuses both from the PR's own author).  Unset: the
+    # verdict is posted as a COMMENT review that says it.
+    github_token_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,12 +230,34 @@ class SmokeTestsConfig:
 class HooksConfig:
     """Shell commands the coordinator runs on its own machine at pipeline events (`hooks:`)."""
 
+    on_stage: tuple[str, ...] = ()  # an issue's pipeline entered a stage (or an end)
+    on_stuck: tuple[str, ...] = ()  # a worker wrote a STUCK: line
+    on_round_complete: tuple[str, ...] = ()  # a review round ended with a verdict
+    on_session_end: tuple[str, ...] = ()  # `coord done`
     on_dispatch: tuple[str, ...] = ()
     on_done: tuple[str, ...] = ()
     on_failed: tuple[str, ...] = ()
     on_review: tuple[str, ...] = ()
     on_merge: tuple[str, ...] = ()
     on_needs_human: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How issues move through the playbook's stages (`pipeline:`)."""
+
+    enabled: bool = True  # `coord assign` enters the issue into the pipeline
+    playbook: str | None = None  # a playbook file (relative to the config); None: the shipped one
+    test_timeout: float = 1800.0  # the build and tests of one `coord test`, in seconds
+    interval: float = 30.0  # `coord run`'s pause between passes
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Spending limits in US dollars (`budget:`); None: no limit."""
+
+    per_issue_usd: float | None = None  # past it: no more fixing or escalation for the issue
+    session_usd: float | None = None  # past it: no new dispatch until `coord done`
 
 
 def _default_machines() -> Mapping[str, MachineConfig]:
@@ -280,6 +310,16 @@ class Config:
     def hooks(self) -> HooksConfig:
         """Return the `hooks` section with its defaults filled in."""
         return _typed(HooksConfig, self.extra.get("hooks"))
+
+    @property
+    def pipeline(self) -> PipelineConfig:
+        """Return the `pipeline` section with its defaults filled in."""
+        return _typed(PipelineConfig, self.extra.get("pipeline"))
+
+    @property
+    def budget(self) -> BudgetConfig:
+        """Return the `budget` section with its defaults filled in."""
+        return _typed(BudgetConfig, self.extra.get("budget"))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; env values stay unresolved references."""

@@ -369,6 +369,14 @@ def _machine_names(f: Fields, key: str, config: Config) -> list[str]:
     return [name for name, _, _ in names]
 
 
+def _env_name(f: Fields, key: str, config: Config) -> str:
+    value = f.text(key)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        hint = "the name of the variable, e.g. GITHUB_REVIEW_TOKEN, never the token itself"
+        raise f.doc.wrong(f.at(key), f.path(key), "an environment variable name", hint)
+    return value
+
+
 def _strings(what: str) -> _Kind:
     return lambda f, key, config: [text for text, _, _ in f.texts(key, what)]
 
@@ -384,6 +392,8 @@ _READERS: dict[str, _Kind] = {
     "machines": _machine_names,
     "commands": _strings("shell commands"),
     "names": _strings("names (OWNER, MEMBER, a login)"),  # author associations or logins
+    "usd": lambda f, key, config: f.number(key, 0.0),
+    "envname": _env_name,
 }
 
 # Each extra section's keys, and the kind of value each holds (read by `_READERS[kind]`).
@@ -394,6 +404,7 @@ _EXTRA_KEYS: dict[str, dict[str, str]] = {
         "model": "model",
         "max_rounds": "count",
         "required_approvals": "count",
+        "github_token_env": "envname",
     },
     "smoke_tests": {
         "enabled": "bool",
@@ -404,7 +415,10 @@ _EXTRA_KEYS: dict[str, dict[str, str]] = {
     "hooks": dict.fromkeys(field_names(HooksConfig), "commands"),
     "forge": {"root": "text"},
     "briefings": {"dir": "text", "trusted_authors": "names"},
-}
+    "pipeline": {"enabled": "bool", "playbook": "text", "test_timeout": "duration",
+                 "interval": "duration"},
+    "budget": {"per_issue_usd": "usd", "session_usd": "usd"},
+}  # fmt: skip
 
 
 def _read_extra(doc: Doc, node: yaml.Node, name: str, config: Config) -> dict[str, Any]:

@@ -19,6 +19,7 @@
     │   ├── DispatchError      a worker could not be started (worktree, tmux, launcher)
     │   └── ProtocolError      a machine's answer is not in the remote protocol's format
     │                          (runtime/protocol.py)  (also ValueError)
+    ├── PipelineError          a pipeline stage could not run (a test or push that did not start)
     ├── WaitTimeout            `wait` gave up before the assignment ended  (also TimeoutError)
     └── ForgeError             the forge (local issues, GitHub) refused or failed a request
         ├── NotFoundError      no such issue, pull request or repository  (also KeyError)
@@ -50,6 +51,7 @@ __all__ = [
     "MachineError",
     "MergeConflictError",
     "NotFoundError",
+    "PipelineError",
     "ProtocolError",
     "UnreachableError",
     "UsageError",
@@ -100,6 +102,10 @@ class AssignmentNotFound(CoordError, KeyError):
 
 class ClaimError(CoordError):
     """The issue is already claimed by a live assignment."""
+
+
+class PipelineError(CoordError):
+    """A pipeline stage could not run (a test or push that failed to start, a bad state)."""
 
 
 class UsageError(CoordError, ValueError):
