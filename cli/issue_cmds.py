@@ -143,19 +143,29 @@ def issue_close(state: State, repo: str, number: int, reopen: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the sections as JSON.")
 @pass_state
 def issues(state: State, repo: str | None, as_json: bool) -> None:
-    """Show issues by pipeline section: New, Refining, Pending, In progress, Done."""
+    """Show issues by section: New, Refining, Pending, In progress, Review, Ready to merge,
+    Done, Needs human; with each one's pipeline stage and cost."""
 
-    async def go() -> dict[str, dict[str, list[Issue]]]:
+    async def go() -> tuple[dict[str, dict[str, list[Issue]]], dict[str, Any]]:
         async with state.coordinator() as c:
             repos = [repo] if repo else list(c.config.repos)
             if not repos:
                 raise click.UsageError("no repos in the config; add one under `repos:`")
-            return {r: await c.issue_sections(r) for r in repos}
+            pipes = {p.key: p for p in c.pipelines()}
+            return {r: await c.issue_sections(r) for r in repos}, pipes
 
-    result = run(go)
+    result, pipes = run(go)
+
+    def pipeline_of(r: str, i: Issue) -> dict[str, Any] | None:
+        p = pipes.get(f"{r}#{i.number}")
+        if p is None:
+            return None
+        return {"stage": p.stage, "round": p.round, "pr": p.pr, "cost_usd": p.cost_usd,
+                "cost_by_tier": p.cost_by_tier(), "reason": p.reason}  # fmt: skip
+
     if as_json:
-        echo_json({r: {k: [i.to_dict() for i in v] for k, v in s.items()}
-                    for r, s in result.items()})  # fmt: skip
+        echo_json({r: {k: [{**i.to_dict(), "pipeline": pipeline_of(r, i)} for i in v]
+                       for k, v in s.items()} for r, s in result.items()})  # fmt: skip
         return
     for r, sections in result.items():
         if len(result) > 1:
@@ -163,4 +173,6 @@ def issues(state: State, repo: str | None, as_json: bool) -> None:
         for name, items in sections.items():
             echo(f"{name} ({len(items)})")
             for i in items:
-                echo(f"  {_line(i)}")
+                p = pipeline_of(r, i)
+                extra = f"  ({p['stage']}, ${p['cost_usd']:.2f})" if p else ""
+                echo(f"  {_line(i)}{extra}")

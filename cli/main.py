@@ -82,6 +82,14 @@ _COMMAND_MODULES = {
     "config": "setup_cmds",
     "trust": "setup_cmds",
     "demo": "demo_cmd",
+    "test": "pipeline_cmds",
+    "pr": "pipeline_cmds",
+    "fix": "pipeline_cmds",
+    "bounce": "pipeline_cmds",
+    "notify": "pipeline_cmds",
+    "run": "pipeline_cmds",
+    "done": "pipeline_cmds",
+    "pipeline": "pipeline_cmds",
 }
 
 

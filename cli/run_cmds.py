@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 @click.option(
     "--force", is_flag=True, help="Dispatch even if the issue is claimed or the machine full."
 )
+@click.option(
+    "--no-pipeline", is_flag=True, help="Run the work alone: `coord notify` will not carry it on."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the assignment as JSON.")
 @pass_state
 def assign(
@@ -48,9 +51,10 @@ def assign(
     title: str | None,
     dry_run: bool,
     force: bool,
+    no_pipeline: bool,
     as_json: bool,
 ) -> None:
-    """Start a worker on MACHINE for ISSUE of REPO."""
+    """Start a worker on MACHINE for ISSUE of REPO (the pipeline's work stage)."""
     if briefing is not None and briefing_file is not None:
         raise click.UsageError("give --briefing or --briefing-file, not both")
     if briefing_file is not None:
@@ -60,7 +64,7 @@ def assign(
         async with state.coordinator() as c:
             return await c.assign(
                 machine, repo, issue, model=model, briefing=briefing, title=title,
-                dry_run=dry_run, force=force,
+                dry_run=dry_run, force=force, pipeline=not no_pipeline,
             )  # fmt: skip
 
     a = run(go)
@@ -143,6 +147,14 @@ def _print_status(report: StatusReport, *, show_all: bool = False) -> None:
     if refused and not show_all:
         lines += ["", f"({len(refused)} dispatch(es) that never started are not shown: "
                       f"coord status --all)"]  # fmt: skip
+    costs: dict[str, float] = {}
+    for a in report.assignments:
+        if a.cost_usd:
+            key = f"{a.repo}#{a.issue}"
+            costs[key] = costs.get(key, 0.0) + a.cost_usd
+    if costs:
+        each = ", ".join(f"{k} ${v:.2f}" for k, v in sorted(costs.items(), key=lambda x: -x[1]))
+        lines += ["", f"cost by issue: {each} (total ${sum(costs.values()):.2f})"[:400]]
     echo("\n".join(lines))  # one write: a big board is hundreds of lines
 
 

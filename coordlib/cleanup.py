@@ -157,6 +157,10 @@ async def clean(
         machine=machine,
         keep_runs=keep_runs,
     )
+    # An issue still in the pipeline keeps its author's worktree: its fixes continue there.
+    for p in ctx.board.pipelines():
+        if not p.ended and p.worktree:
+            in_use.setdefault((p.machine, p.worktree), f"the pipeline of {p.key} ({p.stage})")
     report = CleanReport(dry_run=dry_run, older_than=older_than)
     if not full_ids:
         chosen_ids = {a.id for a in chosen}

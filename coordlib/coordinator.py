@@ -5,7 +5,9 @@ the trail) and three parts that each get that context and nothing more:
 
 - `Dispatcher` (`dispatch.py`): assign, retry, continue a session; claims (`claims.py`);
 - `Monitor` (`monitor.py`): status and reconciliation, watch, wait, log, stop;
-- the cleaner (`cleanup.py`): remove ended work's worktrees and run dirs.
+- the cleaner (`cleanup.py`): remove ended work's worktrees and run dirs;
+- the pipeline engine (`pipeline/engine.py`): carries each issue through the playbook's
+  stages (work, test, PR, review, fixes) in `notify` passes, with the by-hand rounds.
 
 Every change to an assignment is a typed transition of the `Board`; every remote command is
 declared in `coordlib.runtime.protocol`.  Each operation costs as few remote commands as it
@@ -14,6 +16,7 @@ can: a dispatch is one, a status is one per machine.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from .cleanup import CleanReport
     from .forge.base import Forge, Issue
     from .markers import SkippedMarker
+    from .pipeline.engine import PassReport, Pipelines
+    from .pipeline.state import Pipeline
+    from .runtime.answers import Tested
     from .runtime.command import LaunchSpec
     from .runtime.ssh import SSHTarget
     from .runtime.transport import Transport
@@ -72,6 +78,24 @@ class Coordinator:
         self._ctx = Context(config, self.board, Machines(config), forges, self.trail, tell, environ)
         self._dispatcher = Dispatcher(self._ctx)
         self._monitor = Monitor(self._ctx, continue_due=self.dispatch_due)
+        self._engine: Pipelines | None = None
+
+    @property
+    def engine(self) -> Pipelines:
+        """The pipeline engine (its playbook is read on first use)."""
+        if self._engine is None:
+            from .hooks import Hooks
+            from .pipeline.engine import Pipelines
+
+            hooks = self.config.hooks
+            commands = {f.name: getattr(hooks, f.name) for f in dataclasses.fields(hooks)}
+            self._engine = Pipelines(
+                self._ctx,
+                self._dispatcher,
+                Hooks(commands, notify=self._ctx.notify, state_dir=self.board.path.parent,
+                      environ=self._ctx.environ),
+            )  # fmt: skip
+        return self._engine
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Coordinator:
@@ -146,16 +170,24 @@ class Coordinator:
         title: str | None = None,
         dry_run: bool = False,
         force: bool = False,
+        pipeline: bool = True,
     ) -> Assignment:
         """Start a worker for issue of repo on machine and return its assignment.
+
+        With `pipeline` (and ``pipeline.enabled``, the default) the issue enters the
+        pipeline at its work stage: `notify` passes carry it on to test, PR and review.
 
         One remote command does it all: worktree, run files, launcher and tmux
         session.  The row is on the board as ``pending`` before the machine is
         touched, so a crash at any point leaves something `resume` can repair.
         """
+        enters = not dry_run and pipeline and self.config.pipeline.enabled
+        if enters:
+            self.engine.playbook  # noqa: B018 - a broken playbook refuses before any dispatch
         return await self._dispatcher.assign(
             machine, repo, issue, model=model, briefing=briefing, title=title,
             dry_run=dry_run, force=force,
+            also=(lambda txn, a: self.engine.entering(a)(txn, a)) if enters else None,
         )  # fmt: skip
 
     async def retry(
@@ -173,9 +205,11 @@ class Coordinator:
         `machine` (default: the same one) with `model` (default: the same).  The
         two are linked: ``retry_of`` on the new row, ``retried_by`` on the old.
         """
-        return await self._dispatcher.retry(
+        a = await self._dispatcher.retry(
             id, machine=machine, model=model, briefing=briefing, force=force
         )
+        self._pipeline_follows(a)
+        return a
 
     async def resume_stuck(self, id: str, guidance: str, *, model: str | None = None) -> Assignment:
         """Stop a stuck worker and continue its session with guidance, in the same worktree.
@@ -194,7 +228,15 @@ class Coordinator:
         prev = self.get(id)
         if not prev.is_terminal:
             prev = await self._monitor.stop(prev.id)
-        return await self._dispatcher.continue_session(prev, guidance, model=model)
+        a = await self._dispatcher.continue_session(prev, guidance, model=model)
+        self._pipeline_follows(a)
+        return a
+
+    def _pipeline_follows(self, a: Assignment) -> None:
+        """A person started a's issue again: its pipeline (if it has one) waits for a."""
+        p = self.board.pipeline(a.repo, a.issue)
+        if p is not None and (p.ended or p.current is None):
+            self.engine.enter(a)  # at a's own stage (a work retry: the first)
 
     async def continue_(
         self, id: str, *, guidance: str | None = None, model: str | None = None
@@ -208,6 +250,57 @@ class Coordinator:
     async def dispatch_due(self, *, now: float | None = None) -> list[Assignment]:
         """Continue every queued (rate-limited) assignment whose wait is over."""
         return await self._dispatcher.dispatch_due(now=now)
+
+    # ------------------------------------------------------------ the pipeline
+    async def advance(self) -> PassReport:
+        """One pass (`coord notify`): ask every machine once, record what ended, post its
+        trail, and move every issue's pipeline as far as it goes.  Safe to run twice at once.
+        """
+        await self._monitor.status()
+        return await self.engine.run_pass()
+
+    def pipelines(self) -> list[Pipeline]:
+        """Return every issue's pipeline state."""
+        return self.board.pipelines()
+
+    async def test(
+        self, id: str, *, passed: bool | None = None, reason: str = ""
+    ) -> tuple[Pipeline, Tested | None, dict[str, Any]]:
+        """Build and test assignment id's branch head on its machine, in a clean detached
+        worktree (one remote command), or record a person's verdict; the pipeline moves on."""
+        from .pipeline import by_hand
+
+        return await by_hand.test(self.engine, id, passed=passed, reason=reason)
+
+    async def pr(self, id: str, *, review: bool = True) -> dict[str, Any]:
+        """Push id's branch, open or update its PR, and start the adversarial review."""
+        from .pipeline import by_hand
+
+        return await by_hand.open_pr(self.engine, id, review=review)
+
+    async def fix(self, id: str, *, guidance: str = "") -> Assignment:
+        """Run one fix round on id's issue now, with a person's guidance."""
+        from .briefings import check_briefing
+        from .pipeline import by_hand
+
+        check_briefing(guidance, "guidance")
+        return await by_hand.fix(self.engine, id, guidance=guidance)
+
+    async def bounce(self, review_id: str, *, reason: str = "") -> Assignment:
+        """Send a review's findings back to a fix worker, whatever its verdict said."""
+        from .pipeline import by_hand
+
+        return await by_hand.bounce(self.engine, review_id, reason=reason)
+
+    async def done(self) -> dict[str, Any]:
+        """End the session: run the on_session_end hooks and return the session's summary."""
+        from .pipeline import by_hand
+
+        summary = by_hand.session_summary(self.engine)
+        await self.engine.hooks.fire("on_session_end", {"event": "on_session_end",
+                                                         "summary": summary})  # fmt: skip
+        self.engine.ledger.end_session()
+        return summary
 
     # ------------------------------------------------------------ issues
     async def issue_sections(self, repo: str) -> dict[str, list[Issue]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from .runtime.layout import Layout
 from .runtime.protocol import DispatchMode, dispatch_command
 
 if TYPE_CHECKING:
+    from .board import Transaction
     from .context import Context
     from .forge.base import Issue
 
@@ -75,13 +76,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------ planning
     def launch_spec(
-        self, machine: str, worktree: str, model_id: str, *, resume: str | None = None
+        self,
+        machine: str,
+        worktree: str,
+        model_id: str,
+        *,
+        resume: str | None = None,
+        tools: str | None = None,
     ) -> LaunchSpec:
-        """Return what the launcher starts: the claude command line and the watchdog's limits."""
+        """Return what the launcher starts: the claude command line and the watchdog's limits.
+
+        `tools` replaces worker.allowed_tools (a pipeline stage's own: a reviewer's read only).
+        """
         m = self.ctx.config.machine(machine)
         w = self.ctx.config.worker
         args = ["--output-format", "stream-json", "--verbose", "--model", model_id]
-        args += ["--allowedTools", w.allowed_tools]
+        args += ["--allowedTools", tools or w.allowed_tools]
         if w.max_turns:
             args += ["--max-turns", str(w.max_turns)]
         if resume:
@@ -207,8 +217,9 @@ class Dispatcher:
         title: str | None = None,
         dry_run: bool = False,
         force: bool = False,
+        also: Callable[[Transaction, Assignment], None] | None = None,
     ) -> Assignment:
-        """See `Coordinator.assign`."""
+        """See `Coordinator.assign`; `also` is made in the start's transaction."""
         board = self.ctx.board
         live = self._live_rows()
         titled = bool((title or "").strip()) or briefing is not None
@@ -221,7 +232,7 @@ class Dispatcher:
         if dry_run:
             a.briefing = text
             return a
-        return await self._start(a, text, launch, issue=info, force=force)
+        return await self._start(a, text, launch, issue=info, force=force, also=also)
 
     def _capacity(self, machine: str) -> Capacity:
         c = self.ctx.config
@@ -239,6 +250,7 @@ class Dispatcher:
         replaces: Assignment | None = None,
         retried: bool = False,
         mode: DispatchMode = DispatchMode.NEW,
+        also: Callable[[Transaction, Assignment], None] | None = None,
     ) -> Assignment:
         """Claim a on the board, start its worker, post its briefing, and record the start."""
         if issue is None and not (replaces and replaces.trail is not None):
@@ -262,7 +274,7 @@ class Dispatcher:
         if a.trail_off is None:
             labels = issue.labels if issue is not None else None
             posted["dispatch"] = await self.ctx.trail.post_dispatch(a, text, labels)
-        return await self.ctx.board.started(a.id, base_sha=started.head, posted=posted)
+        return await self.ctx.board.started(a.id, base_sha=started.head, posted=posted, also=also)
 
     async def _send(
         self, a: Assignment, text: str, launch: LaunchSpec, *, mode: DispatchMode
@@ -350,7 +362,7 @@ class Dispatcher:
             issue_info=info,
             previous=prev,
         )
-        a.retry_of = prev.id
+        a.retry_of, a.stage = prev.id, prev.stage
         return await self._start(a, text, launch, issue=info, force=force, replaces=prev,
                                  retried=True)  # fmt: skip
 
@@ -388,9 +400,62 @@ class Dispatcher:
             continues=prev.id,
             argv=_worker_argv(launch),
             trail_off=prev.trail_off,
+            stage=prev.stage,
         )
         return await self._start(a, prompt, launch, issue=None, force=True, replaces=prev,
                                  mode=DispatchMode.CONTINUE)  # fmt: skip
+
+    async def start_stage(
+        self,
+        *,
+        stage: str,
+        machine: str,
+        repo: str,
+        issue: int,
+        title: str,
+        branch: str,
+        model: str,
+        tools: str,
+        briefing: str,
+        mode: DispatchMode,
+        worktree: str | None = None,
+        attempt: int = 1,
+        issue_info: Issue | None = None,
+        planned: Callable[[Assignment], None] | None = None,
+    ) -> Assignment:
+        """Start a pipeline stage's worker on an existing branch and return its assignment.
+
+        `mode` REVIEW checks the branch's head out detached in a worktree of its own (a
+        reviewer shares nothing with the author); CONTINUE starts a fresh session in the
+        author's `worktree` (a fix).  `planned` is called with the row before it is claimed
+        (the pipeline records its id first, so a crash in between is seen and repaired).
+        """
+        check_briefing(briefing)
+        tier, model_id = self.ctx.config.models.resolve(model)
+        m = self.ctx.config.machine(machine)
+        aid = self._new_id(repo, issue)
+        layout = Layout(m.workdir)
+        wt = worktree or layout.worktree(repo, aid)
+        launch = self.launch_spec(m.name, wt, model_id, tools=tools)
+        a = Assignment(
+            id=aid,
+            machine=m.name,
+            repo=repo,
+            issue=issue,
+            branch=branch,
+            model=model_id,
+            tier=tier,
+            title=title,
+            worktree=wt,
+            run_dir=layout.run_dir(aid).path,
+            created_at=time.time(),
+            attempt=attempt,
+            argv=_worker_argv(launch),
+            stage=stage,
+        )
+        if planned is not None:
+            planned(a)
+        return await self._start(a, briefing, launch, issue=issue_info, force=False, mode=mode)
 
     async def continue_queued(
         self, id: str, *, guidance: str | None = None, model: str | None = None

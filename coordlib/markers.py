@@ -41,6 +41,7 @@ __all__ = [
     "SkippedMarker",
     "TrailKey",
     "check_marker",
+    "defang",
     "find_marker",
     "make_marker",
     "neutralise",
@@ -155,6 +156,16 @@ def neutralise(text: str) -> str:
     """Return text that can open no HTML comment, so it never carries a marker out."""
     # A zero-width space between "<!" and "--" keeps the text readable as it was.
     return text.replace("<!--", "<!\u200b--")
+
+
+_MENTION = re.compile(r"@(?=[A-Za-z0-9_-])")
+
+
+def defang(text: str) -> str:
+    """Return untrusted text (a worker's words, an issue's) safe to quote in a comment: it
+    carries no marker out (`neutralise`) and pings nobody (``@name`` gets a zero-width space).
+    """
+    return _MENTION.sub("@\u200b", neutralise(text))
 
 
 def find_marker(body: str) -> dict[str, Any] | None:

@@ -26,7 +26,9 @@ __all__ = ["DISPATCH_GRACE", "MAX_EVENT_BYTES", "dispatch_may_be_in_flight", "fo
 DISPATCH_GRACE = 300.0
 # How long a rate-limited assignment waits when the CLI did not say.
 RATE_LIMIT_WAIT = 60.0
-_RESULT_TEXT = 2000
+# A worker's final text on the board: its head and its tail (where a reviewer's verdict and
+# findings are) when it is longer; the whole of it is in the run's events.jsonl.
+_RESULT_HEAD, _RESULT_TAIL = 2000, 6000
 # Events read per run per status call; the rest waits for the next call (see progress.py).
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 
@@ -187,11 +189,11 @@ def fold(a: Assignment, run: RunProbe) -> tuple[dict[str, Any], RunProgress]:
     result = progress.result
     if result is not None:
         if result.result:
-            fields["result"] = result.result[:_RESULT_TEXT]
+            fields["result"] = _shortened(result.result)
         if result.is_error:
             errors = result.raw.get("errors")  # error_max_turns has these, and no text
             listed = "; ".join(str(e) for e in errors) if isinstance(errors, list) else ""
-            fields["error"] = (result.result or listed)[:_RESULT_TEXT] or None
+            fields["error"] = (result.result or listed)[:_RESULT_HEAD] or None
     return fields, progress
 
 
@@ -218,3 +220,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _shortened(text: str) -> str:
+    """Return a worker's final text, or its head and tail with a note between them."""
+    if len(text) <= _RESULT_HEAD + _RESULT_TAIL:
+        return text
+    cut = len(text) - _RESULT_HEAD - _RESULT_TAIL
+    note = f"\n\n[… {cut:,} characters cut: see coord log]\n\n"
+    return f"{text[:_RESULT_HEAD]}{note}{text[-_RESULT_TAIL:]}"

@@ -40,6 +40,7 @@ __all__ = [
     "briefing_comment",
     "ending_comment",
     "parse_markers",
+    "set_status_label",
     "sort_into_sections",
 ]
 
@@ -51,6 +52,9 @@ STATUS_LABELS = {
     "refining": "status:refining",
     "ready": "status:ready",
     "in_progress": "status:in-progress",
+    "review": "status:review",
+    "ready_to_merge": "status:ready-to-merge",
+    "needs_human": "status:needs-human",
     "done": "status:done",
 }
 
@@ -128,7 +132,10 @@ def ending_comment(a: Assignment, key: TrailKey) -> str:
 
 # -- posting and reading the trail -----------------------------------------------------------
 
-ISSUE_SECTIONS = ("New", "Refining", "Pending", "In progress", "Done")
+ISSUE_SECTIONS = (
+    "New", "Refining", "Pending", "In progress", "Review", "Ready to merge", "Done",
+    "Needs human",
+)  # fmt: skip
 # What a checked marker carries over into a rebuilt board row.
 _ROW_FIELDS = (
     "machine", "repo", "issue", "branch", "model", "tier", "title", "worktree", "run_dir",
@@ -143,18 +150,36 @@ _STATUS = frozenset(STATUS_LABELS.values())
 _STALE_POSTING = 60.0
 
 
+def pipeline_label(stage: str, a: Assignment) -> str:
+    """The status label of an issue whose pipeline is at `stage` (a's the newest worker)."""
+    if stage == "ready-to-merge":
+        return STATUS_LABELS["ready_to_merge"]
+    if stage == "needs-human":
+        return STATUS_LABELS["needs_human"]
+    if a.stage == "review" or stage == "review":
+        return STATUS_LABELS["review"]
+    return STATUS_LABELS["in_progress"]
+
+
 def sort_into_sections(issues: Iterable[Issue], live: set[int]) -> dict[str, list[Issue]]:
     """Sort issues into the pipeline's sections by their status labels.
 
     New (open, no status label), Refining (``status:refining``), Pending
-    (``status:ready``), In progress (``status:in-progress``, or a number in `live`), and
-    Done (``status:done``, or closed).
+    (``status:ready``), In progress (``status:in-progress``, or a number in `live`), Review
+    (``status:review``), Ready to merge (``status:ready-to-merge``), Done
+    (``status:done``, or closed) and Needs human (``status:needs-human``).
     """
     sections: dict[str, list[Issue]] = {k: [] for k in ISSUE_SECTIONS}
     for i in issues:
         labels = set(i.labels)
         if i.state == "closed" or STATUS_LABELS["done"] in labels:
             key = "Done"
+        elif STATUS_LABELS["needs_human"] in labels:
+            key = "Needs human"
+        elif STATUS_LABELS["ready_to_merge"] in labels:
+            key = "Ready to merge"
+        elif STATUS_LABELS["review"] in labels:
+            key = "Review"
         elif i.number in live or STATUS_LABELS["in_progress"] in labels:
             key = "In progress"
         elif STATUS_LABELS["ready"] in labels:
@@ -165,6 +190,17 @@ def sort_into_sections(issues: Iterable[Issue], live: set[int]) -> dict[str, lis
             key = "New"
         sections[key].append(i)
     return sections
+
+
+async def set_status_label(
+    forge: Forge, issue: int, label: str, known: Sequence[str] | None = None
+) -> None:
+    """Leave `label` the issue's one status label (`known`: its labels, if just read)."""
+    labels: Sequence[str] | None = known
+    if labels is None or label not in labels:
+        labels = await forge.add_labels(issue, [label])  # returns the issue's labels
+    for stale in [x for x in labels if x in _STATUS and x != label]:
+        await forge.remove_label(issue, stale)
 
 
 class Trail:
@@ -247,6 +283,9 @@ class Trail:
 
     def _status_label(self, a: Assignment) -> str:
         """The status label a's issue should carry: what its newest assignment says."""
+        p = self.board.pipeline(a.repo, a.issue)
+        if p is not None and (p.ended or p.current == a.id or a.stage is not None):
+            return pipeline_label(p.stage, a)
         rows = [x for x in self.board.assignments() if x.repo == a.repo and x.issue == a.issue]
         rows = [x for x in rows if x.id != a.id] + [a]
         # A dispatch that never started says nothing about the issue, unless it is all there is.
@@ -281,11 +320,7 @@ class Trail:
             return None
         label = label or self._status_label(a)
         try:
-            labels: Sequence[str] | None = known
-            if labels is None or label not in labels:
-                labels = await forge.add_labels(a.issue, [label])  # returns the issue's labels
-            for stale in [x for x in labels if x in _STATUS and x != label]:
-                await forge.remove_label(a.issue, stale)
+            await set_status_label(forge, a.issue, label, known)
         except CoordError as exc:
             self.notify(f"{a.id}: {a.repo}#{a.issue} could not be labelled {label}: {exc}")
         return comment.id

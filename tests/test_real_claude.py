@@ -249,3 +249,76 @@ def test_resume_stuck_continues_the_real_session_with_guidance(
     wt = setup.root / "wd-local" / "worktrees" / "api" / stuck.id
     assert (wt / "greeting.txt").read_text() == "hi\n"
     assert pytest.approx(done.attempt) == stuck.attempt
+
+
+def test_real_cli_pipeline_to_ready_to_merge_over_ssh(
+    setup: Setup,
+    sshd: SSHServer,
+    claude_cli: Path,
+    model_server: Callable[..., ModelServer],
+) -> None:
+    """The issue-to-PR pipeline with real `claude -p` sessions over sshd: the work, a review
+    that asks for changes, a fix, a second review that approves; ready to merge."""
+    from tests.test_pipeline import drive, forge_of
+
+    def commit(content: str, message: str) -> Scenario:
+        return Scenario([
+            Turn([text("STATUS: writing"), tool("Write", file_path="hello.txt", content=content)]),
+            Turn([tool("Bash", command=f"git add hello.txt && git commit -q -m '{message}'",
+                       description="Commit")]),
+            Turn([text(f"STATUS: done\n{message}.")]),
+        ])  # fmt: skip
+
+    def review(verdict: str) -> Scenario:
+        return Scenario([
+            Turn([tool("Bash", command="git log --oneline -3", description="Read the change")]),
+            Turn([text(f"Read it.\nVERDICT: {verdict}\n1. hello.txt:1 should end with a '!'.")]),
+        ])  # fmt: skip
+
+    server = model_server({
+        "work": commit("hello\n", "Add a greeting"),
+        "review-0": review("request-changes"),
+        "fix": commit("hello!\n", "Fix the greeting"),
+        "review-1": review("approve"),
+    })  # fmt: skip
+    briefings = setup.root / "briefings"
+    briefings.mkdir()
+    (briefings / "review.md.j2").write_text(
+        "Review {{ branch }} for #{{ issue.number }}; end with a VERDICT line.\n"
+        "[scenario:review-{{ round }}]\n"
+    )
+    (briefings / "fix.md.j2").write_text("Fix: {{ review }}\n[scenario:fix]\n")
+    setup.add_ssh(sshd, "remote", claude_command=str(claude_cli),
+                  env=worker_env(server, setup.root / "home"))  # fmt: skip
+    setup.worker.update(stall_timeout=60, result_grace=10)
+    setup.extra["briefings"] = {"dir": str(briefings)}
+    setup.extra["models"] = {"default": "haiku"}
+    setup.write()
+    cfg = setup.config_path.read_text().replace(
+        "test_command: 'true'",
+        f"test_command: 'grep -q hello hello.txt'\n  url: {json.dumps(str(setup.repo.origin))}",
+    )
+    setup.config_path.write_text(cfg)
+
+    async def go() -> Any:
+        from coordlib import Coordinator
+
+        env = {"TEST_WORKER_API_KEY": SECRET}
+        async with Coordinator.from_path(setup.config_path, environ=env) as c:
+            issue = await c.forge("api").create_issue("Add a greeting", body="[scenario:work]")
+            await c.assign("remote", "api", issue.number)
+            return await drive(c, "api", issue.number, limit=240)
+
+    p = arun(go())
+    assert p.stage == "ready-to-merge", p
+    assert {s: len(ids) for s, ids in p.assignments.items()} == {"work": 1, "review": 2, "fix": 1}
+    assert [v["outcome"] for v in p.verdicts if v["stage"] == "review"] == [
+        "request-changes", "approve"]  # fmt: skip
+    assert p.cost_usd > 0
+    pr = arun(forge_of(setup).get_pr(p.pr))
+    assert [r.state for r in pr.reviews] == ["COMMENTED", "COMMENTED"]
+    assert "should end with" in pr.reviews[0].body
+    assert setup.repo.log("main") == ["initial commit"]
+    for path in setup.root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert SECRET.encode() not in path.read_bytes(), path

@@ -56,7 +56,8 @@ def test_the_work_briefing_comes_from_the_issue_and_leaves_a_trail(
 
     async def go() -> Any:
         async with setup.coordinator() as c:
-            a = await c.assign("local", "api", n)  # no title, no briefing: the issue says
+            # no title, no briefing: the issue says; out of the pipeline, done is done
+            a = await c.assign("local", "api", n, pipeline=False)
             return await c.wait(a.id, timeout=30)
 
     a = arun(go())
@@ -96,7 +97,7 @@ def test_a_failure_puts_the_issue_back_to_ready(setup: Setup, run_coord: Any) ->
 
     async def go() -> Any:
         async with setup.coordinator() as c:
-            a = await c.assign("local", "api", n)
+            a = await c.assign("local", "api", n, pipeline=False)  # test_pipeline.py: in it
             return await c.wait(a.id, timeout=30)
 
     a = arun(go())
@@ -234,7 +235,10 @@ def test_issues_shows_pipeline_sections(setup: Setup, local: Path, run_coord: An
         "Refining": ["Thinking"],
         "Pending": ["Ready to go"],
         "In progress": [],
+        "Review": [],
+        "Ready to merge": [],
         "Done": ["Old"],
+        "Needs human": [],
     }
     text = run_coord("issues", "api", config=local).stdout
     assert "Pending (1)" in text and "Ready to go" in text
@@ -268,7 +272,9 @@ def test_the_trail_on_github(
     assert out.returncode == 0, out.stderr
     n = json.loads(out.stdout)["number"]
 
-    assigned = run_coord("assign", "local", "api", str(n), "--json", config=config, env=env)
+    # Out of the pipeline (where test and PR would come next), a done worker's issue is done.
+    assigned = run_coord("assign", "local", "api", str(n), "--json", "--no-pipeline",
+                         config=config, env=env)  # fmt: skip
     assert assigned.returncode == 0, assigned.stderr
     aid = json.loads(assigned.stdout)["id"]
     waited = run_coord("wait", aid, config=config, env=env)

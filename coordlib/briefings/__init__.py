@@ -15,9 +15,12 @@ every     ``issue`` (number, title, body, labels, comments[{author, body}],
           ``branch``, ``model``, ``machine`` (name, …)
 work      ``attempt``, ``previous`` (the last attempt's row, or None),
           ``files_in_scope`` [path], ``do_not_touch`` [{path, branch, assignment}]
-fix       ``pr`` ({number, url, base} or None), ``review`` (text), ``failures``
+fix       ``pr`` ({number, url, base} or None), ``review`` (text), ``failures``,
+          ``guidance`` (a person's words, from `coord fix --guidance`)
 review    ``pr`` ({number, url, head, base} or None), ``base_ref``
 pr        ``summary``, ``tests`` (e.g. "passed"), ``assignment`` (the row)
+pipeline  every stage's briefing also gets ``stage``, ``round``, ``review``, ``failures``,
+          ``guidance`` and ``attempt`` (see `coordlib.pipeline.actions`)
 smoke     ``ref``, ``merged`` [{number, title}], ``commands`` [command]
 conflict  ``base``, ``conflicts`` [path]
 ========  ==================================================================
@@ -63,7 +66,7 @@ _COMMON = ("issue", "repo", "branch", "model", "machine")
 # kind -> (variables the caller must give, defaults for the optional ones)
 KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "work": (_COMMON, {"attempt": 1, "previous": None, "files_in_scope": [], "do_not_touch": []}),
-    "fix": (_COMMON, {"pr": None, "review": "", "failures": ""}),
+    "fix": (_COMMON, {"pr": None, "review": "", "failures": "", "guidance": ""}),
     "review": (_COMMON, {"pr": None, "base_ref": "origin/main"}),
     "pr": (("issue", "repo", "summary", "assignment"), {"tests": ""}),
     "smoke": (("repo", "ref"), {"merged": [], "commands": []}),

@@ -48,6 +48,7 @@ __all__ = [
     "Review",
     "ReviewEvent",
     "open_forge",
+    "open_review_forge",
 ]
 
 DEFAULT_GITHUB_API = "https://api.github.com"
@@ -99,6 +100,41 @@ def open_forge(
         root = base / ".coord" / "issues" / repo_name
     remote = repo.url or _origin_of_local_checkout(config, repo_name)
     return LocalForge(repo_name, root, remote=remote, default_branch=repo.default_branch)
+
+
+def open_review_forge(
+    config: Config,
+    repo_name: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Forge | None:
+    """Return a forge acting as the second identity of `reviews.github_token_env`, for real
+    APPROVE / REQUEST_CHANGES reviews on a GitHub repo; None when none is configured."""
+    name = config.reviews.github_token_env
+    repo = config.repo(repo_name)
+    if not name or (repo.forge or ("github" if repo.github else "local")) != "github":
+        return None
+    env = os.environ if environ is None else environ
+    token = env.get(name)
+    if not token:
+        raise ForgeError(
+            f"reviews.github_token_env names {name}, which is not set in the environment; "
+            f"export the reviewer's token as {name}, or remove the setting"
+        )
+    from .github import GitHubForge
+
+    section = config.extra.get("github") or {}
+    interval = section.get("write_interval") if isinstance(section, Mapping) else None
+    assert repo.github is not None
+    return GitHubForge(
+        repo_name,
+        repo.github,
+        api_url=_section_text(config, "github", "api_url") or DEFAULT_GITHUB_API,
+        token=token,
+        on_wait=on_wait,
+        write_interval=1.0 if interval is None else float(interval),
+    )
 
 
 def _where(config: Config) -> str:

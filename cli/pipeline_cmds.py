@@ -1,0 +1,260 @@
+"""``coord test``, ``pr``, ``fix``, ``bounce``, ``notify``, ``run``, ``done`` and ``pipeline``:
+the issue-to-PR pipeline, by pass and by hand."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .main import State, coord, pass_state, run
+from .output import echo, echo_json
+
+if TYPE_CHECKING:
+    from coordlib.pipeline.engine import PassReport
+    from coordlib.pipeline.state import Pipeline
+
+
+@coord.command()
+@click.argument("id")
+@click.option("--passed", "verdict", flag_value="passed", help="Record a pass by hand.")
+@click.option("--failed", "verdict", flag_value="failed", help="Record a failure by hand.")
+@click.option("--reason", default="", help="Why (with --failed: what fails).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@pass_state
+def test(state: State, id: str, verdict: str | None, reason: str, as_json: bool) -> None:
+    """Build and test assignment ID's branch head on its machine.
+
+    The head is checked out in a clean, detached worktree; the repo's build_command and
+    test_command run under pipeline.test_timeout; the whole output stays on the machine.
+
+    \b
+    Examples:
+      coord test api-42-1f3a
+      coord test api-42-1f3a --failed --reason "the login page 500s"
+    """
+    passed = None if verdict is None else verdict == "passed"
+
+    async def go() -> Any:
+        async with state.coordinator() as c:
+            return await c.test(id, passed=passed, reason=reason)
+
+    p, tested, facts = run(go)
+    data = {"assignment": id, "repo": p.repo, "issue": p.issue, "passed":
+            facts["outcome"] == "passed", **facts, "stage": p.stage}  # fmt: skip
+    if tested is not None:
+        data["tail"] = tested.tail
+    if as_json:
+        echo_json(data)
+    else:
+        word = "passed" if data["passed"] else "FAILED"
+        sha = (facts.get("sha") or "")[:12]
+        where = f" (output: {facts['log']} on {facts.get('machine')})" if facts.get("log") else ""
+        echo(f"{p.repo}#{p.issue} {word}{f' at {sha}' if sha else ''}{where}")
+        if tested is not None and not tested.passed and tested.tail:
+            echo(tested.tail.rstrip()[-1500:])
+        echo(f"pipeline: {p.stage}")
+    if data["passed"] is False:
+        sys.exit(1)
+
+
+@coord.command()
+@click.argument("id")
+@click.option("--no-review", is_flag=True, help="Open the PR without a review.")
+@click.option("--json", "as_json", is_flag=True, help="Print {pr, review} as JSON.")
+@pass_state
+def pr(state: State, id: str, no_review: bool, as_json: bool) -> None:
+    """Push ID's branch, open its PR, and start the adversarial review.
+
+    \b
+    Examples:
+      coord pr api-42-1f3a
+      coord pr api-42-1f3a --no-review --json
+    """
+
+    async def go() -> dict[str, Any]:
+        async with state.coordinator() as c:
+            return await c.pr(id, review=not no_review)
+
+    out = run(go)
+    if as_json:
+        echo_json(out)
+        return
+    echo(f"PR #{out['pr']} {out.get('url') or ''}".rstrip())
+    if out.get("review"):
+        echo(f"review: {out['review']} (`coord watch {out['review']}`)")
+
+
+@coord.command()
+@click.argument("id")
+@click.option("--guidance", "-g", default="", help="What the fix worker should do.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fix assignment as JSON.")
+@pass_state
+def fix(state: State, id: str, guidance: str, as_json: bool) -> None:
+    """Run one fix round on ID's issue now (beyond the loop cap: you decided).
+
+    \b
+    Examples:
+      coord fix api-42-1f3a --guidance "keep the old API; add a flag instead"
+    """
+
+    async def go() -> Any:
+        async with state.coordinator() as c:
+            return await c.fix(id, guidance=guidance)
+
+    a = run(go)
+    echo_json(a.to_dict()) if as_json else echo(f"fix: {a.id} on {a.machine} ({a.model})")
+
+
+@coord.command()
+@click.argument("review_id")
+@click.option("--reason", default="", help="The findings to fix (default: the review's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the fix assignment as JSON.")
+@pass_state
+def bounce(state: State, review_id: str, reason: str, as_json: bool) -> None:
+    """Send REVIEW_ID's findings back to a fix worker, whatever its verdict.
+
+    \b
+    Examples:
+      coord bounce api-42-9c0d
+      coord bounce api-42-9c0d --reason "the approval missed the migration"
+    """
+
+    async def go() -> Any:
+        async with state.coordinator() as c:
+            return await c.bounce(review_id, reason=reason)
+
+    a = run(go)
+    echo_json(a.to_dict()) if as_json else echo(f"fix: {a.id} on {a.machine} ({a.model})")
+
+
+def _moves(report: PassReport) -> list[str]:
+    lines = [f"{m['issue']}: {m['from']} → {m['to']} ({m['outcome']})" for m in report.moves]
+    lines += [f"{s['issue']}: STUCK {s['assignment']}: {s['line']}" for s in report.stuck]
+    lines += [f"dispatched {aid}" for aid in report.dispatched]
+    lines += [f"error: {e}" for e in report.errors]
+    if report.paused:
+        lines.append(f"paused: {report.paused}")
+    return lines
+
+
+@coord.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the pass's report as JSON.")
+@pass_state
+def notify(state: State, as_json: bool) -> None:
+    """One pass: ask every machine once, record what ended, and move every issue on.
+
+    Idempotent, and safe to run twice at once (from cron, say).
+
+    \b
+    Examples:
+      coord notify
+      */5 * * * * cd ~/fleet && coord notify --json >> notify.log
+    """
+
+    async def go() -> PassReport:
+        async with state.coordinator() as c:
+            return await c.advance()
+
+    report = run(go)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    for line in _moves(report) or ["nothing moved"]:
+        echo(line)
+
+
+def _screen(pipelines: list[Pipeline], report: PassReport, spent: float) -> list[str]:
+    stages: dict[str, int] = {}
+    for p in pipelines:
+        stages[p.stage] = stages.get(p.stage, 0) + 1
+    head = "  ".join(f"{k}: {v}" for k, v in sorted(stages.items())) or "no issues"
+    lines = [f"{time.strftime('%H:%M:%S')}  {head}  spent ${spent:.2f}"]
+    for p in pipelines:
+        if not p.ended or p.stage == "needs-human":
+            extra = f"  {p.reason}" if p.reason else ""
+            lines.append(f"  {p.key:<20} {p.stage:<14} round {p.round}  "
+                         f"{p.current or '':<16} ${p.cost_usd:.2f}{extra}"[:160])  # fmt: skip
+    return lines + [f"  {x}" for x in _moves(report)]
+
+
+@coord.command(name="run")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds between passes (default: pipeline.interval, 30).")  # fmt: skip
+@click.option("--until-idle", is_flag=True, help="Return when nothing runs or waits.")
+@pass_state
+def run_(state: State, interval: float | None, until_idle: bool) -> None:
+    """Loop `coord notify` in the foreground, with a one-screen summary.
+
+    \b
+    Examples:
+      coord run
+      coord run --interval 10 --until-idle
+    """
+    tty = sys.stdout.isatty()
+
+    async def go() -> None:
+        import asyncio
+
+        async with state.coordinator() as c:
+            wait = interval or c.config.pipeline.interval
+            while True:
+                report = await c.advance()
+                spent = c.engine.ledger.session_spend()["usd"]
+                lines = _screen(report.pipelines, report, spent)
+                if tty:
+                    click.echo("\x1b[H\x1b[2J", nl=False)  # our own escape: not printable()'d
+                    echo("\n".join(lines))
+                else:
+                    for line in _moves(report):
+                        echo(line)
+                if until_idle and report.idle:
+                    return
+                await asyncio.sleep(wait)
+
+    run(go)
+
+
+@coord.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_state
+def done(state: State, as_json: bool) -> None:
+    """End the session: run the on_session_end hooks and print what it did and cost."""
+
+    async def go() -> dict[str, Any]:
+        async with state.coordinator() as c:
+            return await c.done()
+
+    s = run(go)
+    if as_json:
+        echo_json(s)
+        return
+    echo(f"issues advanced: {len(s['advanced'])}")
+    for r in s["ready_to_merge"]:
+        echo(f"ready to merge: {r['issue']} PR #{r['pr']} {r['url'] or ''}".rstrip())
+    for r in s["needs_human"]:
+        echo(f"needs a person: {r['issue']}: {r['reason']}")
+    echo(f"spent ${s['cost_usd']:.2f}")
+    for k, v in s["cost_by_issue"].items():
+        echo(f"  {k}: ${v:.2f}")
+    for k, v in s["cost_by_tier"].items():
+        echo(f"  {k}: ${v:.2f}")
+
+
+@coord.command()
+@click.argument("issue", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the pipelines as JSON.")
+@pass_state
+def pipeline(state: State, issue: str | None, as_json: bool) -> None:
+    """Show where each issue (or ISSUE, as repo#N) is in the pipeline."""
+    c = state.coordinator()
+    rows = [p for p in c.pipelines() if issue is None or p.key == issue]
+    if as_json:
+        echo_json({"pipelines": [p.to_dict() for p in rows]})
+        return
+    for p in rows:
+        pr = f" PR #{p.pr}" if p.pr else ""
+        why = f"  {p.reason}" if p.reason else ""
+        echo(f"{p.key:<20} {p.stage:<14} round {p.round}{pr}  ${p.cost_usd:.2f}{why}")
