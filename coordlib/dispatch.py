@@ -110,6 +110,28 @@ class Dispatcher:
     def _new_id(self, repo: str, issue: int) -> str:
         return f"{slugify(repo, max_length=16) or 'repo'}-{issue}-{os.urandom(2).hex()}"
 
+    def _row(
+        self,
+        machine: str,
+        repo: str,
+        issue: int,
+        *,
+        branch: str,
+        model: tuple[str, str],
+        title: str,
+        worktree: str | None,
+        **fields: Any,
+    ) -> Assignment:
+        """A new row on `machine` with a fresh id: its run dir, and its own worktree unless one
+        is given (a continued session's or a fix's).  `model` is (tier, model id)."""
+        layout = Layout(self.ctx.config.machine(machine).workdir)
+        aid = self._new_id(repo, issue)
+        return Assignment(
+            id=aid, machine=machine, repo=repo, issue=issue, branch=branch, model=model[1],
+            tier=model[0], title=title, worktree=worktree or layout.worktree(repo, aid),
+            run_dir=layout.run_dir(aid).path, created_at=time.time(), **fields,
+        )  # fmt: skip
+
     def plan(
         self,
         machine: str,
@@ -147,25 +169,9 @@ class Dispatcher:
         branch = branch_name(issue, title)
         if attempt > 1:  # a retry starts afresh beside the earlier attempt's branch
             branch = f"{branch}-r{attempt}"
-        aid = self._new_id(r.name, issue)
-        layout = Layout(m.workdir)
-        worktree = layout.worktree(r.name, aid)
         scope = files_in_scope(issue_info.body) if issue_info is not None else []
-        a = Assignment(
-            id=aid,
-            machine=m.name,
-            repo=r.name,
-            issue=issue,
-            branch=branch,
-            model=model_id,
-            tier=tier,
-            title=title,
-            worktree=worktree,
-            run_dir=layout.run_dir(aid).path,
-            created_at=time.time(),
-            attempt=attempt,
-            files_in_scope=scope,
-        )
+        a = self._row(m.name, r.name, issue, branch=branch, model=(tier, model_id), title=title,
+                      worktree=None, attempt=attempt, files_in_scope=scope)  # fmt: skip
         if briefing is None:
             rows = self._live_rows() if live is None else live
             info = self._issue_context(r.name, issue_info) if issue_info is not None else {}
@@ -185,7 +191,7 @@ class Dispatcher:
                 user_dir=self._briefing_dir(),
             )
         check_briefing(briefing)
-        launch = self.launch_spec(m.name, worktree, model_id)
+        launch = self.launch_spec(m.name, a.worktree, model_id)
         a.argv = _worker_argv(launch)
         return a, briefing, launch
 
@@ -380,28 +386,14 @@ class Dispatcher:
         tier, model_id = (prev.tier, prev.model)
         if model:
             tier, model_id = self.ctx.config.models.resolve(model)
-        m = self.ctx.config.machine(prev.machine)
-        aid = self._new_id(prev.repo, prev.issue)
-        launch = self.launch_spec(m.name, prev.worktree, model_id, resume=prev.session_id)
-        a = Assignment(
-            id=aid,
-            machine=prev.machine,
-            repo=prev.repo,
-            issue=prev.issue,
-            branch=prev.branch,
-            model=model_id,
-            tier=tier,
-            title=prev.title,
-            worktree=prev.worktree,
-            run_dir=Layout(m.workdir).run_dir(aid).path,
-            created_at=time.time(),
+        launch = self.launch_spec(prev.machine, prev.worktree, model_id, resume=prev.session_id)
+        a = self._row(
+            prev.machine, prev.repo, prev.issue, branch=prev.branch, model=(tier, model_id),
+            title=prev.title, worktree=prev.worktree,
             attempt=prev.attempt,  # steering or waiting out a limit is not a new attempt
-            session_id=prev.session_id,
-            continues=prev.id,
-            argv=_worker_argv(launch),
-            trail_off=prev.trail_off,
-            stage=prev.stage,
-        )
+            session_id=prev.session_id, continues=prev.id, argv=_worker_argv(launch),
+            trail_off=prev.trail_off, stage=prev.stage,
+        )  # fmt: skip
         return await self._start(a, prompt, launch, issue=None, force=True, replaces=prev,
                                  mode=DispatchMode.CONTINUE)  # fmt: skip
 
@@ -432,27 +424,10 @@ class Dispatcher:
         """
         check_briefing(briefing)
         tier, model_id = self.ctx.config.models.resolve(model)
-        m = self.ctx.config.machine(machine)
-        aid = self._new_id(repo, issue)
-        layout = Layout(m.workdir)
-        wt = worktree or layout.worktree(repo, aid)
-        launch = self.launch_spec(m.name, wt, model_id, tools=tools)
-        a = Assignment(
-            id=aid,
-            machine=m.name,
-            repo=repo,
-            issue=issue,
-            branch=branch,
-            model=model_id,
-            tier=tier,
-            title=title,
-            worktree=wt,
-            run_dir=layout.run_dir(aid).path,
-            created_at=time.time(),
-            attempt=attempt,
-            argv=_worker_argv(launch),
-            stage=stage,
-        )
+        a = self._row(machine, repo, issue, branch=branch, model=(tier, model_id), title=title,
+                      worktree=worktree, attempt=attempt, stage=stage)  # fmt: skip
+        launch = self.launch_spec(machine, a.worktree, model_id, tools=tools)
+        a.argv = _worker_argv(launch)
         if planned is not None:
             planned(a)
         return await self._start(a, briefing, launch, issue=issue_info, force=False, mode=mode)
