@@ -86,6 +86,18 @@ async def drive(c: Any, repo: str, issue: int, *, limit: float = 90.0) -> Any:
     raise AssertionError(f"the pipeline did not end: {c.board.pipeline(repo, issue)}")
 
 
+def through(setup: Setup, machine: str, body: str, **kwargs: Any) -> Any:
+    """Open an issue with `body`, assign it, and pass until its pipeline ends; return it."""
+
+    async def go() -> Any:
+        async with coordinator(setup, **kwargs) as c:
+            n = await new_issue(c, body)
+            await c.assign(machine, "api", n)
+            return await drive(c, "api", n)
+
+    return arun(go())
+
+
 def forge_of(setup: Setup) -> LocalForge:
     return LocalForge(
         "api", setup.root / ".coord" / "issues" / "api", remote=str(setup.repo.origin)
@@ -170,13 +182,7 @@ def test_the_cap_hands_the_issue_to_a_person(setup: Setup) -> None:
     setup.extra["reviews"] = {"max_rounds": 1}
     machine = pipeline_setup(setup, None, review="[fake:request_changes]")
 
-    async def go() -> Any:
-        async with coordinator(setup) as c:
-            n = await new_issue(c, "Write it. [fake:ok:hello]")
-            await c.assign(machine, "api", n)
-            return await drive(c, "api", n)
-
-    p = arun(go())
+    p = through(setup, machine, "Write it. [fake:ok:hello]")
     assert p.stage == "needs-human" and p.round == 1
     assert "cap of 1" in (p.reason or "")
     issue = arun(forge_of(setup).get_issue(p.issue))
@@ -187,13 +193,7 @@ def test_the_cap_hands_the_issue_to_a_person(setup: Setup) -> None:
 def test_a_reviewer_without_a_verdict_is_asked_once_more(setup: Setup) -> None:
     machine = pipeline_setup(setup, None, review="[fake:no_verdict]")
 
-    async def go() -> Any:
-        async with coordinator(setup) as c:
-            n = await new_issue(c, "Write it. [fake:ok:hello]")
-            await c.assign(machine, "api", n)
-            return await drive(c, "api", n)
-
-    p = arun(go())
+    p = through(setup, machine, "Write it. [fake:ok:hello]")
     assert p.stage == "needs-human"
     assert len(p.assignments["review"]) == 2
     assert "no VERDICT line twice" in (p.reason or "")
@@ -205,13 +205,7 @@ def test_a_stuck_worker_asks_a_person_and_fires_the_hook(setup: Setup) -> None:
     machine = pipeline_setup(setup, None, review="[fake:approve]")
     told: list[str] = []
 
-    async def go() -> Any:
-        async with coordinator(setup, notify=told.append) as c:
-            n = await new_issue(c, "Do it. [fake:stuck]")
-            await c.assign(machine, "api", n)
-            return await drive(c, "api", n)
-
-    p = arun(go())
+    p = through(setup, machine, "Do it. [fake:stuck]", notify=told.append)
     assert p.stage == "needs-human"
     assert "STUCK: I need the staging API key" in (p.reason or "")
     payload = json.loads(out.read_text())
@@ -226,13 +220,7 @@ def test_the_issue_budget_stops_fixing(setup: Setup) -> None:
     setup.extra["budget"] = {"per_issue_usd": 0.000001}
     machine = pipeline_setup(setup, None, review="[fake:approve]")
 
-    async def go() -> Any:
-        async with coordinator(setup) as c:
-            n = await new_issue(c, "Write it. [fake:ok:broken]")
-            await c.assign(machine, "api", n)
-            return await drive(c, "api", n)
-
-    p = arun(go())
+    p = through(setup, machine, "Write it. [fake:ok:broken]")
     assert p.stage == "needs-human" and p.round == 0
     assert "budget.per_issue_usd" in (p.reason or "")
     assert "fix" not in p.assignments
@@ -424,13 +412,7 @@ def test_clean_keeps_the_worktree_a_pipeline_still_needs(setup: Setup) -> None:
 def test_a_failed_worker_asks_a_person(setup: Setup) -> None:
     machine = pipeline_setup(setup, None, review="[fake:approve]")
 
-    async def go() -> Any:
-        async with coordinator(setup) as c:
-            n = await new_issue(c, "Crash. [fake:fail]")
-            await c.assign(machine, "api", n)
-            return await drive(c, "api", n)
-
-    p = arun(go())
+    p = through(setup, machine, "Crash. [fake:fail]")
     assert p.stage == "needs-human" and "work stage ended with failed" in (p.reason or "")
     issue = arun(forge_of(setup).get_issue(p.issue))
     assert [x for x in issue.labels if x.startswith("status:")] == ["status:needs-human"]
