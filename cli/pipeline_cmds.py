@@ -166,12 +166,16 @@ def notify(state: State, as_json: bool) -> None:
         echo(line)
 
 
-def _screen(pipelines: list[Pipeline], report: PassReport, spent: float) -> list[str]:
+def _screen(
+    pipelines: list[Pipeline], report: PassReport, spent: float, workers: dict[str, int]
+) -> list[str]:
     stages: dict[str, int] = {}
     for p in pipelines:
         stages[p.stage] = stages.get(p.stage, 0) + 1
     head = "  ".join(f"{k}: {v}" for k, v in sorted(stages.items())) or "no issues"
     lines = [f"{time.strftime('%H:%M:%S')}  {head}  spent ${spent:.2f}"]
+    if workers:
+        lines.append("  workers: " + "  ".join(f"{m} {n}" for m, n in sorted(workers.items())))
     for p in pipelines:
         if not p.ended or p.stage == "needs-human":
             extra = f"  {p.reason}" if p.reason else ""
@@ -203,7 +207,10 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
             while True:
                 report = await c.advance()
                 spent = c.engine.ledger.session_spend()["usd"]
-                lines = _screen(report.pipelines, report, spent)
+                workers: dict[str, int] = {}
+                for a in c.board.live():
+                    workers[a.machine] = workers.get(a.machine, 0) + 1
+                lines = _screen(report.pipelines, report, spent, workers)
                 if tty:
                     click.echo("\x1b[H\x1b[2J", nl=False)  # our own escape: not printable()'d
                     echo("\n".join(lines))

@@ -133,3 +133,31 @@ def test_a_broken_playbook_refuses_the_assign_with_file_and_line(setup: Setup) -
     from coordlib.board import Board as B
 
     assert B(setup.root / ".coord" / "board.json").all() == []  # nothing was dispatched
+
+
+@pytest.mark.parametrize(
+    ("work", "said"),
+    [
+        ("briefing: work, model: gpt9", "stages.work.model: unknown model tier 'gpt9'"),
+        ("briefing: nosuch", "stages.work.briefing: no template nosuch.md.j2"),
+    ],
+)
+def test_a_playbook_naming_what_the_config_lacks_is_refused(
+    setup: Setup, work: str, said: str
+) -> None:
+    setup.add_local("local")
+    book = setup.root / "mine.yml"
+    book.write_text(
+        "name: mine\nstart: work\nstages:\n"
+        f"  work: {{run: worker, {work}, tools: [Read], next: {{done: test}}}}\n"
+        "  test: {run: test, next: {passed: ready-to-merge}}\n"
+    )
+    setup.extra["pipeline"] = {"playbook": str(book)}
+
+    async def go() -> None:
+        async with setup.coordinator() as c:
+            await c.assign("local", "api", 3, title="x")
+
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(go())
+    assert said in str(err.value) and f"{book}:4" in str(err.value)

@@ -47,6 +47,7 @@ __all__ = [
     "MAX_BRIEFING_BYTES",
     "check_briefing",
     "files_in_scope",
+    "has_template",
     "issue_context",
     "render_briefing",
 ]
@@ -133,6 +134,19 @@ def render_briefing(kind: str, context: Mapping[str, Any], *, user_dir: Path | N
             path=str(user_dir / name) if user_dir else name,
             hint=f"the variables are {', '.join(sorted(ctx))}",
         ) from exc
+
+
+def has_template(kind: str, *, user_dir: Path | None = None) -> bool:
+    """Tell whether the template ``<kind>.md.j2`` exists (the user's, or a shipped one)."""
+    import jinja2
+
+    try:
+        _environment(user_dir).get_template(f"{kind}.md.j2")
+    except jinja2.TemplateNotFound:
+        return False
+    except jinja2.TemplateError:
+        return True  # it exists; rendering will report what is wrong with it
+    return True
 
 
 def check_briefing(text: str, what: str = "briefing") -> str:

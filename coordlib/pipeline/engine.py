@@ -28,6 +28,7 @@ from ..board_pipelines import PIPELINES, Stale, put_pipeline
 from ..errors import (
     AssignmentNotFound,
     ClaimError,
+    ConfigError,
     CoordError,
     DispatchError,
     MachineError,
@@ -76,8 +77,33 @@ class Pipelines:
             if raw:
                 base = self.ctx.config.path.parent if self.ctx.config.path else Path.cwd()
                 path = base / os.path.expanduser(raw)
-            self._playbook = load_playbook(path)
+            self._playbook = self._checked(load_playbook(path))
         return self._playbook
+
+    def _checked(self, book: Playbook) -> Playbook:
+        """Check what a playbook names against this config: tiers and briefing templates."""
+        from ..briefings import has_template
+        from ..playbook import MODEL_POLICIES
+
+        where = str(book.path) if book.path else book.name
+        user_dir = self.actions.dispatcher._briefing_dir()
+        for s in book.stages.values():
+            if s.run != "worker":
+                continue
+            if s.model not in MODEL_POLICIES:
+                try:
+                    self.ctx.config.models.resolve(s.model)
+                except ConfigError as exc:
+                    raise ConfigError(f"stages.{s.name}.model: {exc.message}", path=where,
+                                      line=s.line or None, hint=exc.hint) from None  # fmt: skip
+            if s.briefing and not has_template(s.briefing, user_dir=user_dir):
+                raise ConfigError(
+                    f"stages.{s.name}.briefing: no template {s.briefing}.md.j2",
+                    path=where, line=s.line or None,
+                    hint="the shipped ones are work, review, fix, pr, smoke and conflict; "
+                    "or add yours to the briefings.dir of coordinator.yml",
+                )  # fmt: skip
+        return book
 
     def _stale_after(self) -> float:
         return self.ctx.config.pipeline.test_timeout + _ACTING_MARGIN
@@ -241,9 +267,12 @@ class Pipelines:
             if nxt is None or nxt in seen:
                 break
             try:
-                a = self.ctx.board.assignment(nxt)
+                b = self.ctx.board.assignment(nxt)
             except AssignmentNotFound:
                 break
+            if b.failure_class == "dispatch_failed":
+                break  # a retry that never started changes nothing
+            a = b
             seen.add(a.id)
         return a
 
@@ -314,8 +343,7 @@ class Pipelines:
             q.acting = None
             if started is None and q.current is not None:
                 row = txn.get(q.current) if q.current in txn else None
-                if row is None or (row.get("status") in ("failed", "done", "stopped", "lost")
-                                   and row.get("failure_class") == "dispatch_failed"):  # fmt: skip
+                if row is None or row.get("failure_class") == "dispatch_failed":
                     _forget(q, q.current)  # planned, never claimed, or never started
                 return
             if started is not None:
