@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from coordlib.pipeline.state import Pipeline
 
 
-@coord.command()
+@coord.command(short_help="Test a branch head on its machine.")
 @click.argument("id")
 @click.option("--passed", "verdict", flag_value="passed", help="Record a pass by hand.")
 @click.option("--failed", "verdict", flag_value="failed", help="Record a failure by hand.")
@@ -60,7 +60,7 @@ def test(state: State, id: str, verdict: str | None, reason: str, as_json: bool)
         sys.exit(1)
 
 
-@coord.command()
+@coord.command(short_help="Push a branch, open its PR, review it.")
 @click.argument("id")
 @click.option("--no-review", is_flag=True, help="Open the PR without a review.")
 @click.option("--json", "as_json", is_flag=True, help="Print {pr, review} as JSON.")
@@ -87,7 +87,7 @@ def pr(state: State, id: str, no_review: bool, as_json: bool) -> None:
         echo(f"review: {out['review']} (`coord watch {out['review']}`)")
 
 
-@coord.command()
+@coord.command(short_help="Run one fix round now.")
 @click.argument("id")
 @click.option("--guidance", "-g", default="", help="What the fix worker should do.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fix assignment as JSON.")
@@ -108,7 +108,7 @@ def fix(state: State, id: str, guidance: str, as_json: bool) -> None:
     echo_json(a.to_dict()) if as_json else echo(f"fix: {a.id} on {a.machine} ({a.model})")
 
 
-@coord.command()
+@coord.command(short_help="Send a review back to a fix worker.")
 @click.argument("review_id")
 @click.option("--reason", default="", help="The findings to fix (default: the review's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fix assignment as JSON.")
@@ -140,7 +140,7 @@ def _moves(report: PassReport) -> list[str]:
     return lines
 
 
-@coord.command()
+@coord.command(short_help="One pipeline pass over every issue.")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass's report as JSON.")
 @pass_state
 def notify(state: State, as_json: bool) -> None:
@@ -184,7 +184,7 @@ def _screen(
     return lines + [f"  {x}" for x in _moves(report)]
 
 
-@coord.command(name="run")
+@coord.command(name="run", short_help="Loop `coord notify` with a live summary.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=None,
               help="Seconds between passes (default: pipeline.interval, 30).")  # fmt: skip
 @click.option("--until-idle", is_flag=True, help="Return when nothing runs or waits.")
@@ -224,7 +224,7 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
     run(go)
 
 
-@coord.command()
+@coord.command(short_help="End the session; print what it did and cost.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_state
 def done(state: State, as_json: bool) -> None:
@@ -250,7 +250,7 @@ def done(state: State, as_json: bool) -> None:
         echo(f"  {k}: ${v:.2f}")
 
 
-@coord.command()
+@coord.command(short_help="Where each issue is in the pipeline.")
 @click.argument("issue", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the pipelines as JSON.")
 @pass_state
