@@ -146,13 +146,15 @@ class Board(PipelineTransitions):
         capacity: Capacity | None,
         replaces: str | None = None,
         retried: bool = False,
+        also: Callable[[Transaction, Assignment], None] | None = None,
     ) -> None:
         """Put a on the board as pending, unless its issue is taken or capacity is full.
 
         `capacity` None (``--force``) skips both checks.  `replaces` names the assignment a
         continues (or, with `retried`, retries): it may be live (a queued one) and is no
         clash; it is linked to a, and closed as failed if it was queued.  A session is
-        continued once only.
+        continued once only.  `also` makes a change of its own in the same transaction (the
+        issue entering its pipeline, so no crash after the dispatch can leave it out).
         """
 
         def change(txn: Transaction) -> None:
@@ -188,6 +190,8 @@ class Board(PipelineTransitions):
                     prev.finished_at = time.time()
                 txn.update(replaces, prev.to_dict())
             txn.insert(a.to_dict())
+            if also is not None:
+                also(txn, a)
 
         await self._grouped(change)
 
@@ -197,13 +201,11 @@ class Board(PipelineTransitions):
         *,
         base_sha: str | None,
         posted: Mapping[str, int | str | None] | None = None,
-        also: Callable[[Transaction, Assignment], None] | None = None,
     ) -> Assignment:
         """Record that a's worker was started: pending → running (if nothing moved it on).
 
         `posted` records trail stages claimed with the row: a comment's id, or None when it
-        could not be posted (the claim is dropped, for `post_pending` to try again).  `also`
-        makes a change of its own in the same transaction (the issue entering its pipeline).
+        could not be posted (the claim is dropped, for `post_pending` to try again).
         """
 
         def change(txn: Transaction) -> Assignment:
@@ -221,8 +223,6 @@ class Board(PipelineTransitions):
                         trail[stage] = comment
                 a.trail = trail
             txn.update(id, a.to_dict())
-            if also is not None:
-                also(txn, a)
             return a
 
         return await self._grouped(change)

@@ -225,7 +225,7 @@ class Dispatcher:
         force: bool = False,
         also: Callable[[Transaction, Assignment], None] | None = None,
     ) -> Assignment:
-        """See `Coordinator.assign`; `also` is made in the start's transaction."""
+        """See `Coordinator.assign`; `also` is made in the claim's transaction."""
         board = self.ctx.board
         live = self._live_rows()
         titled = bool((title or "").strip()) or briefing is not None
@@ -266,8 +266,9 @@ class Dispatcher:
         a.sender_host, a.sender_pid = self.ctx.host, os.getpid()
         capacity = None if force else self._capacity(a.machine)
         await self.ctx.board.claim(
-            a, capacity=capacity, replaces=replaces.id if replaces else None, retried=retried
-        )
+            a, capacity=capacity, replaces=replaces.id if replaces else None, retried=retried,
+            also=also,
+        )  # fmt: skip
         self._live = None  # the next assign reads the board again: it holds a new row
         # Until its dispatch returns, a status in this process (another task's `wait`) must
         # not take the row's missing run for a lost one.
@@ -280,7 +281,7 @@ class Dispatcher:
         if a.trail_off is None:
             labels = issue.labels if issue is not None else None
             posted["dispatch"] = await self.ctx.trail.post_dispatch(a, text, labels)
-        return await self.ctx.board.started(a.id, base_sha=started.head, posted=posted, also=also)
+        return await self.ctx.board.started(a.id, base_sha=started.head, posted=posted)
 
     async def _send(
         self, a: Assignment, text: str, launch: LaunchSpec, *, mode: DispatchMode

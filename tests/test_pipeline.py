@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from coordlib import Status
-from coordlib.errors import ClaimError
+from coordlib.errors import ClaimError, CoordError
 from coordlib.forge.local import LocalForge
 from coordlib.testing import SSHServer
 
@@ -34,7 +34,9 @@ def arun(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def pipeline_setup(setup: Setup, sshd: SSHServer | None, *, review: str, fix: str = "") -> str:
+def pipeline_setup(
+    setup: Setup, sshd: SSHServer | None, *, review: str, fix: str = "", **machine: Any
+) -> str:
     """Configure the machine, the repo's test and the stage templates; return the machine."""
     briefings = setup.root / "briefings"
     briefings.mkdir(exist_ok=True)
@@ -47,10 +49,10 @@ def pipeline_setup(setup: Setup, sshd: SSHServer | None, *, review: str, fix: st
         + "\n"
     )
     if sshd is not None:
-        setup.add_ssh(sshd, "remote")
+        setup.add_ssh(sshd, "remote", **machine)
         name = "remote"
     else:
-        setup.add_local("local")
+        setup.add_local("local", **machine)
         name = "local"
     setup.extra["briefings"] = {"dir": str(briefings)}
     setup.extra.setdefault("models", {"default": "haiku"})
@@ -480,3 +482,48 @@ def test_the_session_budget_pauses_dispatch_until_done(setup: Setup) -> None:
     assert summary["cost_usd"] > 0 and f"api#{after.issue}" in summary["cost_by_issue"]
     assert list(report_dir.glob("summary-*.md"))  # the built-in hook wrote its report
     assert after.stage == "ready-to-merge"  # a new session: dispatch goes on
+
+
+class _Killed(BaseException):
+    """Stands for the coordinator dying (SIGKILL) at that point."""
+
+
+def test_an_assign_killed_after_its_dispatch_still_enters_the_pipeline(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]")
+
+    async def kill_it() -> int:
+        async with coordinator(setup) as c:
+            n = await new_issue(c, "Write it. [fake:ok:hello]")
+
+            async def die(*args: Any, **kwargs: Any) -> Any:
+                raise _Killed
+
+            c.forge("api").comment = die  # dies posting the briefing: the worker runs already
+            with pytest.raises(_Killed):
+                await c.assign(machine, "api", n)
+            return n
+
+    n = arun(kill_it())
+
+    async def carry_on() -> Any:
+        async with coordinator(setup) as c:
+            p = c.board.pipeline("api", n)
+            assert p is not None and p.current is not None  # entered with the claim
+            return await drive(c, "api", n)
+
+    p = arun(carry_on())
+    assert p.stage == "ready-to-merge", p
+
+
+def test_an_assign_that_never_started_leaves_the_issue_to_a_person(setup: Setup) -> None:
+    pipeline_setup(setup, None, review="[fake:approve]", env={"KEY": "${COORD_TEST_NOT_SET}"})
+
+    async def go() -> Any:
+        async with coordinator(setup) as c:
+            n = await new_issue(c, "Write it. [fake:ok:hello]")
+            with pytest.raises(CoordError, match="COORD_TEST_NOT_SET"):
+                await c.assign("local", "api", n)
+            return await drive(c, "api", n)
+
+    p = arun(go())
+    assert p.stage == "needs-human" and "dispatch_failed" in (p.reason or "")

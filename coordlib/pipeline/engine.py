@@ -194,7 +194,11 @@ class Pipelines:
                 # Recorded, then the process died before the claim: dispatch it again.
                 return self._change(p, lambda q: _forget(q, q.current))
             if a.failure_class == "dispatch_failed" and a.id == p.current:
-                # Nothing ran (the machine refused, or was not reached): the next pass tries.
+                if not p.branch or a.branch != p.branch or stage.name == self.playbook.start:
+                    # A person's `coord assign` that never started: they were told; the
+                    # issue waits for them (a later assign starts it afresh).
+                    return await self._outcome(p, a, "failed", report)
+                # A stage the engine started that never ran: the next pass tries again.
                 report.errors.append(f"{p.key}: {a.id} did not start: {a.error}")
                 self._change(p, lambda q: _forget(q, a.id))
                 return False
@@ -376,6 +380,8 @@ class Pipelines:
             if stage.round:
                 q.guidance = ""  # a person's words were for that round
             q.costs = {**q.costs, **costs}
+            if a is not None and a.branch == q.branch and not q.base_sha:
+                q.base_sha = a.base_sha  # known once the work started (entered at its claim)
             if verdict is not None:
                 q.note_verdict({"stage": stage.name, "outcome": outcome, **verdict})
             if stage.verdict and a is not None:
