@@ -26,13 +26,19 @@ from coordlib import Status
 from coordlib.errors import MachineError, ProtocolError, UsageError
 from coordlib.runtime import answers
 from coordlib.runtime.answers import (
+    Landed,
     Pushed,
+    Stacked,
+    StackStep,
     Started,
     failure_reason,
     parse_clean,
     parse_dispatch,
     parse_frame,
+    parse_land,
     parse_push,
+    parse_stack,
+    parse_status,
     parse_stop,
     parse_test,
 )
@@ -42,6 +48,8 @@ from coordlib.runtime.protocol import (
     HEADER,
     LAUNCHER,
     PROTOCOL_VERSION,
+    STACK_WORKTREE,
+    STACKS,
     TEST_LOG,
     TEST_RESULT,
     TEST_TAIL,
@@ -53,13 +61,16 @@ from coordlib.runtime.protocol import (
     ExitCode,
     ExitReason,
     Scope,
+    StackMethod,
     Want,
     clean_command,
     dispatch_command,
+    land_command,
     launcher_hash,
     launcher_script,
     push_command,
     remote_script,
+    stack_command,
     status_command,
     stop_command,
     tail_command,
@@ -116,7 +127,8 @@ def test_every_verb_has_one_section_in_the_verbs_scripts() -> None:
     }
     everywhere = sections["remote.sh"] + sections["branch.sh"]
     assert sorted(everywhere) == sorted([*VERBS, "verbs"])  # none twice, none missing
-    assert sections["remote.sh"][-1] == "verbs" and sections["branch.sh"] == ["test", "push"]
+    assert sections["remote.sh"][-1] == "verbs"
+    assert sections["branch.sh"] == ["test", "push", "stack", "land"]
     # What branch.sh has before its first section holds functions only: nothing runs there.
     shared = code_of(BRANCH_SH[: BRANCH_SH.index("# -----")])
     outside = re.sub(r"^\w+\(\) \{.*?^\}$", "", shared, flags=re.M | re.S)
@@ -153,6 +165,7 @@ def test_the_choices_the_scripts_take_are_the_declared_ones() -> None:
         ("clean", "keep_runs"): ["0", "1"],
         ("tail", "file"): list(TAIL_FILES),
         ("tail", "follow"): ["0", "1"],
+        ("stack", "method"): list(StackMethod),
     }
 
 
@@ -174,7 +187,8 @@ def test_every_exit_code_the_scripts_use_is_declared_and_every_declared_one_is_u
     assert {c for c in ExitCode if c != ExitCode.OK} <= everything
     assert {ExitCode.USAGE} <= set(used["common.sh"])
     assert {c for c in ExitCode if 10 <= c <= 20} <= set(used["remote.sh"])  # dispatch's
-    assert {c for c in ExitCode if 21 <= c <= 24} <= set(used["branch.sh"])  # test's and push's
+    # test's, push's, stack's and land's
+    assert {c for c in ExitCode if 21 <= c <= 27} <= set(used["branch.sh"])
     assert {c for c in ExitCode if c >= 124} <= set(used["launcher.sh"])
     # Nothing exits with a number it computed from text: the other exits pass a status on.
     others = EXITS.findall(code_of(EVERYTHING))
@@ -225,6 +239,10 @@ def test_the_layouts_names_are_the_ones_the_scripts_use() -> None:
     assert f'dir="$workdir/{TESTS}/$id"' in test
     assert set(re.findall(r'"\$dir/([\w.]+)"', test)) == {TEST_LOG, TEST_RESULT, TEST_WORKTREE}
     assert re.findall(r"^TEST_TAIL=(\d+)", BRANCH_SH, re.M) == [str(TEST_TAIL)]
+    # A stack's: its dir, and its worktree there.
+    stack = code_of(functions(BRANCH_SH)["cmd_stack"])
+    assert f'dir="$workdir/{STACKS}/$id"' in stack
+    assert f'S_WT="$dir/{STACK_WORKTREE}"' in stack
 
 
 def test_layout_names_the_paths_of_a_workdir() -> None:
@@ -358,6 +376,70 @@ def test_push_command() -> None:
             push_command("~/src/api", bad)
 
 
+def test_stack_command_sends_each_message_sized_on_stdin() -> None:
+    argv, payload = stack_command(
+        "~/.coord", "api-stack-1f3a", "~/src/api", "main", StackMethod.SQUASH,
+        [("issue-1-x", "Merge #1\n\nBody é"), ("issue-22-r2", "$(id) `id`")],
+    )  # fmt: skip
+    assert argv[:6] == ["bash", "--norc", "-c", remote_script("stack"), HEADER, "stack"]
+    assert argv[6:] == ["~/.coord", "api-stack-1f3a", "~/src/api", "main", "squash",
+                        str(len(payload)), "issue-1-x", "issue-22-r2"]  # fmt: skip
+    assert payload == "17\nMerge #1\n\nBody é10\n$(id) `id`".encode()
+    # The method may be given as the config has it: a plain string.
+    assert stack_command("w", "s-1", "r", "release/2.x", "rebase", [("issue-1", "m")])[0][-4:] == [
+        "release/2.x", "rebase", "3", "issue-1"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"method": "octopus"}, "method"),
+        ({"method": "merge;id"}, "method"),
+        ({"base": "-b"}, "base branch"),
+        ({"base": "main:refs/heads/x"}, "base branch"),
+        ({"base": "main~1"}, "base branch"),
+        ({"base": ""}, "base branch"),
+        ({"id": "s$(id)"}, "stack id"),
+        ({"id": "../x"}, "stack id"),
+        ({"repo_path": "-C/x"}, "repo path"),
+        ({"workdir": ""}, "workdir"),
+        ({"branches": []}, "no branch"),
+        ({"branches": [("main", "m")]}, "branch"),
+        ({"branches": [("issue-1", "m"), ("--force", "m")]}, "branch"),
+        ({"branches": [("issue-1", "m"), ("issue-1", "n")]}, "given twice"),
+        ({"branches": [("issue-1", "")]}, "empty"),
+        ({"branches": [("issue-1", " \n\t")]}, "empty"),
+        ({"branches": [("issue-1", "a\0b")]}, "NUL"),
+    ],
+)
+def test_stack_command_refuses_bad_arguments(overrides: dict[str, Any], match: str) -> None:
+    kwargs: dict[str, Any] = {
+        "workdir": "w", "id": "s-1", "repo_path": "r", "base": "main", "method": "merge",
+        "branches": [("issue-1", "m")], **overrides,
+    }  # fmt: skip
+    with pytest.raises(UsageError, match=f"remote command stack: .*{match}"):
+        stack_command(**kwargs)
+
+
+def test_land_command() -> None:
+    other = "f" * 64
+    assert land_command("~/src/api", "main", SHA, other)[5:] == [
+        "land", "~/src/api", "main", SHA, other
+    ]  # fmt: skip
+    for args, what in (
+        (("r", "main", "HEAD", SHA), "sha"),
+        (("r", "main", SHA[:39], SHA), "sha"),
+        (("r", "main", SHA.upper(), SHA), "sha"),
+        (("r", "main", SHA, "main"), "expected sha"),
+        (("r", "--force", SHA, SHA), "base branch"),
+        (("r", "+main", SHA, SHA), "base branch"),
+        (("-r", "main", SHA, SHA), "repo path"),
+    ):
+        with pytest.raises(UsageError, match=f"remote command land: {what}"):
+            land_command(*args)
+
+
 def test_no_command_but_dispatch_carries_the_launcher() -> None:
     own = LAUNCHER_SH[LAUNCHER_SH.index("cmd_run() {") :]
     assert own not in remote_script() and own in launcher_script()
@@ -368,6 +450,8 @@ def test_no_command_but_dispatch_carries_the_launcher() -> None:
         clean_command("w", CleanMode.CHECK, keep_runs=False, runs=[])[0],
         test_command("w", "t-1", "r", SHA, build="make", test="make test", timeout=9)[0],
         push_command("r", "issue-1"),
+        stack_command("w", "s-1", "r", "main", "merge", [("issue-1", "m")])[0],
+        land_command("r", "main", SHA, SHA),
         dispatch()[0],
     ):
         assert not any(own in word for word in argv)
@@ -410,6 +494,18 @@ def test_the_frame_parser_reads_header_fields_records_and_payloads() -> None:
 def test_the_frame_parser_refuses_what_is_not_a_whole_frame(data: bytes, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         parse_frame(data, "stop", machine="box")
+
+
+def test_a_payloads_line_may_name_fields_before_its_size() -> None:
+    data = b"coord-run 2 stack\nfiles branch=issue-1 3\na b\nend\n"
+    assert parse_frame(data, "stack").records == [("files", "branch=issue-1 3", b"a b")]
+    for line in (b"files branch=issue-1 x", b"files x 3", b"files 3", b"files branch=issue-1 -3",
+                 b"files Branch=x 3", b"files branch=issue-1 3 4"):  # fmt: skip
+        with pytest.raises(ProtocolError, match="bad files line"):
+            parse_frame(b"coord-run 2 stack\n" + line + b"\n\nend\n", "stack")
+    # A status's events line still takes numbers only.
+    with pytest.raises(ProtocolError, match="bad events line"):
+        parse_status(b"coord-run 2 status\nrun r1 alive=1 size=1\nevents a=1 1\nx\nend\n")
 
 
 def test_dispatch_answer() -> None:
@@ -508,6 +604,82 @@ def test_push_answer() -> None:
     ):
         with pytest.raises(ProtocolError, match="push answer"):
             parse_push(b"coord-run 2 push\n" + bad, machine="box")
+
+
+OTHER = "fedcba9876543210fedcba9876543210fedcba98"
+STACK = (
+    f"coord-run 2 stack\nbase sha={SHA}\n"
+    f"applied branch=issue-1-x sha={OTHER}\nfiles branch=issue-1-x 15\na.py\ndir/b c.py\n"
+    "conflict branch=issue-2 4\na.py\nfiles branch=issue-2 9\na.py\nc.py\n\n"
+    "missing branch=issue-3\n"
+    "end\n"
+)
+
+
+def test_stack_answer() -> None:
+    said = parse_stack(STACK.encode(), machine="box")
+    assert said == Stacked(
+        base=SHA,
+        steps=(
+            StackStep("issue-1-x", "applied", OTHER, files=("a.py", "dir/b c.py")),
+            StackStep("issue-2", "conflict", None, files=("a.py", "c.py"), conflicts=("a.py",)),
+            StackStep("issue-3", "missing"),
+        ),
+    )
+    assert said.head == OTHER  # the last applied branch's commit
+    empty = parse_stack(
+        f"coord-run 2 stack\nbase sha={SHA}\nmissing branch=issue-3\nend\n".encode()
+    )
+    assert empty.head == SHA and empty.steps == (StackStep("issue-3", "missing"),)
+    # A path that is not UTF-8 is read with U+FFFD for what is not.
+    odd = (
+        f"coord-run 2 stack\nbase sha={SHA}\nconflict branch=issue-2 2\n\xff\n\n"
+        "files branch=issue-2 0\n\nend\n"
+    )
+    assert parse_stack(odd.encode("latin-1")).steps[0].conflicts == ("\ufffd",)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("end\n", "no base line first"),
+        (f"missing branch=issue-3\nbase sha={SHA}\nend\n", "no base line first"),
+        ("base sha=HEAD\nend\n", "bad base line"),
+        (f"base sha={SHA}\nbase sha={SHA}\nend\n", "unexpected base line"),
+        (f"base sha={SHA}\napplied branch=issue-1 sha=x\nfiles branch=issue-1 0\n\nend\n",
+         "bad applied line"),
+        (f"base sha={SHA}\napplied branch=main sha={SHA}\nfiles branch=main 0\n\nend\n",
+         "unexpected applied line"),
+        (f"base sha={SHA}\napplied branch=issue-1 sha={SHA}\nend\n", "no files line after"),
+        (f"base sha={SHA}\napplied branch=issue-1 sha={SHA}\nfiles branch=issue-2 0\n\nend\n",
+         "no files line after"),
+        (f"base sha={SHA}\nconflict branch=issue-1 0\n\nmissing branch=issue-2\nend\n",
+         "no files line after"),
+        (f"base sha={SHA}\nfiles branch=issue-1 0\n\nend\n", "unexpected files line"),
+        (f"base sha={SHA}\nmissing branch=issue-1\nmissing branch=issue-1\nend\n",
+         "unexpected missing line"),
+        (f"base sha={SHA}\nmissing branch=issue-1\nlanded base=main sha={SHA}\nend\n",
+         "unexpected line"),
+        (f"base sha={SHA}\nconflict branch=issue-1 9\na.py\nend\n", "truncated"),
+    ],
+    ids=lambda x: str(x)[-40:] if isinstance(x, str) else None,
+)  # fmt: skip
+def test_a_stack_answer_that_is_not_whole_is_refused(body: str, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        parse_stack(b"coord-run 2 stack\n" + body.encode(), machine="box")
+
+
+def test_land_answer() -> None:
+    data = f"coord-run 2 land\nlanded base=release/2.x sha={SHA}\nend\n".encode()
+    assert parse_land(data) == Landed("release/2.x", SHA)
+    for bad in (
+        b"end\n",
+        f"landed base=-x sha={SHA}\nend\n".encode(),
+        b"landed base=main sha=HEAD\nend\n",
+        f"landed base=main sha={SHA}\nlanded base=main sha={SHA}\nend\n".encode(),
+    ):
+        with pytest.raises(ProtocolError, match="land answer"):
+            parse_land(b"coord-run 2 land\n" + bad, machine="box")
 
 
 def test_failure_reason_is_the_scripts_last_line_with_gits_causes() -> None:

@@ -15,21 +15,36 @@ from typing import Any, ClassVar, NamedTuple
 
 from ..assignment import ID_PATTERN
 from ..errors import ProtocolError
-from .protocol import BRANCH, HEADER, NUMBER, PROTOCOL_VERSION, TEST_PHASES, VERBS, ExitReason
+from .protocol import (
+    BASE_BRANCH,
+    BRANCH,
+    HEADER,
+    NUMBER,
+    PROTOCOL_VERSION,
+    SHA,
+    TEST_PHASES,
+    VERBS,
+    ExitReason,
+)
 
 __all__ = [
     "Frame",
+    "Landed",
     "MachineProbe",
     "Pushed",
     "Record",
     "RunProbe",
+    "StackStep",
+    "Stacked",
     "Started",
     "Tested",
     "failure_reason",
     "parse_clean",
     "parse_dispatch",
     "parse_frame",
+    "parse_land",
     "parse_push",
+    "parse_stack",
     "parse_status",
     "parse_stop",
     "parse_test",
@@ -51,6 +66,10 @@ class Frame:
     verb: str
     fields: Mapping[str, str]
     records: list[Record]
+
+
+# A word of a payload's line before its size: a number, or a field (stack's branch=B).
+_WORD = re.compile(rf"{NUMBER.pattern}|[a-z_]+=\S*")
 
 
 def _error(verb: str, detail: str, machine: str | None) -> ProtocolError:
@@ -92,7 +111,10 @@ def parse_frame(data: bytes, verb: str, *, machine: str | None = None) -> Frame:
             records.append(Record(kind, text))
             continue
         words = text.split(" ")
-        if len(words) != words_n or not all(NUMBER.fullmatch(w) for w in words):
+        if (
+            len(words) != words_n or not NUMBER.fullmatch(words[-1])
+            or not all(_WORD.fullmatch(w) for w in words[:-1])
+        ):  # fmt: skip
             raise _error(verb, f"bad {kind} line {line[:80]!r}", machine)
         n = int(words[-1])
         payload = data[pos : pos + n]
@@ -115,7 +137,7 @@ def _exit_record(text: str) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ dispatch's answer
 
-_HEAD = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_HEAD = SHA
 
 
 @dataclass(frozen=True)
@@ -222,7 +244,10 @@ def parse_status(data: bytes, *, machine: str | None = None) -> MachineProbe:
             current.exit = _exit_record(text)
         elif kind == "events":
             assert current is not None
-            current.events_offset, current.events = int(text.split(" ")[0]), payload
+            offset = text.split(" ")[0]
+            if not NUMBER.fullmatch(offset):
+                raise _error("status", f"bad events line {text[:80]!r}", machine)
+            current.events_offset, current.events = int(offset), payload
         elif kind == "stderr":
             assert current is not None
             current.stderr = payload
@@ -340,3 +365,103 @@ def parse_push(stdout: bytes, *, machine: str | None = None) -> Pushed:
     if not (BRANCH.fullmatch(branch) and _HEAD.fullmatch(sha)):
         raise _error("push", f"bad pushed line {pushed.text[:120]!r}", machine)
     return Pushed(branch, sha)
+
+
+# ------------------------------------------------------------------ stack's and land's answers
+#
+#   coord-run 2 stack
+#   base sha=<commit>
+#   applied branch=<branch> sha=<commit>       then its files record; or
+#   conflict branch=<branch> <n>               the conflicting paths, then its files record; or
+#   <n raw bytes>\n
+#   missing branch=<branch>
+#   files branch=<branch> <n>                  the paths the branch changes, one a line
+#   <n raw bytes>\n
+#   end
+#
+#   coord-run 2 land
+#   landed base=<branch> sha=<commit>
+#   end
+
+_STACK_STATES = ("applied", "conflict", "missing")
+
+
+@dataclass(frozen=True)
+class StackStep:
+    """What became of one branch of a stack."""
+
+    branch: str
+    state: str  # "applied", "conflict" (left out of the stack) or "missing" (no such branch)
+    sha: str | None = None  # applied: the stack's head with the branch on it
+    files: tuple[str, ...] = ()  # the paths the branch changes against the base
+    conflicts: tuple[str, ...] = ()  # conflict: the paths that conflicted
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """A stack: the commit it was made on, and each branch in order."""
+
+    base: str
+    steps: tuple[StackStep, ...]
+
+    @property
+    def head(self) -> str:
+        """The stack's top commit: the last applied branch's, or the base if none applied."""
+        return next((s.sha for s in reversed(self.steps) if s.sha), self.base)
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(w.split("=", 1) for w in text.split(" ") if "=" in w)
+
+
+def _paths(payload: bytes | None) -> tuple[str, ...]:
+    return tuple(p for p in (payload or b"").decode("utf-8", "replace").split("\n") if p)
+
+
+def parse_stack(stdout: bytes, *, machine: str | None = None) -> Stacked:
+    """Parse a stack's answer into a `Stacked`."""
+    records = parse_frame(stdout, "stack", machine=machine).records
+    if not records or records[0].kind != "base":
+        raise _error("stack", "no base line first", machine)
+    base = _fields(records[0].text).get("sha", "")
+    if not _HEAD.fullmatch(base):
+        raise _error("stack", f"bad base line {records[0].text[:120]!r}", machine)
+    steps: list[StackStep] = []
+    seen: set[str] = set()
+    rest = iter(records[1:])
+    for record in rest:
+        said = _fields(record.text)
+        branch = said.get("branch", "")
+        if record.kind not in _STACK_STATES or not BRANCH.fullmatch(branch) or branch in seen:
+            raise _error("stack", f"unexpected {record.kind} line {record.text[:120]!r}", machine)
+        seen.add(branch)
+        if record.kind == "missing":
+            steps.append(StackStep(branch, "missing"))
+            continue
+        sha = said.get("sha") if record.kind == "applied" else None
+        if record.kind == "applied" and not _HEAD.fullmatch(sha or ""):
+            raise _error("stack", f"bad applied line {record.text[:120]!r}", machine)
+        files = next(rest, None)  # each applied or conflict record is followed by its files
+        if files is None or files.kind != "files" or _fields(files.text).get("branch") != branch:
+            raise _error("stack", f"no files line after {record.text[:120]!r}", machine)
+        conflicts = _paths(record.payload) if record.kind == "conflict" else ()
+        steps.append(StackStep(branch, record.kind, sha, _paths(files.payload), conflicts))
+    return Stacked(base, tuple(steps))
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What a land pushed: origin's base branch now names the commit."""
+
+    base: str
+    sha: str
+
+
+def parse_land(stdout: bytes, *, machine: str | None = None) -> Landed:
+    """Parse a land's answer into a `Landed`."""
+    (landed,) = _single(parse_frame(stdout, "land", machine=machine), ("landed",), machine)
+    said = _fields(landed.text)
+    base, sha = said.get("base", ""), said.get("sha", "")
+    if not (BASE_BRANCH.fullmatch(base) and _HEAD.fullmatch(sha)):
+        raise _error("land", f"bad landed line {landed.text[:120]!r}", machine)
+    return Landed(base, sha)

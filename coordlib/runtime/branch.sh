@@ -1,6 +1,6 @@
 # coord-run's verbs on a repo's commits and branches.  Sent like remote.sh's (see
 # protocol.remote_script): the common part, then what this file has before its first section
-# (the checks both verbs share), the verb's own section, then remote.sh's verb table.
+# (the checks the verbs share), the verb's own section, then remote.sh's verb table.
 #
 #   test WORKDIR ID REPO_PATH REF N_BUILD N_TEST TIMEOUT
 #        stdin: the build command, then the test command (byte counts given; 0: none).
@@ -10,10 +10,20 @@
 #        removes the worktree and writes tests/ID/result.json.  Tests that fail are an
 #        answer ("tested exit=N phase=test"), not a failure of the verb.
 #   push REPO_PATH BRANCH   push the branch, as the repo has it now, to the repo's origin
+#   stack WORKDIR ID REPO_PATH BASE METHOD N_MSGS BRANCH...
+#        stdin: per branch, in order, its commit message as "SIZE\n" then SIZE bytes
+#        (N_MSGS bytes in all).  Fetches BASE and the branches from origin, then applies
+#        the branches one after another (merge, squash or rebase) on BASE in a detached
+#        worktree WORKDIR/stacks/ID/wt, which it removes again: the commits stay in the
+#        repo, to be tested and landed by their sha.  A branch that conflicts is left out
+#        (an answer, not a failure), and the stack goes on without it.
+#   land REPO_PATH BASE SHA EXPECTED
+#        push commit SHA to origin's BASE if origin's BASE is still EXPECTED (an ancestor
+#        of SHA: a land is always a fast-forward), and only then.
 #
-# Neither takes anything from its arguments but words checked here: git reads none of them as
-# an option (refs go as refs/heads/B or a sha), and the commands a test runs come from the
-# coordinator's config on stdin, never from an argument.
+# None takes anything from its arguments but words checked here: git reads none of them as
+# an option (refs go as refs/heads/B or a sha), and the commands a test runs and the
+# messages a stack commits come from the coordinator on stdin, never from an argument.
 
 is_branch() { # is_branch TEXT -> status 0 when TEXT is a branch coord names: issue-<N>[-<slug>][-r<K>]
     # Words of [a-z0-9] joined by single hyphens, "issue" then a number (protocol.BRANCH),
@@ -31,16 +41,24 @@ need_branch() { # need_branch VERB TEXT: exit 2 unless TEXT is a branch coord na
     die 2 "$1: branch '$s' is not one coord names (issue-<N>[-<slug>][-r<K>])"
 }
 
+is_sha() { # is_sha TEXT -> status 0 when TEXT is a commit's full sha (40 or 64 hex digits)
+    case ${#1} in 40 | 64) [[ $1 != *[!0-9a-f]* ]] ;; *) return 1 ;; esac
+}
+
+need_sha() { # need_sha VERB WHAT TEXT: exit 2 unless TEXT is a commit's full sha
+    is_sha "$3" && return 0
+    local s
+    shown s "$3"
+    die 2 "$1: $2 '$s' is not a commit's sha (40 hex digits)"
+}
+
 need_ref() { # need_ref VERB TEXT: exit 2 unless TEXT is a commit's sha or a branch coord names
-    case ${#2} in 40 | 64) [[ $2 != *[!0-9a-f]* ]] && return 0 ;; esac
+    is_sha "$2" && return 0
     is_branch "$2" && return 0
     local s
     shown s "$2"
     die 2 "$1: ref '$s' is neither a commit's sha (40 hex digits) nor a branch coord names (issue-<N>[-<slug>][-r<K>])"
 }
-
-# ---------------------------------------------------------------- test
-TEST_TAIL=4000 # the bytes of output.log's end that the answer carries (protocol.TEST_TAIL)
 
 read_command() { # read_command VAR N: set VAR to exactly N bytes of stdin, or status 1
     local LC_ALL=C _cmd="" # C: N counts bytes, and bytes pass as they are
@@ -50,6 +68,9 @@ read_command() { # read_command VAR N: set VAR to exactly N bytes of stdin, or s
     # A command cut short (or with a NUL, which read drops) would run as something else.
     [ "${#_cmd}" -eq "$2" ] && printf -v "$1" '%s' "$_cmd"
 }
+
+# ---------------------------------------------------------------- test
+TEST_TAIL=4000 # the bytes of output.log's end that the answer carries (protocol.TEST_TAIL)
 
 test_worktree_gone() { # remove the test's worktree, whatever its commands left in it
     [ -n "${T_WT:-}" ] || return 0
@@ -203,4 +224,251 @@ cmd_push() {
         die 24 "git push origin $branch failed in $repo: ${why:0:400}"
     fi
     printf '%s push\npushed branch=%s sha=%s\nend\n' "$PROTOCOL" "$branch" "$sha"
+}
+
+# ---------------------------------------------------------------- stack
+stack_gone() { # remove the stack's worktree and its directory (its commits stay in the repo)
+    if [ -n "${S_WT:-}" ]; then
+        git -C "$S_REPO" worktree remove --force "$S_WT" >/dev/null 2>&1 || rm -rf -- "$S_WT"
+        git -C "$S_REPO" worktree prune >/dev/null 2>&1
+        S_WT=""
+    fi
+    [ -z "${S_DIR:-}" ] || rm -rf -- "$S_DIR"
+    S_DIR=""
+}
+
+stack_failed() { # stack_failed CODE MESSAGE: undo a stack that could not be made
+    stack_gone
+}
+
+stack_stopped() { # stack_stopped STATUS: a signal ends the verb: remove what it made
+    trap - HUP INT TERM
+    stack_gone
+    exit "$1"
+}
+
+cmd_stack() {
+    need_args stack $# 6 "WORKDIR ID REPO_PATH BASE METHOD N_MSGS [BRANCH...]" 1
+    need_path stack workdir "$1"
+    need_id stack "$2"
+    need_path stack "repo path" "$3"
+    need_shape stack "base branch" "$4" A-Za-z0-9_ A-Za-z0-9._/- 200
+    need_word stack method "$5" merge squash rebase
+    need_num stack "messages size" "$6"
+    (($# > 6)) || die 2 "stack: expected WORKDIR ID REPO_PATH BASE METHOD N_MSGS BRANCH..., got no branch"
+    # C: sizes count bytes, and a message's bytes pass as they are.
+    local LC_ALL=C workdir repo id=$2 base=$4 method=$5 b n msg all="" gitdir dir
+    local -a branches=("${@:7}") msgs=()
+    local -A seen=() remote=()
+    for b in "${branches[@]}"; do
+        need_branch stack "$b"
+        [ -z "${seen[$b]:-}" ] || die 2 "stack: branch $b is given twice"
+        seen[$b]=1
+    done
+    home_path workdir "$1" && home_path repo "$3"
+    dir="$workdir/stacks/$id"
+    # The messages: each "SIZE\n" then SIZE bytes, and nothing after the last.
+    read_command all "$6" || die 15 "the commit messages arrived truncated"
+    for b in "${branches[@]}"; do
+        [[ $all == *$'\n'* ]] || die 15 "the commit message for $b did not arrive"
+        n=${all%%$'\n'*}
+        all=${all#*$'\n'}
+        valid_num "$n" && ((n <= ${#all})) || die 15 "the commit message for $b arrived truncated"
+        msg=${all:0:n}
+        all=${all:n}
+        [[ $msg == *[![:space:]]* ]] || die 2 "stack: the commit message for $b is empty"
+        msgs+=("$msg")
+    done
+    [ -z "$all" ] || die 15 "the commit messages arrived with ${#all} bytes too many"
+
+    command -v git >/dev/null 2>&1 || die 20 "git is not installed on this machine (apt-get install git)"
+    gitdir=$(git -C "$repo" rev-parse --git-common-dir 2>/dev/null) ||
+        die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
+    case $gitdir in /*) ;; *) gitdir="$repo/$gitdir" ;; esac
+
+    mkdir -p "$workdir/stacks" "$workdir/locks" ||
+        die 14 "cannot create the directories under $workdir (disk full?)"
+    [ -e "$dir" ] && die 13 "stack directory $dir already exists (each stack needs an id of its own)"
+    mkdir "$dir" 2>/dev/null || die 13 "cannot create the stack directory $dir (disk full, or it exists)"
+    S_DIR=$dir S_REPO=$repo S_WT="" ON_DIE=stack_failed
+    trap 'stack_stopped 129' HUP
+    trap 'stack_stopped 130' INT
+    trap 'stack_stopped 143' TERM
+    # The fetch and git worktree add take git's lock files as a dispatch's do: its lock.
+    if command -v flock >/dev/null 2>&1; then
+        { exec 9>>"$gitdir/coord-dispatch.lock"; } 2>/dev/null ||
+            exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
+        flock -w 120 9 || die 18 "another dispatch, test or stack has held the lock on $repo for 120 s"
+    fi
+
+    # origin's base and branches, in one fetch; if one of them is not there, origin is asked
+    # which are, and those are fetched.  (A branch origin lacks is taken from the repo.)
+    local base_sha cand listed ref got_base=0
+    local -a specs=()
+    if git -C "$repo" remote get-url origin >/dev/null 2>&1; then
+        for b in "$base" "${branches[@]}"; do specs+=("+refs/heads/$b:refs/remotes/origin/$b"); done
+        if GIT_TERMINAL_PROMPT=0 git -C "$repo" fetch --quiet origin "${specs[@]}" </dev/null 2>/dev/null; then
+            for b in "${branches[@]}"; do remote[$b]=1; done
+        else
+            listed=$(GIT_TERMINAL_PROMPT=0 git -C "$repo" ls-remote origin "refs/heads/$base" \
+                "${branches[@]/#/refs/heads/}" </dev/null) ||
+                die 11 "git ls-remote origin failed in $repo (cannot reach origin?)"
+            specs=()
+            while IFS=$'\t' read -r _ ref; do
+                b=${ref#refs/heads/}
+                [ "$ref" = "refs/heads/$b" ] || continue
+                if [ "$b" = "$base" ]; then
+                    specs+=("+$ref:refs/remotes/origin/$b")
+                    got_base=1
+                elif is_branch "$b" && [ -n "${seen[$b]:-}" ]; then
+                    specs+=("+$ref:refs/remotes/origin/$b")
+                    remote[$b]=1
+                fi
+            done <<<"$listed"
+            ((got_base)) ||
+                die 25 "origin has no branch $base (the base to stack on) for $repo"
+            GIT_TERMINAL_PROMPT=0 git -C "$repo" fetch --quiet origin "${specs[@]}" </dev/null >&2 ||
+                die 11 "git fetch origin $base and the branches failed in $repo"
+        fi
+        base_sha=$(git -C "$repo" rev-parse --verify --quiet "refs/remotes/origin/$base^{commit}") ||
+            die 25 "origin has no branch $base (the base to stack on) for $repo"
+    else
+        base_sha=$(git -C "$repo" rev-parse --verify --quiet "refs/heads/$base^{commit}") ||
+            die 25 "branch $base (the base to stack on) does not exist in $repo"
+    fi
+    S_WT="$dir/wt"
+    git -C "$repo" worktree add --quiet --detach "$S_WT" "$base_sha" >&2 ||
+        die 12 "git worktree add --detach $S_WT at $base_sha failed in $repo"
+    exec 9>&-
+
+    # Commits need someone to make them: coord, unless the repo or the user says who.
+    # (A cherry-pick keeps each commit's author; merge and squash commits are coord's.)
+    if [ -z "$(git -C "$S_WT" config --get user.name)" ]; then
+        export GIT_COMMITTER_NAME=coord GIT_AUTHOR_NAME=coord
+    fi
+    if [ -z "$(git -C "$S_WT" config --get user.email)" ]; then
+        export GIT_COMMITTER_EMAIL=coord@localhost GIT_AUTHOR_EMAIL=coord@localhost
+    fi
+
+    local top=$base_sha out="" files conflicts applied k=0
+    local -a picks
+    for b in "${branches[@]}"; do
+        msg=${msgs[k]}
+        k=$((k + 1))
+        # origin's branch if it has one, else the repo's own
+        ref="refs/heads/$b"
+        [ -z "${remote[$b]:-}" ] || ref="refs/remotes/origin/$b"
+        if ! cand=$(git -C "$repo" rev-parse --verify --quiet "$ref^{commit}"); then
+            out+="missing branch=$b"$'\n'
+            continue
+        fi
+        # What the branch changes, as its pull request shows it (renames as two paths).
+        files=$(git -C "$S_WT" -c core.quotePath=false diff --no-ext-diff --no-renames \
+            --name-only "$base_sha...$cand" 2>/dev/null) || files=""
+        printf '%s' "$msg" >"$dir/message" || die 14 "cannot write in $dir (disk full?)"
+        applied=1
+        case $method in
+            merge)
+                # (--no-commit, then commit -F: a merge commit's message can be of any size)
+                if git -C "$S_WT" merge --quiet --no-ff --no-commit "$cand" >&2; then
+                    if git -C "$S_WT" rev-parse --quiet --verify MERGE_HEAD >/dev/null; then
+                        git -C "$S_WT" commit --quiet --no-verify -F "$dir/message" >&2 || applied=0
+                    fi # (else the stack has the branch already: applied, as it is)
+                else
+                    applied=0
+                fi
+                ;;
+            squash)
+                if git -C "$S_WT" merge --quiet --squash "$cand" >&2; then
+                    git -C "$S_WT" diff --cached --quiet ||
+                        git -C "$S_WT" commit --quiet --no-verify -F "$dir/message" >&2 || applied=0
+                else
+                    applied=0
+                fi
+                ;;
+            rebase)
+                picks=()
+                if listed=$(git -C "$S_WT" rev-list --reverse --no-merges "$base_sha..$cand"); then
+                    [ -z "$listed" ] || mapfile -t picks <<<"$listed"
+                    if ((${#picks[@]})); then
+                        git -C "$S_WT" cherry-pick --keep-redundant-commits "${picks[@]}" \
+                            </dev/null >&2 || applied=0
+                    fi
+                else
+                    applied=0
+                fi
+                ;;
+        esac
+        if ((applied)); then
+            top=$(git -C "$S_WT" rev-parse --verify HEAD) ||
+                die 12 "cannot read the stack's head in $S_WT after $b"
+            out+="applied branch=$b sha=$top"$'\n'
+        else
+            conflicts=$(git -C "$S_WT" -c core.quotePath=false diff --name-only \
+                --diff-filter=U 2>/dev/null) || conflicts=""
+            # Back to the stack before the branch, and on without it.
+            if [ "$method" = rebase ]; then
+                git -C "$S_WT" cherry-pick --abort >/dev/null 2>&1
+            else
+                git -C "$S_WT" merge --abort >/dev/null 2>&1
+            fi
+            git -C "$S_WT" reset --quiet --hard "$top" >&2 && git -C "$S_WT" clean -q -f -d >&2 ||
+                die 12 "cannot reset the stack in $S_WT to $top after $b did not apply"
+            out+="conflict branch=$b ${#conflicts}"$'\n'"$conflicts"$'\n'
+        fi
+        out+="files branch=$b ${#files}"$'\n'"$files"$'\n'
+    done
+    stack_gone
+    trap - HUP INT TERM
+    ON_DIE=""
+    printf '%s stack\nbase sha=%s\n%send\n' "$PROTOCOL" "$base_sha" "$out"
+}
+
+# ---------------------------------------------------------------- land
+cmd_land() {
+    need_args land $# 4 "REPO_PATH BASE SHA EXPECTED"
+    need_path land "repo path" "$1"
+    need_shape land "base branch" "$2" A-Za-z0-9_ A-Za-z0-9._/- 200
+    need_sha land sha "$3"
+    need_sha land "expected sha" "$4"
+    local repo base=$2 sha=$3 expected=$4 out line ref why="" now
+    home_path repo "$1"
+    command -v git >/dev/null 2>&1 || die 20 "git is not installed on this machine (apt-get install git)"
+    git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 ||
+        die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
+    git -C "$repo" remote get-url --push origin >/dev/null 2>&1 ||
+        die 22 "$repo has no remote origin to land $sha on"
+    git -C "$repo" rev-parse --verify --quiet "$sha^{commit}" >/dev/null ||
+        die 21 "commit $sha is not in $repo (stack it there first)"
+    git -C "$repo" rev-parse --verify --quiet "$expected^{commit}" >/dev/null ||
+        die 21 "commit $expected (origin's $base as expected) is not in $repo"
+    git -C "$repo" merge-base --is-ancestor "$expected" "$sha" 2>/dev/null ||
+        die 27 "$sha does not descend from $expected (origin's $base as expected): landing it would not be a fast-forward"
+    # The lease: origin takes the commit only while its base is the one the stack was made
+    # on (and tested on); and no prompt for a password can hold the push up.
+    if ! out=$(GIT_TERMINAL_PROMPT=0 git -C "$repo" push --porcelain \
+        "--force-with-lease=refs/heads/$base:$expected" origin "$sha:refs/heads/$base" \
+        2>&1 </dev/null); then
+        if [[ $out == *$'\t'"[rejected] (stale info)"* ]]; then
+            why="origin's $base is no longer $expected"
+            if now=$(GIT_TERMINAL_PROMPT=0 git -C "$repo" ls-remote origin "refs/heads/$base" \
+                2>/dev/null </dev/null); then
+                why="origin has no branch $base now"
+                while IFS=$'\t' read -r line ref; do
+                    [ "$ref" = "refs/heads/$base" ] && why="origin's $base is at $line now, not $expected"
+                done <<<"$now"
+            fi
+            die 26 "$why (someone pushed meanwhile): $sha did not land"
+        fi
+        while IFS= read -r line; do
+            case $line in
+                "" | hint:* | "To "* | Done) continue ;;
+                ?$'\t'*$'\t'*) line=${line##*$'\t'} ;; # porcelain: FLAG TAB FROM:TO TAB SUMMARY
+            esac
+            why+="${why:+; }$line"
+        done <<<"$out"
+        why=${why//[[:cntrl:]]/?}
+        die 24 "git push origin $sha:$base failed in $repo: ${why:0:400}"
+    fi
+    printf '%s land\nlanded base=%s sha=%s\nend\n' "$PROTOCOL" "$base" "$sha"
 }

@@ -3,17 +3,19 @@ the machine answers.
 
 Every operation is one ``bash --norc -c <script> coord-run VERB ARGS…`` on the machine (over
 SSH, or locally), where the script is ``common.sh`` + the verbs: ``remote.sh``'s (dispatch,
-status, stop, tail, clean, and the verb table) and ``branch.sh``'s (test, push); a command
-carries only its own verb's section of them (`remote_script`).  The launcher that tmux keeps
-alive is ``common.sh`` + ``launcher.sh``: each dispatch carries it on its stdin, and the
-machine saves it once per version as ``bin/coord-launcher-<hash>``.  Declared here:
+status, stop, tail, clean, and the verb table) and ``branch.sh``'s (test, push, stack,
+land); a command carries only its own verb's section of them (`remote_script`).  The
+launcher that tmux keeps alive is ``common.sh`` + ``launcher.sh``: each dispatch carries it
+on its stdin, and the machine saves it once per version as ``bin/coord-launcher-<hash>``.
+Declared here:
 
 - each verb's arguments (`VERBS`), checked before a command is built and checked again by
   the script with bash builtins; the typed builders (`dispatch_command`, `status_command`,
-  `stop_command`, `tail_command`, `clean_command`, `test_command`, `push_command`) build
-  every command coordlib sends.  Nothing a verb is given is ever evaluated on the machine
-  and nothing reaches git as an option; the commands a test runs are the coordinator's
-  config and travel on stdin, sized, like a dispatch's briefing;
+  `stop_command`, `tail_command`, `clean_command`, `test_command`, `push_command`,
+  `stack_command`, `land_command`) build every command coordlib sends.  Nothing a verb is
+  given is ever evaluated on the machine and nothing reaches git as an option; the commands
+  a test runs are the coordinator's config and travel on stdin, sized, like a dispatch's
+  briefing, and so do the commit messages of a stack;
 - the one framing of every answer but tail's (which is the raw bytes of a file)::
 
       coord-run 2 VERB [KEY=VALUE ...]        the protocol's version and the verb
@@ -26,14 +28,33 @@ machine saves it once per version as ``bin/coord-launcher-<hash>``.  Declared he
 - the reasons a run's ``exit.json`` gives (`ExitReason`);
 - the names under a machine's workdir are `coordlib.runtime.layout`'s, but for a test's
   (`TESTS`, `TEST_LOG`, `TEST_RESULT`, `TEST_WORKTREE`): ``tests/<id>/`` holds its
-  ``output.log`` and ``result.json``, and its detached worktree ``wt/`` while it runs.
+  ``output.log`` and ``result.json``, and its detached worktree ``wt/`` while it runs; a
+  stack's (`STACKS`, `STACK_WORKTREE`) ``stacks/<id>/wt/``, only while it is made.
 
 A test whose build or tests fail is an answer, not a failure of the verb::
 
     coord-run 2 test
     tested sha=SHA exit=CODE phase=build|test|none timed_out=0|1 seconds=S log=PATH
     tail N                                    the last (at most 4000) bytes of output.log
-    <N raw bytes>\n
+    <N raw bytes>\\n
+    end
+
+A stack (a merge queue's: ready branches applied one after another on the base, to be tested
+and then landed as exactly that commit) answers what became of each branch, in order; a
+branch that conflicts is left out of the stack, which goes on without it::
+
+    coord-run 2 stack
+    base sha=SHA                              the commit stacked on (origin's BASE)
+    applied branch=B sha=SHA                  the stack's head with B on it, or
+    conflict branch=B N                       B did not apply: the conflicting paths, or
+    <N raw bytes: paths, one a line>\\n
+    missing branch=B                          B is neither on origin nor in the repo
+    files branch=B N                          after an applied or conflict record: the
+    <N raw bytes: paths, one a line>\\n        paths B changes (against the base)
+    end
+
+    coord-run 2 land                          origin's BASE was EXPECTED, and is SHA now
+    landed base=BASE sha=SHA
     end
 
 The scripts implement this declaration; tests/test_protocol.py reads them and checks that
@@ -60,6 +81,8 @@ __all__ = [
     "HEADER",
     "LAUNCHER",
     "PROTOCOL_VERSION",
+    "STACKS",
+    "STACK_WORKTREE",
     "TESTS",
     "TEST_LOG",
     "TEST_PHASES",
@@ -73,16 +96,19 @@ __all__ = [
     "ExitCode",
     "ExitReason",
     "Scope",
+    "StackMethod",
     "Verb",
     "Want",
     "check_args",
     "clean_command",
     "dispatch_command",
+    "land_command",
     "launcher_hash",
     "launcher_script",
     "push_command",
     "remote_argv",
     "remote_script",
+    "stack_command",
     "status_command",
     "stop_command",
     "tail_command",
@@ -100,6 +126,10 @@ TEST_RESULT = "result.json"  # {sha, exit_code, phase, timed_out, seconds}
 TEST_PHASES = ("build", "test", "none")  # what ran last (none: no command was configured)
 TEST_TAIL = 4000  # the bytes of output.log's end that the answer carries
 TEST_WORKTREE = "wt"  # the commit's detached worktree, removed once the commands have run
+# A stack's: stacks/<id>/ holds its detached worktree while the branches are applied; both
+# go once it is made (its commits stay in the repo's object store, for test and land).
+STACKS = "stacks"
+STACK_WORKTREE = "wt"
 
 
 class ExitCode(enum.IntEnum):
@@ -120,12 +150,17 @@ class ExitCode(enum.IntEnum):
     REPO_LOCKED = 18  # another dispatch held the repo's lock for 120 s
     WORKTREE_HELD = 19  # continue: another worker still runs in the worktree
     MISSING_TOOL = 20  # tmux or git is not installed
-    # test's and push's own (test also fails with 10, 12-15, 18 and 20 as dispatch does, with
-    # what it made undone; its test failing is an answer, not an exit status)
-    NO_COMMIT = 21  # test: the ref names no commit in the repo
-    NO_ORIGIN = 22  # push: the repo has no remote "origin"
+    # test's, push's, stack's and land's own (test and stack also fail with 10, 12-15, 18 and
+    # 20 as dispatch does, with what they made undone, and stack with 11 when it cannot
+    # fetch; a test failing, or a branch that conflicts in a stack, is an answer, not an
+    # exit status)
+    NO_COMMIT = 21  # test: the ref names no commit in the repo; land: nor SHA or EXPECTED
+    NO_ORIGIN = 22  # push, land: the repo has no remote "origin"
     NO_BRANCH = 23  # push: no such branch in the repo
-    PUSH_FAILED = 24  # push: git push was rejected, or could not reach origin
+    PUSH_FAILED = 24  # push, land: git push was rejected, or could not reach origin
+    NO_BASE = 25  # stack: origin (or the repo, without one) has no such base branch
+    BASE_MOVED = 26  # land: origin's base is no longer the expected commit: nothing landed
+    NOT_FAST_FORWARD = 27  # land: the commit does not descend from the expected base
     # the launcher's own, when no worker ran (or could not start), recorded in exit.json
     # (with reason "exited", 126 and 127 are the worker's own: setsid could not run its
     # command, see outcomes.classify)
@@ -221,15 +256,16 @@ def launcher_hash() -> str:
 
 
 # ------------------------------------------------------------------ the verbs' arguments
-# remote.sh checks the same shapes again (valid_id, valid_num, need_*), since a machine must
+# The scripts check the same shapes again (valid_id, valid_num, need_*), since a machine must
 # not trust whoever sent the command.  Ids become paths and array keys there, numbers go
 # into bash arithmetic, and a word starting with "-" could reach git or tmux as an option.
 
 NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")  # no leading zero: bash reads 010 as octal
 BRANCH = re.compile(r"(?=.{1,200}\Z)issue-[0-9]+(-[a-z0-9]+)*")  # issue-<N>[-<slug>][-r<K>]
-_REF = re.compile(rf"[0-9a-f]{{40}}|[0-9a-f]{{64}}|{BRANCH.pattern}")  # a commit, or a branch
+BASE_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")  # a plain branch name
+SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a commit's full sha
+_REF = re.compile(rf"{SHA.pattern}|{BRANCH.pattern}")  # a commit, or a branch
 _SECONDS = re.compile(r"[1-9][0-9]{0,8}")  # 0 would be no limit at all to timeout(1)
-_BASE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 _SOCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _HASH = re.compile(r"[0-9a-f]{1,64}")
 
@@ -281,6 +317,14 @@ class DispatchMode(enum.StrEnum):
     # and a failed dispatch removes the worktree but never the branch, which is the worker's
 
 
+class StackMethod(enum.StrEnum):
+    """How a stack applies each branch on top of the ones before it."""
+
+    MERGE = "merge"  # a merge commit (--no-ff), whose second parent is the branch's head
+    SQUASH = "squash"  # one commit with all of the branch's changes
+    REBASE = "rebase"  # the branch's own commits (not merges) picked one by one: linear
+
+
 class CleanMode(enum.StrEnum):
     """What clean does with what it may remove."""
 
@@ -320,6 +364,8 @@ _WORKDIR = Arg("workdir", _path)
 _RUN_ID = Arg("assignment id", _id)
 _REPO = Arg("repo path", _path)
 _COORD_BRANCH = "a branch coord names (issue-<N>[-<slug>][-r<K>])"
+_BASE_ARG = Arg("base branch", _shaped(BASE_BRANCH, "a plain branch name"))
+_SHA_SHOULD = "a commit's sha (40 hex digits)"
 
 VERBS: dict[str, Verb] = {
     v.name: v
@@ -332,7 +378,7 @@ VERBS: dict[str, Verb] = {
                 _REPO,
                 Arg("worktree", _path),
                 Arg("branch", _shaped(BRANCH, _COORD_BRANCH)),
-                Arg("base branch", _shaped(_BASE, "a plain branch name")),
+                _BASE_ARG,
                 Arg("tmux socket", _shaped(_SOCKET, "a tmux socket name (letters, digits, _ . -)")),
                 Arg("launcher hash", _shaped(_HASH, "a hex hash")),
                 Arg("briefing size", _number),
@@ -392,6 +438,31 @@ VERBS: dict[str, Verb] = {
             "push",
             (_REPO, Arg("branch", _shaped(BRANCH, _COORD_BRANCH))),
             records=frozenset({"pushed"}),
+        ),
+        Verb(
+            "stack",
+            (
+                _WORKDIR,
+                Arg("stack id", _id),
+                _REPO,
+                _BASE_ARG,
+                Arg("method", _one_of(*StackMethod)),
+                Arg("messages size", _number),
+            ),
+            group=(Arg("branch", _shaped(BRANCH, _COORD_BRANCH)),),
+            stdin="per branch, in order, its commit message: SIZE\\n then SIZE bytes",
+            records=frozenset({"base", "applied", "conflict", "missing", "files"}),
+            payloads={"conflict": 2, "files": 2},
+        ),
+        Verb(
+            "land",
+            (
+                _REPO,
+                _BASE_ARG,
+                Arg("sha", _shaped(SHA, _SHA_SHOULD)),
+                Arg("expected sha", _shaped(SHA, _SHA_SHOULD)),
+            ),
+            records=frozenset({"landed"}),
         ),
     )
 }
@@ -531,3 +602,49 @@ test_command.__test__ = False  # type: ignore[attr-defined]  # pytest: a builder
 def push_command(repo_path: str, branch: str) -> list[str]:
     """Build a push of `branch`, as the repo has it now, to the repo's origin."""
     return remote_argv("push", repo_path, branch)
+
+
+def stack_command(
+    workdir: str,
+    id: str,
+    repo_path: str,
+    base: str,
+    method: StackMethod | str,
+    branches: Sequence[tuple[str, str]],
+) -> tuple[list[str], bytes]:
+    """Build a stack of `branches` ((branch, commit message), in order) on `base`.
+
+    Each branch is applied with `method` on top of those before it, in a worktree of the
+    machine's repo that is gone again once the stack is made; a merge or squash commit
+    gets the branch's message (a rebase keeps the branch's commits and their messages, so
+    its message goes unused).  Its argv, and its stdin: the messages, each ``SIZE\\n`` then
+    SIZE bytes.
+    """
+    if not branches:
+        raise UsageError("remote command stack: no branch to stack")
+    seen: set[str] = set()
+    payload = bytearray()
+    for branch, message in branches:
+        if branch in seen:
+            raise UsageError(f"remote command stack: branch {branch!r} is given twice")
+        seen.add(branch)
+        if "\0" in message:
+            raise UsageError(f"remote command stack: a NUL byte in the message for {branch!r}")
+        if not message.strip(" \t\n\r\v\f"):  # the script's [[:space:]] (in the C locale)
+            raise UsageError(f"remote command stack: the message for {branch!r} is empty")
+        data = message.encode()
+        payload += b"%d\n%b" % (len(data), data)
+    argv = remote_argv(
+        "stack", workdir, id, repo_path, base, str(method), str(len(payload)),
+        *(branch for branch, _ in branches),
+    )  # fmt: skip
+    return argv, bytes(payload)
+
+
+def land_command(repo_path: str, base: str, sha: str, expected: str) -> list[str]:
+    """Build a land: push commit `sha` to origin's `base`, only while that is `expected`.
+
+    `expected` must be an ancestor of `sha` (a land is a fast-forward); a base that moved
+    meanwhile fails with `ExitCode.BASE_MOVED`, and nothing lands.
+    """
+    return remote_argv("land", repo_path, base, sha, expected)

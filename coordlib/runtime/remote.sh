@@ -593,5 +593,7 @@ case $verb in
     clean) cmd_clean "$@" ;;
     test) cmd_test "$@" ;;
     push) cmd_push "$@" ;;
-    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test or push)" ;;
+    stack) cmd_stack "$@" ;;
+    land) cmd_land "$@" ;;
+    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test, push, stack or land)" ;;
 esac
