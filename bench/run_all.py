@@ -26,6 +26,7 @@ PLAN: list[tuple[str, list[str]]] = [
     ("board", []),
     ("event_latency", []),
     ("dispatch", []),
+    ("merge_queue", []),
     ("fanout_status", ["--user", C.BENCH_USER]),
     # as root every remote command costs ~0.2-0.4 s of .bashrc: fewer repetitions
     ("fanout_status", ["--user", "root", "--reps", "5"]),

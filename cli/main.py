@@ -90,6 +90,7 @@ _COMMAND_MODULES = {
     "run": "pipeline_cmds",
     "done": "pipeline_cmds",
     "pipeline": "pipeline_cmds",
+    "merge": "pipeline_cmds",
 }
 
 

@@ -192,6 +192,8 @@ def _screen(
 def run_(state: State, interval: float | None, until_idle: bool) -> None:
     """Loop `coord notify` in the foreground, with a one-screen summary.
 
+    With merge.auto (the default) it also lands what reached ready-to-merge, as `coord merge`.
+
     \b
     Examples:
       coord run
@@ -206,6 +208,17 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
             wait = interval or c.config.pipeline.interval
             while True:
                 report = await c.advance()
+                if c.config.merge.auto and any(
+                    p.stage == "ready-to-merge" for p in report.pipelines
+                ):
+                    merged = await c.merge()
+                    landed = [x for b in merged.batches for x in b.get("landed", [])]
+                    report.moves += [
+                        {"issue": x["issue"], "from": "ready-to-merge", "to": "merged",
+                         "outcome": x["sha"][:12]} for x in landed
+                    ]  # fmt: skip
+                    report.errors += merged.errors
+                    report.pipelines = c.pipelines()
                 spent = c.engine.ledger.session_spend()["usd"]
                 workers: dict[str, int] = {}
                 for a in c.board.live():
@@ -222,6 +235,63 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
                 await asyncio.sleep(wait)
 
     run(go)
+
+
+@coord.command(short_help="Land ready PRs, tested on their final base.")
+@click.option("--dry-run", is_flag=True, help="Stack them and say what would land; land nothing.")
+@click.option("--repo", help="Only this repo's PRs.")
+@click.option("--method", type=click.Choice(["merge", "squash", "rebase"]),
+              help="How each PR goes on the branch (default: merge.method, merge).")  # fmt: skip
+@click.option("--order", help="Issues to land, in this order: repo#N,… (or N,… with --repo).")
+@click.option("--batch", type=click.IntRange(min=1), help="PRs tested together (merge.batch_size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_state
+def merge(state: State, dry_run: bool, repo: str | None, method: str | None, order: str | None,
+          batch: int | None, as_json: bool) -> None:  # fmt: skip
+    """Land the PRs that reached ready-to-merge.
+
+    Up to merge.batch_size PRs are stacked on the default branch's head and tested once
+    together; only that tested commit lands, and only if the branch did not move meanwhile.
+    A red batch is bisected: the PR that breaks it goes back to its issue, the rest land.
+
+    \b
+    Examples:
+      coord merge --dry-run
+      coord merge --repo api --method squash
+      coord merge --order api#42,api#40 --batch 1
+    """
+    keys = [x.strip() for x in (order or "").split(",") if x.strip()]
+
+    async def go() -> Any:
+        async with state.coordinator() as c:
+            return await c.merge(repo=repo, method=method, order=keys, batch=batch,
+                                 dry_run=dry_run)  # fmt: skip
+
+    report = run(go)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    for b in report.batches:
+        head = f"{b['repo']} on {b['machine']} ({b['method']}): {', '.join(b['candidates'])}"
+        echo(head)
+        if report.dry_run:
+            echo(f"  would land: {', '.join(b.get('would_land') or []) or 'nothing'}")
+        for x in b.get("landed", []):
+            echo(f"  landed {x['issue']} (PR #{x['pr']}) as {x['sha'][:12]}")
+        for k in b.get("bounced", []):
+            echo(f"  bounced {k}: it breaks the tests")
+        for x in b.get("conflicts", []):
+            echo(f"  conflict {x['issue']}: {', '.join(x['files'])}")
+        for x in b.get("overlaps", []):
+            echo(f"  note: {x['a']} and {x['b']} both change {', '.join(x['files'][:5])}")
+        if not report.dry_run:
+            echo(f"  {b.get('test_runs', 0)} test run(s)")
+    for w in report.waiting:
+        echo(f"waiting: {w['issue']}: {w['why']}")
+    for e in report.errors:
+        echo(f"error: {e}")
+    if not report.batches and not report.waiting:
+        echo("nothing is ready to merge")
 
 
 @coord.command(short_help="End the session; print what it did and cost.")

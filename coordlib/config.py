@@ -29,6 +29,7 @@ __all__ = [
     "Config",
     "HooksConfig",
     "MachineConfig",
+    "MergeConfig",
     "ModelsConfig",
     "PipelineConfig",
     "RepoConfig",
@@ -56,6 +57,7 @@ DEFAULT_MODEL_IDS: Mapping[str, str] = MappingProxyType(
 )
 EXTRA_SECTIONS = (
     "github", "reviews", "smoke_tests", "hooks", "forge", "briefings", "pipeline", "budget",
+    "merge",
 )  # fmt: skip
 
 NAME_CHARS = "letters, digits, '.', '_' and '-'"  # what _NAME allows, for hints
@@ -253,6 +255,15 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class MergeConfig:
+    """The merge queue (`merge:`)."""
+
+    batch_size: int = 4  # ready PRs stacked and tested together
+    method: str = "merge"  # merge | squash | rebase
+    auto: bool = True  # `coord run` lands what is ready
+
+
+@dataclass(frozen=True)
 class BudgetConfig:
     """Spending limits in US dollars (`budget:`); None: no limit."""
 
@@ -315,6 +326,11 @@ class Config:
     def pipeline(self) -> PipelineConfig:
         """Return the `pipeline` section with its defaults filled in."""
         return _typed(PipelineConfig, self.extra.get("pipeline"))
+
+    @property
+    def merge(self) -> MergeConfig:
+        """Return the `merge` section with its defaults filled in."""
+        return _typed(MergeConfig, self.extra.get("merge"))
 
     @property
     def budget(self) -> BudgetConfig:

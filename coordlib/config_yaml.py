@@ -369,6 +369,14 @@ def _machine_names(f: Fields, key: str, config: Config) -> list[str]:
     return [name for name, _, _ in names]
 
 
+def _choice(f: Fields, key: str, choices: tuple[str, ...]) -> str:
+    value = f.text(key)
+    if value not in choices:
+        hint = suggest(value, list(choices), "choices")
+        raise f.doc.wrong(f.at(key), f.path(key), f"one of {', '.join(choices)}", hint)
+    return value
+
+
 def _env_name(f: Fields, key: str, config: Config) -> str:
     value = f.text(key)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
@@ -394,6 +402,7 @@ _READERS: dict[str, _Kind] = {
     "names": _strings("names (OWNER, MEMBER, a login)"),  # author associations or logins
     "usd": lambda f, key, config: f.number(key, 0.0),
     "envname": _env_name,
+    "merge_method": lambda f, key, config: _choice(f, key, ("merge", "squash", "rebase")),
 }
 
 # Each extra section's keys, and the kind of value each holds (read by `_READERS[kind]`).
@@ -418,6 +427,7 @@ _EXTRA_KEYS: dict[str, dict[str, str]] = {
     "pipeline": {"enabled": "bool", "playbook": "text", "test_timeout": "duration",
                  "interval": "duration"},
     "budget": {"per_issue_usd": "usd", "session_usd": "usd"},
+    "merge": {"batch_size": "count", "method": "merge_method", "auto": "bool"},
 }  # fmt: skip
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .cleanup import CleanReport
     from .forge.base import Forge, Issue
     from .markers import SkippedMarker
+    from .merge.runner import MergeReport
     from .pipeline.engine import PassReport, Pipelines
     from .pipeline.state import Pipeline
     from .runtime.answers import Tested
@@ -291,6 +292,23 @@ class Coordinator:
         from .pipeline import by_hand
 
         return await by_hand.bounce(self.engine, review_id, reason=reason)
+
+    async def merge(
+        self,
+        *,
+        repo: str | None = None,
+        method: str | None = None,
+        order: Sequence[str] = (),
+        batch: int | None = None,
+        dry_run: bool = False,
+    ) -> MergeReport:
+        """Land the PRs that reached ready-to-merge: stacked in batches on the default
+        branch's head, tested there, and that tested commit landed (see `coordlib.merge`)."""
+        from .merge.runner import Merger
+
+        return await Merger(self._ctx, self.engine).merge(
+            repo=repo, method=method, order=order, batch=batch, dry_run=dry_run
+        )
 
     async def done(self) -> dict[str, Any]:
         """End the session: run the on_session_end hooks and return the session's summary."""

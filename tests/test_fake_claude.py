@@ -302,6 +302,13 @@ def test_the_last_marker_wins_and_its_arg_is_the_content(repo: Path) -> None:
     assert (repo / "fake_claude_output.txt").read_text() == "hello, world 1.2-x_y\n"
 
 
+def test_a_name_in_the_arg_picks_the_file(repo: Path) -> None:
+    proc, _ = run(repo, "ok", prompt=f"{TITLE} [fake:ok:feature-2.txt=two]")
+    assert proc.returncode == 0, proc.stderr
+    assert (repo / "feature-2.txt").read_text() == "two\n"
+    assert not (repo / "fake_claude_output.txt").exists()
+
+
 def test_a_marker_beats_the_resume_scenario_too(repo: Path) -> None:
     proc, _ = run(
         repo,

@@ -208,6 +208,18 @@ class Forge(abc.ABC):
     async def branches(self, prefix: str = "") -> list[Branch]:
         """Return the remote's branches whose names start with `prefix`, sorted by name."""
 
+    async def record_landed(self, number: int, sha: str) -> PullRequest:
+        """Record that pull request `number` landed on its base as commit `sha`, pushed there
+        by the merge queue (which lands exactly the commit it tested).  A forge that noticed
+        by itself leaves it as it is; otherwise the pull request is closed with a comment
+        saying where its change is."""
+        pr = await self.get_pr(number)
+        if pr.merged or pr.state != "open":
+            return pr
+        await self.comment(number, f"**coord** landed this change on `{pr.base}` as `{sha}`.")
+        await self.set_state(number, "closed")
+        return await self.get_pr(number)
+
     async def labels(self, number: int) -> tuple[str, ...]:
         """Return an issue's labels (forges that can, read them without its comments)."""
         return (await self.get_issue(number)).labels

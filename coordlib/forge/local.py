@@ -227,6 +227,16 @@ class LocalForge(Forge):
             raise ValueError(f"unknown review event {event!r}; use {', '.join(_REVIEW_STATES)}")
         return await asyncio.to_thread(self._files.add_review, number, _REVIEW_STATES[event], body)
 
+    async def record_landed(self, number: int, sha: str) -> PullRequest:
+        """Mark the pull request merged as `sha`, which the merge queue pushed to its base."""
+
+        def mark(pr: dict[str, Any]) -> None:
+            if pr["state"] == "open":
+                pr.update(state="merged", merged=True, merge_sha=sha, merged_at=_now())
+
+        await asyncio.to_thread(self._files.update_pr, number, mark)
+        return await self.get_pr(number)
+
     async def merge(
         self, number: int, *, method: MergeMethod = "merge", message: str | None = None
     ) -> MergeResult:

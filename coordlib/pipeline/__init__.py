@@ -4,6 +4,6 @@ what each kind of stage does (`actions`), verdicts (`verdict`) and the cost ledg
 Only `state` is imported here: the board imports it, and the engine imports the board.
 """
 
-from .state import ENDS, NEEDS_HUMAN, READY, Pipeline, pipeline_key
+from .state import ENDS, MERGED, NEEDS_HUMAN, READY, Pipeline, pipeline_key
 
-__all__ = ["ENDS", "NEEDS_HUMAN", "READY", "Pipeline", "pipeline_key"]
+__all__ = ["ENDS", "MERGED", "NEEDS_HUMAN", "READY", "Pipeline", "pipeline_key"]

@@ -85,6 +85,7 @@ class Actions:
                 if first:
                     q.machine, q.branch, q.worktree = a.machine, a.branch, a.worktree
                     q.tier = a.tier or q.tier
+                q.brief, q.conflicts = None, []  # a one-off briefing is used once
 
             self.ctx.board.pipeline_change(p.repo, p.issue, record)
 
@@ -147,8 +148,10 @@ class Actions:
             "failures": p.failures,
             "guidance": p.guidance,
             "attempt": len(p.ids(stage.name)) + 1,
+            "base": repo.default_branch,
+            "conflicts": list(p.conflicts),
         }
-        return render_briefing(stage.briefing or stage.name, context,
+        return render_briefing(p.brief or stage.briefing or stage.name, context,
                                user_dir=self.dispatcher._briefing_dir())  # fmt: skip
 
     # ------------------------------------------------------------ the test stage
@@ -281,13 +284,13 @@ class Actions:
         entries = [_entry("issue", q.issue, body)] if body else []
         q.outbox = [*q.outbox, *entries, _entry("label", q.issue, "", label=label)]
 
-    async def post_outbox(self, report: PassReport) -> None:
+    async def post_outbox(self, report: PassReport | None) -> None:
         """Post every pipeline's queued comments, reviews and labels (each claimed first)."""
         for p in self.ctx.board.pipelines():
             if p.outbox:
                 await self._post(p, report)
 
-    async def _post(self, p: Pipeline, report: PassReport) -> None:
+    async def _post(self, p: Pipeline, report: PassReport | None) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
 
         def claim(q: Pipeline | None, txn: Any) -> list[dict[str, Any]]:
@@ -310,7 +313,8 @@ class Actions:
                 done.add(e["id"])
             except CoordError as exc:
                 failed.add(e["id"])
-                report.errors.append(f"{p.key}: {e['kind']} not posted: {exc}")
+                if report is not None:
+                    report.errors.append(f"{p.key}: {e['kind']} not posted: {exc}")
                 self.ctx.notify(f"{p.key}: the {e['kind']} comment was not posted: {exc}")
 
         def settle(q: Pipeline | None, txn: Any) -> None:
@@ -331,6 +335,10 @@ class Actions:
             await forge.comment(p.issue, body)
         elif kind == "label" and e.get("label"):
             await set_status_label(forge, p.issue, str(e["label"]))
+        elif kind == "landed" and number is not None:
+            await forge.record_landed(int(number), str(e.get("sha") or ""))
+        elif kind == "close":
+            await forge.set_state(p.issue, "closed")
         elif body:  # a review with no PR to put it on: the issue gets it
             await forge.comment(p.issue, body)
 

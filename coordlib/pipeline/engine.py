@@ -28,7 +28,6 @@ from ..board_pipelines import PIPELINES, Stale, put_pipeline
 from ..errors import (
     AssignmentNotFound,
     ClaimError,
-    ConfigError,
     CoordError,
     DispatchError,
     MachineError,
@@ -36,7 +35,7 @@ from ..errors import (
 )
 from ..playbook import Playbook, load_playbook
 from .actions import Actions, stage_label
-from .ledger import Ledger
+from .ledger import Ledger, check_against
 from .report import PassReport
 from .state import ENDS, NEEDS_HUMAN, Pipeline, pipeline_key
 from .verdict import NO_VERDICT, parse_verdict
@@ -77,33 +76,9 @@ class Pipelines:
             if raw:
                 base = self.ctx.config.path.parent if self.ctx.config.path else Path.cwd()
                 path = base / os.path.expanduser(raw)
-            self._playbook = self._checked(load_playbook(path))
+            user_dir = self.actions.dispatcher._briefing_dir()
+            self._playbook = check_against(load_playbook(path), self.ctx.config, user_dir)
         return self._playbook
-
-    def _checked(self, book: Playbook) -> Playbook:
-        """Check what a playbook names against this config: tiers and briefing templates."""
-        from ..briefings import has_template
-        from ..playbook import MODEL_POLICIES
-
-        where = str(book.path) if book.path else book.name
-        user_dir = self.actions.dispatcher._briefing_dir()
-        for s in book.stages.values():
-            if s.run != "worker":
-                continue
-            if s.model not in MODEL_POLICIES:
-                try:
-                    self.ctx.config.models.resolve(s.model)
-                except ConfigError as exc:
-                    raise ConfigError(f"stages.{s.name}.model: {exc.message}", path=where,
-                                      line=s.line or None, hint=exc.hint) from None  # fmt: skip
-            if s.briefing and not has_template(s.briefing, user_dir=user_dir):
-                raise ConfigError(
-                    f"stages.{s.name}.briefing: no template {s.briefing}.md.j2",
-                    path=where, line=s.line or None,
-                    hint="the shipped ones are work, review, fix, pr, smoke and conflict; "
-                    "or add yours to the briefings.dir of coordinator.yml",
-                )  # fmt: skip
-        return book
 
     def _stale_after(self) -> float:
         return self.ctx.config.pipeline.test_timeout + _ACTING_MARGIN
@@ -371,7 +346,7 @@ class Pipelines:
         notes: dict[str, Any] = {}
         reviews_on = self.ctx.config.reviews.enabled
 
-        costs = self._costs(p, a)
+        costs = self.ledger.costs(p, a)
 
         def apply(q: Pipeline) -> None:
             nonlocal target
@@ -434,29 +409,38 @@ class Pipelines:
             await self._fire("on_needs_human", moved, assignment=aid, reason=moved.reason)
         return target not in ENDS
 
-    def _costs(self, p: Pipeline, a: Assignment | None) -> dict[str, list[Any]]:
-        """The cost of every ended worker of p (retried and continued ones too) and of a."""
-        out: dict[str, list[Any]] = {}
-        rows = [a] if a is not None else []
-        for aid in p.ids():
-            if aid not in p.costs and (a is None or aid != a.id):
-                try:
-                    rows.append(self.ctx.board.assignment(aid))
-                except AssignmentNotFound:
-                    continue
-        seen: set[str] = set()
-        for first in rows:
-            row: Assignment | None = first
-            while row is not None and row.id not in seen:  # predecessors a retry replaced
-                seen.add(row.id)
-                if row.cost_usd:
-                    out[row.id] = [row.tier or row.model, row.cost_usd]
-                prev = row.continues or row.retry_of
-                try:
-                    row = self.ctx.board.assignment(prev) if prev else None
-                except AssignmentNotFound:
-                    row = None
-        return out
+    def reopen(
+        self,
+        p: Pipeline,
+        *,
+        outcome: str,
+        failures: str,
+        escalate: bool,
+        brief: str | None = None,
+        conflicts: tuple[str, ...] = (),
+    ) -> bool:
+        """Send an issue that was ready to merge back to its fix stage (the merge queue's test
+        of it failed, or it no longer merges), as a round; past the cap, to a person."""
+        book = self.playbook
+        fix = next((s.name for s in book.stages.values() if s.round), None)
+
+        def apply(q: Pipeline) -> None:
+            q.failures, q.brief, q.conflicts = failures, brief, list(conflicts)
+            q.escalate = q.escalate or escalate
+            why = self._refuse_round(q) if fix else "the playbook has no fix stage"
+            target = NEEDS_HUMAN if why else str(fix)
+            if why:
+                q.reason = why
+            else:
+                q.round += 1
+                if q.escalate:
+                    q.tier = self.ledger.next_tier(q.tier)
+                q.escalate = False
+            q.current, q.acting = None, None
+            q.note_move(target, outcome)
+            self.actions.queue_stage_comment(q, target, outcome, stage_label(book, target))
+
+        return self._change(p, apply)
 
     def _refuse_round(self, q: Pipeline) -> str | None:
         """Why the next fix round may not start (the cap, the issue's budget), or None."""
@@ -469,7 +453,7 @@ class Pipelines:
     async def _stuck(self, p: Pipeline, a: Assignment, report: PassReport) -> None:
         """A worker asked for help: the issue goes to a person, with its words quoted."""
         line = (a.last_status or "")[:500]
-        costs = self._costs(p, a)
+        costs = self.ledger.costs(p, a)
 
         def apply(q: Pipeline) -> None:
             q.costs = {**q.costs, **costs}

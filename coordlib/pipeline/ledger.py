@@ -1,5 +1,6 @@
 """The cost ledger and the model ladder: what each issue and the session spent, the
-budgets that stop fixing or pause dispatch, and which tier comes next.
+budgets that stop fixing or pause dispatch, which tier comes next, and whether the tiers and
+templates a playbook names exist.
 
 Costs come from the assignments' own ``cost_usd`` (what Claude Code reported); a pipeline
 keeps each of its ended assignments' cost by tier.  A session runs from the first pass
@@ -12,12 +13,18 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..assignment import Assignment
+from ..errors import AssignmentNotFound, ConfigError
 from .state import Pipeline
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from pathlib import Path
 
-__all__ = ["SESSIONS", "Ledger", "spend", "usd"]
+    from ..config import Config
+    from ..context import Context
+    from ..playbook import Playbook
+
+__all__ = ["SESSIONS", "Ledger", "check_against", "spend", "usd"]
 
 SESSIONS = "sessions"  # the board's table of the session document ({"key": "current", …})
 
@@ -107,6 +114,30 @@ class Ledger:
         return (f"the issue spent {usd(p.cost_usd)}, its budget.per_issue_usd is "
                 f"{usd(limit)}: no more fixing or escalation without a person")  # fmt: skip
 
+    def costs(self, p: Pipeline, a: Assignment | None) -> dict[str, list[Any]]:
+        """The cost of every ended worker of p (retried and continued ones too) and of a."""
+        out: dict[str, list[Any]] = {}
+        rows = [a] if a is not None else []
+        for aid in p.ids():
+            if aid not in p.costs and (a is None or aid != a.id):
+                try:
+                    rows.append(self.ctx.board.assignment(aid))
+                except AssignmentNotFound:
+                    continue
+        seen: set[str] = set()
+        for first in rows:
+            row: Assignment | None = first
+            while row is not None and row.id not in seen:  # predecessors a retry replaced
+                seen.add(row.id)
+                if row.cost_usd:
+                    out[row.id] = [row.tier or row.model, row.cost_usd]
+                prev = row.continues or row.retry_of
+                try:
+                    row = self.ctx.board.assignment(prev) if prev else None
+                except AssignmentNotFound:
+                    row = None
+        return out
+
     # ------------------------------------------------------------ tiers
     def next_tier(self, tier: str) -> str:
         """Return the tier one step up models.escalation from `tier` (the top stays)."""
@@ -132,3 +163,28 @@ class Ledger:
         if i + 1 < len(ladder):
             return ladder[i + 1]
         return ladder[i - 1] if i > 0 else author
+
+
+def check_against(book: Playbook, config: Config, user_dir: Path | None) -> Playbook:
+    """Check what a playbook names against a config: its tiers and briefing templates."""
+    from ..briefings import has_template
+    from ..playbook import MODEL_POLICIES
+
+    where = str(book.path) if book.path else book.name
+    for s in book.stages.values():
+        if s.run != "worker":
+            continue
+        if s.model not in MODEL_POLICIES:
+            try:
+                config.models.resolve(s.model)
+            except ConfigError as exc:
+                raise ConfigError(f"stages.{s.name}.model: {exc.message}", path=where,
+                                  line=s.line or None, hint=exc.hint) from None  # fmt: skip
+        if s.briefing and not has_template(s.briefing, user_dir=user_dir):
+            raise ConfigError(
+                f"stages.{s.name}.briefing: no template {s.briefing}.md.j2",
+                path=where, line=s.line or None,
+                hint="the shipped ones are work, review, fix, pr, smoke and conflict; "
+                "or add yours to the briefings.dir of coordinator.yml",
+            )  # fmt: skip
+    return book

@@ -18,11 +18,12 @@ from typing import Any
 
 from ..errors import BoardError
 
-__all__ = ["ENDS", "NEEDS_HUMAN", "READY", "Pipeline", "pipeline_key"]
+__all__ = ["ENDS", "MERGED", "NEEDS_HUMAN", "READY", "Pipeline", "pipeline_key"]
 
 READY = "ready-to-merge"
 NEEDS_HUMAN = "needs-human"
-ENDS = (READY, NEEDS_HUMAN)
+MERGED = "merged"  # the merge queue landed it: after ready-to-merge
+ENDS = (READY, NEEDS_HUMAN, MERGED)
 # How many verdicts and moves a pipeline keeps (the newest); a long-lived issue stays small.
 _KEEP = 50
 
@@ -68,6 +69,9 @@ class Pipeline:
     findings: str = ""  # the last review's findings, for the fix briefing
     guidance: str = ""  # a person's words for the next fix (`coord fix --guidance`)
     escalate: bool = False  # the next fix moves one tier up (its test failed)
+    brief: str | None = None  # the next worker's briefing template, for once (conflict)
+    conflicts: list[str] = field(default_factory=list)  # files that did not merge, for it
+    merged_sha: str | None = None  # the commit the merge queue landed it in
     created_at: float = 0.0
     updated_at: float = 0.0
     version: int = 0  # bumped by every change: a move is made only from the version decided on

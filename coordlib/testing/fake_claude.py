@@ -8,7 +8,8 @@ stdin, as the real CLI does (and as coord's launcher gives it).  The scenario is
 (FAKE_CLAUDE_RESUME_SCENARIO with ``--resume``), else ``ok``:
 
     ok            init, STATUS, Write FAKE_CLAUDE_FILE, Bash git add + commit, STATUS, result;
-                  the file holds ARG (plus a newline) when the marker gives one, and gets an
+                  the file holds ARG (plus a newline) when the marker gives one (``NAME=TEXT``:
+                  the file NAME, in the worktree, holds TEXT), and gets an
                   ``again <n>`` line when it already holds that content, so there is always
                   something to commit (a second worker on the same branch)
     events        FAKE_CLAUDE_EVENTS "STATUS: tick n" lines at FAKE_CLAUDE_RATE per second,
@@ -67,7 +68,7 @@ VALUE_FLAGS = {
 }  # fmt: skip
 GIT_IDENTITY = ["-c", "user.name=coord-worker", "-c", "user.email=worker@coord.invalid"]
 # A prompt's `[fake:NAME]` or `[fake:NAME:ARG]`: the last one picks the scenario.
-MARKER = re.compile(r"\[fake:([a-z_]+)(?::([A-Za-z0-9 _.,-]*))?\]")
+MARKER = re.compile(r"\[fake:([a-z_]+)(?::([A-Za-z0-9 _.,=-]*))?\]")
 APPROVE = "The change does what the issue asks.\nVERDICT: approve\n1. Nothing blocking."
 REQUEST_CHANGES = (
     "The greeting is wrong.\nVERDICT: request-changes\n"
@@ -293,9 +294,14 @@ def env_report() -> str:
 def work(session: Session, *, content: str | None = None, delay: float = 0.0) -> None:
     """Run the `ok` flow: report, write a file, commit it, report, and finish."""
     title = first_line(session.prompt)
-    path = os.path.join(os.getcwd(), os.environ.get("FAKE_CLAUDE_FILE", "fake_claude_output.txt"))
-    if content is None and session.arg is not None:
-        content = session.arg + "\n"
+    name = os.environ.get("FAKE_CLAUDE_FILE", "fake_claude_output.txt")
+    arg = session.arg
+    if arg is not None and "=" in arg:
+        name, arg = arg.split("=", 1)  # ARG "NAME=TEXT": the file's name, in the worktree
+        name = os.path.basename(name) or "fake_claude_output.txt"
+    path = os.path.join(os.getcwd(), name)
+    if content is None and arg is not None:
+        content = arg + "\n"
     if content is None:
         content = f"fake claude was here\nprompt: {title}\n"
     content = fresh(path, content)

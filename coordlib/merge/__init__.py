@@ -1,0 +1,1 @@
+"""The merge queue: batches (`queue`) and landing them (`runner`)."""

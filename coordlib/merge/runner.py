@@ -1,0 +1,299 @@
+"""`coord merge`: land what reached ready-to-merge, tested on exactly the base it lands on.
+
+The candidates are the issues whose pipeline is at ready-to-merge with a PR, by repo (an
+upstream repo in `depends_on` first), then by when they became ready (or `--order`).  Each
+repo's are taken in batches of `merge.batch_size` through `queue.run_batch`, which calls
+back here for the machine work, one remote command each: `stack` (the batch merged or
+rebased onto the default branch's head, on the machine of the first candidate), `test` (the
+build and tests on the stacked commit) and `land` (that very commit pushed to the default
+branch, refused if the branch moved meanwhile).  Then the forge and the pipelines learn the
+outcome: a landed PR is recorded and its issue closed with the merged commit and the issue's
+whole cost; a breaker or a conflict goes back to its issue's fix stage (a conflict with the
+`conflict` briefing naming the files).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CommandError, PipelineError, UsageError
+from ..runtime.answers import failure_reason, parse_land, parse_stack, parse_test
+from ..runtime.command import slugify
+from ..runtime.protocol import ExitCode, land_command, stack_command, test_command
+from .queue import BatchResult, Step, Trial, run_batch
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..pipeline.engine import Pipelines
+    from ..pipeline.state import Pipeline
+
+__all__ = ["MergeReport", "Merger", "order_repos"]
+
+METHODS = ("merge", "squash", "rebase")
+_TAIL = 3000
+
+
+@dataclass
+class MergeReport:
+    """What `coord merge` did (or, with dry_run, would do)."""
+
+    dry_run: bool
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    waiting: list[dict[str, Any]] = field(default_factory=list)  # {issue, why}
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def test_runs(self) -> int:
+        """Return how many test runs the merge cost."""
+        return sum(int(b.get("test_runs", 0)) for b in self.batches)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready report."""
+        return {"dry_run": self.dry_run, "batches": self.batches, "waiting": self.waiting,
+                "errors": self.errors, "test_runs": self.test_runs}  # fmt: skip
+
+
+def order_repos(repos: Sequence[str], depends_on: dict[str, Sequence[str]]) -> list[str]:
+    """Return repos with each one's `depends_on` before it (the config has no cycles)."""
+    out: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in out or name in path:
+            return
+        for up in depends_on.get(name, ()):
+            visit(up, (*path, name))
+        out.append(name)
+
+    for r in repos:
+        visit(r, ())
+    return [r for r in out if r in repos]
+
+
+class Merger:
+    """The merge queue, for the coordinator."""
+
+    def __init__(self, ctx: Context, engine: Pipelines) -> None:
+        self.ctx = ctx
+        self.engine = engine
+
+    def candidates(
+        self, *, repo: str | None = None, order: Sequence[str] = ()
+    ) -> dict[str, list[Pipeline]]:
+        """Return the ready PRs to land, by repo in landing order (see the module)."""
+        config = self.ctx.config
+        ready = [p for p in self.ctx.board.pipelines()
+                 if p.stage == "ready-to-merge" and p.pr is not None and p.branch
+                 and (repo is None or p.repo == repo)]  # fmt: skip
+        wanted = [_key(x, repo) for x in order]
+        if wanted:
+            unknown = [k for k in wanted if k not in {p.key for p in ready}]
+            if unknown:
+                raise UsageError(
+                    f"not ready to merge: {', '.join(unknown)} (`coord pipeline` shows where "
+                    f"each issue is)"
+                )
+            ready = sorted((p for p in ready if p.key in wanted), key=lambda p: wanted.index(p.key))
+        else:
+            ready.sort(key=_ready_at)
+        names = order_repos(
+            sorted({p.repo for p in ready}),
+            {r: config.repo(r).depends_on for r in config.repos},
+        )
+        return {r: [p for p in ready if p.repo == r] for r in names}
+
+    async def merge(
+        self,
+        *,
+        repo: str | None = None,
+        method: str | None = None,
+        order: Sequence[str] = (),
+        batch: int | None = None,
+        dry_run: bool = False,
+    ) -> MergeReport:
+        """Land the ready PRs; see the module.  `dry_run` stacks them (to find conflicts and
+        PRs that change the same files) but tests and lands nothing."""
+        method = method or self.ctx.config.merge.method
+        if method not in METHODS:
+            raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+        size = batch or self.ctx.config.merge.batch_size
+        if size < 1:
+            raise UsageError("--batch must be 1 or more")
+        report = MergeReport(dry_run=dry_run)
+        for name, ready in self.candidates(repo=repo, order=order).items():
+            blocked = self._upstream_busy(name)
+            if blocked:
+                report.waiting += [{"issue": p.key, "why": blocked} for p in ready]
+                continue
+            for i in range(0, len(ready), size):
+                group = ready[i : i + size]
+                try:
+                    await self._batch(name, group, method, report, dry_run=dry_run)
+                except (PipelineError, CommandError) as exc:
+                    report.errors.append(f"{name}: {exc}")
+                    self.ctx.notify(f"merge {name}: {exc}")
+        if not dry_run:
+            await self.engine.actions.post_outbox(None)
+        return report
+
+    def _upstream_busy(self, repo: str) -> str | None:
+        """Why repo's PRs wait: an upstream repo (depends_on) has ready PRs not yet landed."""
+        ups = self.ctx.config.repo(repo).depends_on
+        busy = [p.key for p in self.ctx.board.pipelines()
+                if p.repo in ups and p.stage == "ready-to-merge"]  # fmt: skip
+        if busy:
+            return f"upstream {', '.join(sorted({k.split('#')[0] for k in busy}))} lands first"
+        return None
+
+    # ------------------------------------------------------------ one batch
+    async def _batch(
+        self, repo: str, group: list[Pipeline], method: str, report: MergeReport, *,
+        dry_run: bool,
+    ) -> None:  # fmt: skip
+        config = self.ctx.config
+        r = config.repo(repo)
+        m = config.machine(group[0].machine)
+        transport = self.ctx.machines.get(m.name)
+        by_branch = {p.branch: p for p in group}
+        record: dict[str, Any] = {"repo": repo, "machine": m.name, "method": method,
+                                  "candidates": [p.key for p in group]}  # fmt: skip
+
+        async def stack(cands: Sequence[Pipeline]) -> tuple[str, list[Step[Pipeline]]]:
+            sid = f"{slugify(repo, max_length=16) or 'repo'}-stack-{os.urandom(3).hex()}"
+            branches = [(p.branch, _message(p, method)) for p in cands]
+            argv, stdin = stack_command(
+                m.workdir, sid, m.repo_path(repo), r.default_branch, method, branches
+            )
+            result = await transport.run(argv, input=stdin, timeout=600, what="stack")
+            stacked = parse_stack(result.stdout, machine=m.name)
+            steps = [Step(by_branch[s.branch], s.sha, s.state, tuple(s.conflicts), tuple(s.files))
+                     for s in stacked.steps if s.branch in by_branch]  # fmt: skip
+            record["overlaps"] = _overlaps(steps)
+            return stacked.base, steps
+
+        async def test(sha: str, cands: Sequence[Pipeline]) -> Trial:
+            tid = f"{slugify(repo, max_length=16) or 'repo'}-merge-{os.urandom(3).hex()}"
+            timeout = config.pipeline.test_timeout
+            argv, stdin = test_command(m.workdir, tid, m.repo_path(repo), sha,
+                                       build=r.build_command, test=r.test_command,
+                                       timeout=timeout)  # fmt: skip
+            try:
+                result = await transport.run(argv, input=stdin, timeout=timeout + 150, what="test")
+            except CommandError as exc:
+                raise PipelineError(f"could not test {sha[:12]} on {m.name}: "
+                                    f"{failure_reason(exc.stderr) or exc}") from exc  # fmt: skip
+            t = parse_test(result.stdout, machine=m.name)
+            return Trial(t.passed, {"sha": t.sha, "exit_code": t.exit_code, "log": t.log,
+                                    "tail": t.tail[-_TAIL:], "machine": m.name,
+                                    "prs": [p.pr for p in cands]})  # fmt: skip
+
+        async def land(sha: str, base: str) -> bool:
+            try:
+                result = await transport.run(
+                    land_command(m.repo_path(repo), r.default_branch, sha, base),
+                    timeout=300, what="land",
+                )  # fmt: skip
+            except CommandError as exc:
+                if exc.returncode == ExitCode.BASE_MOVED:
+                    return False
+                raise PipelineError(f"could not land {sha[:12]} on {r.default_branch}: "
+                                    f"{failure_reason(exc.stderr) or exc}") from exc  # fmt: skip
+            parse_land(result.stdout, machine=m.name)
+            return True
+
+        if dry_run:
+            base, steps = await stack(group)
+            record.update(base=base, would_land=[s.candidate.key for s in steps
+                                                 if s.state == "applied"],
+                          conflicts=[{"issue": s.candidate.key, "files": list(s.conflicts)}
+                                     for s in steps if s.state == "conflict"])  # fmt: skip
+            report.batches.append(record)
+            return
+        result = await run_batch(group, stack=stack, test=test, land=land)
+        await self._settle(result, record, method)
+        report.batches.append(record)
+
+    async def _settle(self, result: BatchResult[Pipeline], record: dict[str, Any],
+                      method: str) -> None:  # fmt: skip
+        """Tell the pipelines and the forge what became of each candidate."""
+        record.update(test_runs=result.test_runs, restacks=result.restacks,
+                      landed=[{"issue": p.key, "pr": p.pr, "sha": sha}
+                              for p, sha in result.landed],
+                      bounced=[p.key for p, _ in result.bounced],
+                      conflicts=[{"issue": s.candidate.key, "files": list(s.conflicts)}
+                                 for s in result.conflicts],
+                      missing=[p.key for p in result.missing])  # fmt: skip
+        for p, sha in result.landed:
+            self._landed(p, sha, method)
+            await self.engine._fire("on_merge", p, sha=sha)
+        for p, trial in result.bounced:
+            tail = str(trial.facts.get("tail") or "")
+            self.engine.reopen(
+                p, outcome="merge test failed", escalate=True,
+                failures=(f"The merge queue stacked PR #{p.pr} on the default branch and its "
+                          f"tests failed at {str(trial.facts.get('sha', ''))[:12]}:\n{tail}"),
+            )  # fmt: skip
+        for s in result.conflicts:
+            self.engine.reopen(
+                s.candidate, outcome="conflict", escalate=False, brief="conflict",
+                conflicts=s.conflicts,
+                failures=f"It no longer merges into the default branch: {', '.join(s.conflicts)}",
+            )  # fmt: skip
+        for p in result.missing:
+            gone = f"The branch {p.branch} is gone from the remote."
+            self.engine.reopen(p, outcome="branch gone", escalate=False, failures=gone)
+
+    def _landed(self, p: Pipeline, sha: str, method: str) -> None:
+        """Record a landed candidate: merged on the board; PR, issue and label on the forge."""
+        from ..pipeline.actions import _entry
+        from ..pipeline.state import MERGED
+
+        def apply(q: Pipeline) -> None:
+            q.merged_sha, q.current, q.acting = sha, None, None
+            q.note_verdict({"stage": "merge", "outcome": "landed", "sha": sha,
+                            "method": method})  # fmt: skip
+            q.note_move(MERGED, "landed")
+            body = (f"**coord** merged PR #{q.pr} as `{sha[:12]}` on the default branch, "
+                    f"tested there first. The issue cost ${q.cost_usd:.2f} in all "
+                    f"({q.round} fix rounds).")  # fmt: skip
+            q.outbox = [*q.outbox, _entry("landed", q.pr, "", sha=sha),
+                        _entry("issue", q.issue, body),
+                        _entry("label", q.issue, "", label="status:done"),
+                        _entry("close", q.issue, "")]  # fmt: skip
+
+        self.engine._change(p, apply)
+
+
+def _key(x: str, repo: str | None) -> str:
+    if "#" in x:
+        return x
+    if repo is None:
+        raise UsageError(f"--order {x}: say which repo (repo#{x}), or give --repo")
+    return f"{repo}#{x}"
+
+
+def _ready_at(p: Pipeline) -> float:
+    for m in reversed(p.moves):
+        if m.get("to") == "ready-to-merge":
+            return float(m.get("at") or 0.0)
+    return p.updated_at or time.time()
+
+
+def _message(p: Pipeline, method: str) -> str:
+    if method == "squash":
+        return f"{p.title} (#{p.pr})\n\nCloses #{p.issue}\n"
+    return f"Merge PR #{p.pr}: {p.title}\n\nLanded by coord's merge queue after testing.\n"
+
+
+def _overlaps(steps: Sequence[Step[Pipeline]]) -> list[dict[str, Any]]:
+    """Pairs of candidates in one batch that change the same files (flagged, not refused)."""
+    out = []
+    for i, a in enumerate(steps):
+        for b in steps[i + 1 :]:
+            both = sorted(set(a.files) & set(b.files))
+            if both:
+                out.append({"a": a.candidate.key, "b": b.candidate.key, "files": both})
+    return out

@@ -1,0 +1,254 @@
+"""`coord merge` on the local forge: real git stacks, real test runs on the stacked commit,
+and a land that only ever pushes the tested commit.  Issues reach ready-to-merge through the
+real pipeline first (the stand-in worker and reviewers of tests/test_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordlib.merge.runner import order_repos
+
+from .conftest import Setup
+from .test_pipeline import arun, coordinator, drive, forge_of, new_issue, pipeline_setup
+
+# Each PR adds one feature file; more than two of them together break the tests, so each PR
+# passes alone and a stack of three is red: a breaker only the merge queue can find.
+LIMIT_TEST = "test $(ls feature-*.txt 2>/dev/null | wc -l) -le 2"
+
+
+def ready(setup: Setup, machine: str, names: list[str], *, test: str = LIMIT_TEST) -> list[int]:
+    """Take one issue per feature file through the pipeline to ready-to-merge."""
+    cfg = setup.config_path.read_text()
+    setup.config_path.write_text(cfg.replace(json.dumps(_current_test(cfg)), json.dumps(test)))
+
+    async def go() -> list[int]:
+        async with coordinator(setup) as c:
+            ns = []
+            for name in names:
+                n = await new_issue(c, f"Add {name}. [fake:ok:{name}=hello]", title=f"Add {name}")
+                await c.assign(machine, "api", n)
+                ns.append(n)
+            for n in ns:
+                p = await drive(c, "api", n)
+                assert p.stage == "ready-to-merge", p
+            return ns
+
+    return list(arun(go()))
+
+
+def _current_test(cfg: str) -> str:
+    line = next(x for x in cfg.splitlines() if "test_command:" in x)
+    return str(json.loads(line.split("test_command:", 1)[1].strip()))
+
+
+def origin_log(setup: Setup) -> list[str]:
+    log = ["git", "-C", str(setup.repo.origin), "log", "--first-parent", "--format=%s", "main"]
+    out = subprocess.run(log, capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+def merge(setup: Setup, **kwargs: Any) -> Any:
+    async def go() -> Any:
+        async with coordinator(setup) as c:
+            return await c.merge(**kwargs), c.pipelines()
+
+    return arun(go())
+
+
+def test_a_green_batch_lands_in_one_test_run(setup: Setup) -> None:
+    merged = setup.root / "merged.jsonl"
+    setup.extra["hooks"] = {"on_merge": [f"cat >> {merged}; echo >> {merged}"]}
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ns = ready(setup, machine, ["feature-1.txt", "feature-2.txt"])
+    report, pipelines = merge(setup)
+    assert report.test_runs == 1 and not report.errors, report
+    [batch] = report.batches
+    assert [x["issue"] for x in batch["landed"]] == [f"api#{n}" for n in ns]
+    log = origin_log(setup)
+    prs = [p.pr for p in sorted(pipelines, key=lambda p: p.issue)]
+    assert [x.split(":")[0] for x in log] == [*(f"Merge PR #{n}" for n in reversed(prs)),
+                                              "initial commit"]  # fmt: skip
+    assert all(p.stage == "merged" and p.merged_sha for p in pipelines)
+
+    async def forge_state() -> tuple[list[Any], list[Any]]:
+        forge = forge_of(setup)
+        prs = [await forge.get_pr(int(p.pr)) for p in pipelines if p.pr]
+        return prs, [await forge.get_issue(n) for n in ns]
+
+    events = [json.loads(x) for x in merged.read_text().splitlines() if x.strip()]
+    assert sorted(e["issue"] for e in events) == sorted(ns)
+    assert {e["event"] for e in events} == {"on_merge"} and events[0]["sha"]
+    prs, issues = arun(forge_state())
+    assert all(pr.merged and pr.merge_sha == batch["landed"][0]["sha"] for pr in prs)
+    assert all(i.state == "closed" and "status:done" in i.labels for i in issues)
+    assert all(any("merged PR #" in c.body and "tested there first" in c.body
+                   for c in i.comments) for i in issues)  # fmt: skip
+
+
+def test_a_red_batch_is_bisected_and_the_breaker_bounced(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ns = ready(setup, machine, ["feature-1.txt", "feature-2.txt", "feature-3.txt"])
+    report, pipelines = merge(setup)
+    [batch] = report.batches
+    assert [x["issue"] for x in batch["landed"]] == [f"api#{n}" for n in ns[:2]]
+    assert batch["bounced"] == [f"api#{ns[2]}"]
+    assert report.test_runs <= 3  # the stack of 3 (red), then the prefix of 2 (green)
+    by_issue = {p.issue: p for p in pipelines}
+    bounced = by_issue[ns[2]]
+    assert bounced.stage == "fix" and "merge queue" in bounced.failures
+    assert bounced.round == 1 and bounced.pr is not None
+    # Only tested commits are on main: it holds exactly the first two PRs.
+    tree = ["git", "-C", str(setup.repo.origin), "ls-tree", "--name-only", "main"]
+    files = subprocess.run(tree, capture_output=True, text=True, check=True).stdout.split()
+    features = sorted(f for f in files if f.startswith("feature-"))
+    assert features == ["feature-1.txt", "feature-2.txt"]
+
+
+def test_a_branch_that_moves_during_the_test_forces_a_retest(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ready(setup, machine, ["feature-1.txt"])
+    # The next test run pushes a commit to origin's main from outside, once.
+    flag = setup.root / "pushed-once"
+    clone = setup.root / "outsider"
+    subprocess.run(["git", "clone", "-q", str(setup.repo.origin), str(clone)], check=True)
+    pusher = (f"if [ ! -e {flag} ]; then touch {flag} && cd {clone} && echo x > outside.txt && "
+              f"git add outside.txt && git -c user.name=o -c user.email=o@x commit -qm outside "
+              f"&& git push -q origin HEAD:main; fi; true")  # fmt: skip
+    cfg = setup.config_path.read_text()
+    setup.config_path.write_text(cfg.replace(json.dumps(LIMIT_TEST), json.dumps(pusher)))
+    report, pipelines = merge(setup)
+    [batch] = report.batches
+    assert batch["restacks"] == 1 and report.test_runs == 2, batch
+    assert origin_log(setup)[1] == "outside"  # stacked again on the moved branch
+    assert pipelines[0].stage == "merged"
+
+
+def test_a_conflict_sends_the_pr_to_a_conflict_worker(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ns = ready(setup, machine, ["feature-1.txt"])
+    # Main moves on with a different feature-1.txt: the PR no longer merges.
+    clone = setup.root / "outsider"
+    subprocess.run(["git", "clone", "-q", str(setup.repo.origin), str(clone)], check=True)
+    (clone / "feature-1.txt").write_text("someone else's\n")
+    who = ["-c", "user.name=o", "-c", "user.email=o@x"]
+    for args in (["add", "feature-1.txt"], [*who, "commit", "-qm", "theirs"], ["push", "-q"]):
+        subprocess.run(["git", "-C", str(clone), *args], check=True)
+    report, pipelines = merge(setup)
+    [batch] = report.batches
+    assert batch["conflicts"] == [{"issue": f"api#{ns[0]}", "files": ["feature-1.txt"]}]
+    assert report.test_runs == 0
+    [p] = pipelines
+    assert p.stage == "fix" and p.brief == "conflict" and p.conflicts == ["feature-1.txt"]
+
+    async def next_pass() -> Any:
+        async with coordinator(setup) as c:
+            r = await c.advance()
+            return r, c.board.pipeline("api", ns[0])
+
+    r, p = arun(next_pass())
+    assert r.dispatched and p.brief is None
+    briefing = (
+        Path(setup.root / "wd-local" / "runs" / r.dispatched[0] / "briefing.md")
+    ).read_text()
+    assert "no longer merges cleanly" in briefing and "`feature-1.txt`" in briefing
+
+
+def test_dry_run_says_what_would_land_and_lands_nothing(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ready(setup, machine, ["feature-1.txt"])
+    report, pipelines = merge(setup, dry_run=True)
+    assert report.dry_run and report.test_runs == 0
+    assert report.batches[0]["would_land"] == [pipelines[0].key]
+    assert origin_log(setup) == ["initial commit"] and pipelines[0].stage == "ready-to-merge"
+
+
+def test_upstream_repos_land_first() -> None:
+    assert order_repos(["web", "api", "cli"], {"web": ["api"], "cli": ["web"]}) == [
+        "api", "web", "cli"]  # fmt: skip
+    assert order_repos(["web"], {"web": ["api"]}) == ["web"]
+
+
+@pytest.mark.parametrize("order", [["x"], ["api#999"]])
+def test_order_names_only_ready_issues(setup: Setup, order: list[str]) -> None:
+    from coordlib.errors import UsageError
+
+    pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    with pytest.raises(UsageError):
+        merge(setup, order=order)
+
+
+def test_a_batch_lands_on_github(setup: Setup, fake_github: Any, tmp_path: Path) -> None:
+    """The same queue against the schema-checked fake GitHub: the stack is pushed by git over
+    HTTP; the PRs, which GitHub does not see merged (a pushed merge commit), are closed with
+    a comment saying where they landed, and the issues closed."""
+    import yaml
+
+    from coordlib import Coordinator
+    from tests.fakegithub.plugin import seed_repo
+
+    work = seed_repo(fake_github, "acme/api", tmp_path / "gh-clone")
+    setup.add_local("local", repo_paths={"api": str(work)}, max_workers=6)
+    briefings = setup.root / "briefings"
+    briefings.mkdir()
+    (briefings / "review.md.j2").write_text("Review {{ branch }}.\n[fake:approve]\n")
+    setup.extra["github"] = {"api_url": fake_github.api_url, "write_interval": 0}
+    setup.extra["briefings"] = {"dir": str(briefings)}
+    config = setup.write()
+    data = yaml.safe_load(config.read_text())
+    data["repos"][0].update(github="acme/api", test_command=LIMIT_TEST)
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"GITHUB_TOKEN": fake_github.token}
+
+    async def go() -> tuple[Any, list[Any], list[Any], list[Any]]:
+        async with Coordinator.from_path(config, environ=env) as c:
+            forge = c.forge("api")
+            ns = []
+            for name in ("feature-1.txt", "feature-2.txt"):
+                issue = await forge.create_issue(f"Add {name}", body=f"[fake:ok:{name}=hi]")
+                await c.assign("local", "api", issue.number)
+                ns.append(issue.number)
+            for n in ns:
+                assert (await drive(c, "api", n)).stage == "ready-to-merge"
+            report = await c.merge()
+            pipes = c.pipelines()
+            prs = [await forge.get_pr(int(p.pr)) for p in pipes if p.pr]
+            return report, pipes, prs, [await forge.get_issue(n) for n in ns]
+
+    report, pipes, prs, issues = arun(go())
+    assert report.test_runs == 1 and not report.errors, report
+    assert all(p.stage == "merged" for p in pipes)
+    assert all(pr.state == "closed" for pr in prs)
+    assert all(i.state == "closed" and "status:done" in i.labels for i in issues)
+    main = subprocess.run(["git", "ls-remote", fake_github.git_url("acme/api"), "main"],
+                          capture_output=True, text=True, check=True).stdout.split()[0]  # fmt: skip
+    assert main == report.batches[0]["landed"][0]["sha"]  # exactly the tested commit
+
+
+def test_coord_run_until_idle_takes_an_issue_to_merged(setup: Setup) -> None:
+    import sys
+
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+
+    async def start() -> int:
+        async with coordinator(setup) as c:
+            n = await new_issue(c, "Add it. [fake:ok:feature-1.txt=hi]")
+            await c.assign(machine, "api", n)
+            return n
+
+    n = arun(start())
+    cmd = [sys.executable, "-m", "coord_cli", "--config", str(setup.config_path), "run",
+           "--interval", "0.3", "--until-idle"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"api#{n}: ready-to-merge → merged" in out.stdout
+
+    async def after() -> Any:
+        async with coordinator(setup) as c:
+            return c.board.pipeline("api", n)
+
+    assert arun(after()).stage == "merged"
