@@ -212,11 +212,18 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
                     p.stage == "ready-to-merge" for p in report.pipelines
                 ):
                     merged = await c.merge()
-                    landed = [x for b in merged.batches for x in b.get("landed", [])]
-                    report.moves += [
-                        {"issue": x["issue"], "from": "ready-to-merge", "to": "merged",
-                         "outcome": x["sha"][:12]} for x in landed
-                    ]  # fmt: skip
+                    for b in merged.batches:  # each a move: the loop is not idle yet
+                        report.moves += [
+                            {"issue": x["issue"], "from": "ready-to-merge", "to": "merged",
+                             "outcome": x["sha"][:12]} for x in b.get("landed", [])
+                        ] + [
+                            {"issue": k, "from": "ready-to-merge", "to": "fix",
+                             "outcome": why}
+                            for why, keys in (("bounced", b.get("bounced", [])),
+                                              ("conflict", [x["issue"] for x in
+                                                            b.get("conflicts", [])]))
+                            for k in keys
+                        ]  # fmt: skip
                     report.errors += merged.errors
                     report.pipelines = c.pipelines()
                 spent = c.engine.ledger.session_spend()["usd"]

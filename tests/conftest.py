@@ -18,6 +18,20 @@ from coordlib.testing import GitRepo, SSHServer, make_git_repo
 
 pytest_plugins = ["coordlib.testing.plugin", "tests.fakegithub.plugin"]
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _hypothesis_regex_compiled_early() -> None:
+    """Import hypothesis's regex module before any test runs.
+
+    Debian 12's Python (3.11.2) raises "SystemError: AST constructor recursion depth mismatch"
+    when code is compiled while the recursion limit differs from when the compiler started
+    (fixed in later 3.11 releases); hypothesis raises the limit while it runs a test, and
+    imports this module (compiled through pytest's assertion rewriting) the first time a
+    `from_regex` strategy is drawn.  CI met it once; importing it up front avoids it.
+    """
+    import hypothesis.strategies._internal.regex  # noqa: F401
+
+
 FAKE_CLAUDE = Path(coordlib.testing.__file__).with_name("fake_claude.py")
 
 

@@ -4,6 +4,7 @@ real pipeline first (the stand-in worker and reviewers of tests/test_pipeline.py
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -252,3 +253,72 @@ def test_coord_run_until_idle_takes_an_issue_to_merged(setup: Setup) -> None:
             return c.board.pipeline("api", n)
 
     assert arun(after()).stage == "merged"
+
+
+def test_two_merges_at_once_land_each_pr_once(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ns = ready(setup, machine, ["feature-1.txt", "feature-2.txt"])
+
+    async def go() -> tuple[Any, Any, list[Any]]:
+        async with coordinator(setup) as c1, coordinator(setup) as c2:
+            r1, r2 = await asyncio.gather(c1.merge(), c2.merge())
+            return r1, r2, [await c1.forge("api").get_issue(n) for n in ns]
+
+    r1, r2, issues = arun(go())
+    landed = [x["issue"] for r in (r1, r2) for b in r.batches for x in b.get("landed", [])]
+    assert sorted(landed) == sorted(f"api#{n}" for n in ns)  # each once
+    assert r1.test_runs + r2.test_runs == 1
+    for i in issues:
+        assert sum("merged PR #" in c.body for c in i.comments) == 1
+
+
+def test_prs_that_conflict_with_each_other_wait_for_the_next_merge(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+
+    async def two() -> list[int]:
+        async with coordinator(setup) as c:
+            ns = []
+            for text in ("mine", "yours"):  # the same file, two contents
+                n = await new_issue(c, f"Write it. [fake:ok:feature-1.txt={text}]")
+                await c.assign(machine, "api", n)
+                ns.append(n)
+            for n in ns:
+                assert (await drive(c, "api", n)).stage == "ready-to-merge"
+            return ns
+
+    ns = arun(two())
+    # From now on "mine" breaks the tests: the first PR is bounced by the merge queue.
+    cfg = setup.config_path.read_text()
+    breaks = json.dumps("! grep -q mine feature-1.txt")
+    setup.config_path.write_text(cfg.replace(json.dumps(_current_test(cfg)), breaks))
+    report, pipelines = merge(setup)
+    [batch] = report.batches
+    assert batch["bounced"] == [f"api#{ns[0]}"] and batch["landed"] == []
+    assert batch["deferred"] == [f"api#{ns[1]}"]  # it conflicted with #1 only: not bounced
+    by = {p.issue: p for p in pipelines}
+    assert by[ns[1]].stage == "ready-to-merge"  # untouched: no round spent on it
+    report, pipelines = merge(setup)  # alone now: it lands
+    assert [x["issue"] for x in report.batches[0]["landed"]] == [f"api#{ns[1]}"]
+
+
+def test_a_pr_pushed_to_after_its_review_is_tested_again(setup: Setup) -> None:
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    [n] = ready(setup, machine, ["feature-1.txt"])
+
+    async def branch() -> str:
+        async with coordinator(setup) as c:
+            p = c.board.pipeline("api", n)
+            assert p is not None
+            return p.branch
+
+    name = arun(branch())
+    clone = setup.root / "sneaky"
+    subprocess.run(["git", "clone", "-q", "-b", name, str(setup.repo.origin), str(clone)],
+                   check=True)  # fmt: skip
+    (clone / "extra.txt").write_text("unreviewed\n")
+    who = ["-c", "user.name=o", "-c", "user.email=o@x"]
+    for args in (["add", "extra.txt"], [*who, "commit", "-qm", "sneak"], ["push", "-q"]):
+        subprocess.run(["git", "-C", str(clone), *args], check=True)
+    report, pipelines = merge(setup)
+    assert report.test_runs == 0 and "changed after its review" in report.waiting[0]["why"]
+    assert pipelines[0].stage == "test" and origin_log(setup) == ["initial commit"]

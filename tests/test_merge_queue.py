@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,33 @@ def test_a_conflict_is_set_aside_and_the_rest_land() -> None:
     [r] = merge_all(w, [1, 2, 3], 3)
     assert [s.candidate for s in r.conflicts] == [2] and w.main == [1, 3]
     assert r.test_runs == 1
+
+
+def test_a_red_base_bounces_nobody() -> None:
+    w = World(broken={0})
+    w.main = [0]  # the default branch itself is broken
+
+    async def go() -> BatchResult[int]:
+        return await run_batch([1, 2, 3, 4], stack=w.stack, test=w.test, land=w.land)
+
+    r = asyncio.run(go())
+    assert r.bounced == [] and r.landed == [] and r.base_red is not None
+    assert w.tested[-1] == (0,)  # the base was tested on its own
+
+
+def test_outcomes_are_heard_as_they_happen() -> None:
+    w = World(broken={3})
+    heard: list[tuple[str, Any]] = []
+
+    async def landed(cands: list[int], sha: str) -> None:
+        heard.append(("landed", tuple(cands)))
+
+    async def bounced(c: int, trial: Trial) -> None:
+        heard.append(("bounced", c))
+
+    async def go() -> BatchResult[int]:
+        return await run_batch([1, 2, 3, 4], stack=w.stack, test=w.test, land=w.land,
+                               landed=landed, bounced=bounced)  # fmt: skip
+
+    asyncio.run(go())
+    assert heard == [("bounced", 3), ("landed", (1, 2)), ("landed", (4,))]

@@ -50,21 +50,46 @@ class BatchResult(Generic[C]):
     missing: list[C] = field(default_factory=list)  # its branch is gone
     test_runs: int = 0
     restacks: int = 0  # times the default branch moved under a tested stack
+    base_red: Trial | None = None  # the default branch itself failed its tests
 
 
 Stack = Callable[[Sequence[C]], Awaitable[tuple[str, list[Step[C]]]]]  # -> (base sha, steps)
 Test = Callable[[str, Sequence[C]], Awaitable[Trial]]  # (sha, the candidates in it) -> trial
 Land = Callable[[str, str], Awaitable[bool]]  # (sha, expected base) -> False: the base moved
+Landed = Callable[[list[C], str], Awaitable[None]]  # (the candidates, the landed sha)
+Bounced = Callable[[C, Trial], Awaitable[None]]  # (the breaker, its red trial)
 
 _MAX_RESTACKS = 5
 
 
 async def run_batch(
-    candidates: Sequence[C], *, stack: Stack[C], test: Test[C], land: Land
+    candidates: Sequence[C],
+    *,
+    stack: Stack[C],
+    test: Test[C],
+    land: Land,
+    landed: Landed[C] | None = None,
+    bounced: Bounced[C] | None = None,
 ) -> BatchResult[C]:
-    """Stack, test, bisect and land one batch; see the module."""
+    """Stack, test, bisect and land one batch; see the module.
+
+    `landed` and `bounced` hear each outcome the moment it is decided (a push is recorded
+    before anything else can fail); the result repeats them.  A red stack whose first PR is
+    red alone gets the base itself tested: a red base bounces nobody (`result.base_red`).
+    """
     result: BatchResult[C] = BatchResult()
     todo = list(candidates)
+
+    async def did_land(part: Sequence[Step[C]], sha: str) -> None:
+        result.landed += [(s.candidate, sha) for s in part]
+        if landed is not None:
+            await landed([s.candidate for s in part], sha)
+
+    async def did_bounce(c: C, trial: Trial) -> None:
+        result.bounced.append((c, trial))
+        if bounced is not None:
+            await bounced(c, trial)
+
     while todo:
         base, steps = await stack(todo)
         result.conflicts += [s for s in steps if s.state == "conflict"]
@@ -77,7 +102,7 @@ async def run_batch(
         result.test_runs += 1
         if trial.passed:
             if await land(str(top.sha), base):
-                result.landed += [(s.candidate, str(top.sha)) for s in applied]
+                await did_land(applied, str(top.sha))
                 return result
             result.restacks += 1
             if result.restacks > _MAX_RESTACKS:
@@ -94,11 +119,18 @@ async def run_batch(
                 green = mid
             else:
                 red, red_trial = mid, probe
-        result.bounced.append((applied[red].candidate, red_trial))
+        if red == 0:
+            # The first PR alone is red: unless the base itself is (then nobody is to blame).
+            base_trial = await test(base, [])
+            result.test_runs += 1
+            if not base_trial.passed:
+                result.base_red = base_trial
+                return result
+        await did_bounce(applied[red].candidate, red_trial)
         if green >= 0:
             sha = str(applied[green].sha)
             if await land(sha, base):
-                result.landed += [(s.candidate, sha) for s in applied[: green + 1]]
+                await did_land(applied[: green + 1], sha)
             else:
                 result.restacks += 1
                 todo = [s.candidate for i, s in enumerate(applied) if i != red]

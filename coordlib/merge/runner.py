@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CommandError, PipelineError, UsageError
+from ..errors import CommandError, CoordError, PipelineError, UnreachableError, UsageError
 from ..runtime.answers import failure_reason, parse_land, parse_stack, parse_test
 from ..runtime.command import slugify
 from ..runtime.protocol import ExitCode, land_command, stack_command, test_command
@@ -35,6 +35,7 @@ __all__ = ["MergeReport", "Merger", "order_repos"]
 
 METHODS = ("merge", "squash", "rebase")
 _TAIL = 3000
+_MERGE_TRIES = 3  # a batch that fails to run this often in a row asks a person
 
 
 @dataclass
@@ -130,20 +131,105 @@ class Merger:
                 continue
             for i in range(0, len(ready), size):
                 group = ready[i : i + size]
+                if not dry_run:
+                    # Claimed batch by batch, just before its stack: a long merge never holds
+                    # (and never outlives) claims on the batches it has not reached.
+                    group = self._claim(group, report)
+                    group = await self._still_as_reviewed(group, report)
+                if not group:
+                    continue
                 try:
                     await self._batch(name, group, method, report, dry_run=dry_run)
-                except (PipelineError, CommandError) as exc:
+                except CoordError as exc:  # a machine down or timed out, a forge refusal
                     report.errors.append(f"{name}: {exc}")
                     self.ctx.notify(f"merge {name}: {exc}")
+                    if not dry_run:
+                        self._count_failure(group, exc)
+                finally:
+                    if not dry_run:
+                        self._release(group)
         if not dry_run:
             await self.engine.actions.post_outbox(None)
         return report
 
+    async def _still_as_reviewed(
+        self, group: list[Pipeline], report: MergeReport
+    ) -> list[Pipeline]:
+        """Keep the candidates whose PR is open with the head that was tested and reviewed;
+        one pushed to since goes back to its test stage, one closed by a person to a person."""
+        forge = self.ctx.forges.get(group[0].repo) if group else None
+        keep = []
+        for p in group:
+            assert forge is not None and p.pr is not None
+            pr = await forge.get_pr(p.pr)
+            if pr.state != "open":
+                self.engine.reopen(p, outcome="PR closed", escalate=False, failures="",
+                                   stage="needs-human")  # fmt: skip
+                report.waiting.append({"issue": p.key, "why": f"PR #{p.pr} is {pr.state}"})
+            elif p.head_sha and pr.head_sha and pr.head_sha != p.head_sha:
+                test = next((x.name for x in self.engine.playbook.stages.values()
+                             if x.run == "test"), "needs-human")  # fmt: skip
+                self.engine.reopen(
+                    p, outcome="pushed after review", escalate=False, stage=test,
+                    failures="", )  # fmt: skip
+                report.waiting.append({"issue": p.key, "why": f"PR #{p.pr} changed after its "
+                                       f"review ({pr.head_sha[:12]}): tested again"})  # fmt: skip
+            else:
+                keep.append(p)
+        return keep
+
+    def _count_failure(self, group: Sequence[Pipeline], exc: CoordError) -> None:
+        """A batch that failed to run (not a red test): the third time in a row, a person."""
+
+        def bump(q: Pipeline) -> None:
+            n = q.retries.get("merge:failed", 0) + 1
+            q.retries = {**q.retries, "merge:failed": n}
+            if n >= _MERGE_TRIES:
+                q.retries = {k: v for k, v in q.retries.items() if k != "merge:failed"}
+                q.reason = f"the merge queue failed {n} times on it; the last: {exc}"
+                q.note_move("needs-human", "merge failed")
+
+        for p in group:
+            if not isinstance(exc, UnreachableError):  # a machine away mends by itself
+                self.engine.while_mine(p, bump)
+
+    def _claim(self, ready: list[Pipeline], report: MergeReport) -> list[Pipeline]:
+        """Claim each candidate for this process (two merges at once never take one PR
+        both); return those claimed, as claimed.  A claim whose process died is taken over."""
+        stale_after = self.engine._stale_after()
+        claimed = []
+        for p in ready:
+            q = None if p.acting_alive(stale_after=stale_after) else self.engine._claim(p, "merge")
+            if q is None:
+                report.waiting.append({"issue": p.key, "why": "another coord process is on it"})
+            else:
+                claimed.append(q)
+        return claimed
+
+    def _release(self, group: Sequence[Pipeline]) -> None:
+        """Drop this process's claim on the candidates the batch left as they were."""
+
+        for p in group:
+
+            def apply(q: Pipeline | None, txn: Any, mine: Any = p.acting) -> None:
+                if q is not None and q.acting == mine:
+                    q.acting = None
+
+            self.ctx.board.pipeline_change(p.repo, p.issue, apply)
+
     def _upstream_busy(self, repo: str) -> str | None:
-        """Why repo's PRs wait: an upstream repo (depends_on) has ready PRs not yet landed."""
-        ups = self.ctx.config.repo(repo).depends_on
+        """Why repo's PRs wait: an upstream repo (depends_on, all the way up) has ready PRs
+        not yet landed."""
+        config = self.ctx.config
+        ups: set[str] = set()
+        todo = list(config.repo(repo).depends_on)
+        while todo:
+            up = todo.pop()
+            if up not in ups and up in config.repos:
+                ups.add(up)
+                todo += config.repo(up).depends_on
         busy = [p.key for p in self.ctx.board.pipelines()
-                if p.repo in ups and p.stage == "ready-to-merge"]  # fmt: skip
+                if p.repo in ups and p.stage == "ready-to-merge" and p.pr is not None]  # fmt: skip
         if busy:
             return f"upstream {', '.join(sorted({k.split('#')[0] for k in busy}))} lands first"
         return None
@@ -162,6 +248,7 @@ class Merger:
                                   "candidates": [p.key for p in group]}  # fmt: skip
 
         async def stack(cands: Sequence[Pipeline]) -> tuple[str, list[Step[Pipeline]]]:
+            self._refresh(group)
             sid = f"{slugify(repo, max_length=16) or 'repo'}-stack-{os.urandom(3).hex()}"
             branches = [(p.branch, _message(p, method)) for p in cands]
             argv, stdin = stack_command(
@@ -175,6 +262,7 @@ class Merger:
             return stacked.base, steps
 
         async def test(sha: str, cands: Sequence[Pipeline]) -> Trial:
+            self._refresh(group)
             tid = f"{slugify(repo, max_length=16) or 'repo'}-merge-{os.urandom(3).hex()}"
             timeout = config.pipeline.test_timeout
             argv, stdin = test_command(m.workdir, tid, m.repo_path(repo), sha,
@@ -191,6 +279,8 @@ class Merger:
                                     "prs": [p.pr for p in cands]})  # fmt: skip
 
         async def land(sha: str, base: str) -> bool:
+            if not self._refresh(group):
+                raise PipelineError("another coord process took this batch over; nothing landed")
             try:
                 result = await transport.run(
                     land_command(m.repo_path(repo), r.default_branch, sha, base),
@@ -212,31 +302,54 @@ class Merger:
                                      for s in steps if s.state == "conflict"])  # fmt: skip
             report.batches.append(record)
             return
-        result = await run_batch(group, stack=stack, test=test, land=land)
-        await self._settle(result, record, method)
-        report.batches.append(record)
 
-    async def _settle(self, result: BatchResult[Pipeline], record: dict[str, Any],
-                      method: str) -> None:  # fmt: skip
-        """Tell the pipelines and the forge what became of each candidate."""
-        record.update(test_runs=result.test_runs, restacks=result.restacks,
-                      landed=[{"issue": p.key, "pr": p.pr, "sha": sha}
-                              for p, sha in result.landed],
-                      bounced=[p.key for p, _ in result.bounced],
-                      conflicts=[{"issue": s.candidate.key, "files": list(s.conflicts)}
-                                 for s in result.conflicts],
-                      missing=[p.key for p in result.missing])  # fmt: skip
-        for p, sha in result.landed:
-            self._landed(p, sha, method)
-            await self.engine._fire("on_merge", p, sha=sha)
-        for p, trial in result.bounced:
+        async def landed(cands: list[Pipeline], sha: str) -> None:
+            for p in cands:  # recorded at once: nothing that fails later can lose it
+                self._landed(p, sha, method)
+                await self.engine._fire("on_merge", p, sha=sha)
+
+        async def bounced(p: Pipeline, trial: Trial) -> None:
             tail = str(trial.facts.get("tail") or "")
             self.engine.reopen(
                 p, outcome="merge test failed", escalate=True,
                 failures=(f"The merge queue stacked PR #{p.pr} on the default branch and its "
                           f"tests failed at {str(trial.facts.get('sha', ''))[:12]}:\n{tail}"),
             )  # fmt: skip
+
+        report.batches.append(record)
+        result = await run_batch(group, stack=stack, test=test, land=land, landed=landed,
+                                 bounced=bounced)  # fmt: skip
+        await self._settle(result, record, stack)
+
+    async def _settle(
+        self,
+        result: BatchResult[Pipeline],
+        record: dict[str, Any],
+        stack: Callable[[Sequence[Pipeline]], Awaitable[tuple[str, list[Step[Pipeline]]]]],
+    ) -> None:
+        """Report the batch, and send its conflicts and missing branches back to their issues.
+
+        A PR that conflicted on top of others in the stack is stacked alone on the base: if it
+        applies there, the conflict is with a PR of this batch, not with the default branch,
+        and it waits for the next merge as it is.
+        """
+        record.update(test_runs=result.test_runs, restacks=result.restacks,
+                      landed=[{"issue": p.key, "pr": p.pr, "sha": sha}
+                              for p, sha in result.landed],
+                      bounced=[p.key for p, _ in result.bounced],
+                      conflicts=[{"issue": s.candidate.key, "files": list(s.conflicts)}
+                                 for s in result.conflicts],
+                      missing=[p.key for p in result.missing], deferred=[])  # fmt: skip
+        if result.base_red is not None:
+            tail = str(result.base_red.facts.get("tail") or "")[-500:]
+            record["base_red"] = tail
+            self.ctx.notify(f"merge {record['repo']}: the default branch itself fails its "
+                            f"tests; nothing was bounced:\n{tail}")  # fmt: skip
         for s in result.conflicts:
+            alone = (await stack([s.candidate]))[1] if len(record["candidates"]) > 1 else []
+            if alone and alone[0].state == "applied":
+                record["deferred"].append(s.candidate.key)
+                continue
             self.engine.reopen(
                 s.candidate, outcome="conflict", escalate=False, brief="conflict",
                 conflicts=s.conflicts,
@@ -245,6 +358,24 @@ class Merger:
         for p in result.missing:
             gone = f"The branch {p.branch} is gone from the remote."
             self.engine.reopen(p, outcome="branch gone", escalate=False, failures=gone)
+
+    def _refresh(self, group: Sequence[Pipeline]) -> bool:
+        """Renew this process's claims on the batch; False if any was taken over."""
+        now = time.time()
+        ok = True
+        for p in group:
+            if p.acting is None:
+                continue
+
+            def renew(q: Pipeline) -> None:
+                assert q.acting is not None
+                q.acting = {**q.acting, "at": now}
+
+            if self.engine.while_mine(p, renew):
+                p.acting = {**p.acting, "at": now}  # what this process holds now
+            elif (self.ctx.board.pipeline(p.repo, p.issue) or p).stage == "ready-to-merge":
+                ok = False
+        return ok
 
     def _landed(self, p: Pipeline, sha: str, method: str) -> None:
         """Record a landed candidate: merged on the board; PR, issue and label on the forge."""
@@ -264,7 +395,9 @@ class Merger:
                         _entry("label", q.issue, "", label="status:done"),
                         _entry("close", q.issue, "")]  # fmt: skip
 
-        self.engine._change(p, apply)
+        if not self.engine.while_mine(p, apply):
+            self.ctx.notify(f"merge: {p.key} landed as {sha[:12]} but another process holds it; "
+                            f"`coord pipeline {p.key}` to check")  # fmt: skip
 
 
 def _key(x: str, repo: str | None) -> str:
@@ -283,9 +416,11 @@ def _ready_at(p: Pipeline) -> float:
 
 
 def _message(p: Pipeline, method: str) -> str:
+    # A title is the issue's, untrusted: its "Fixes #99" must close nothing when it lands.
+    title = " ".join(p.title.replace("\0", "").split()).replace("#", "#\u200b")[:200]
     if method == "squash":
-        return f"{p.title} (#{p.pr})\n\nCloses #{p.issue}\n"
-    return f"Merge PR #{p.pr}: {p.title}\n\nLanded by coord's merge queue after testing.\n"
+        return f"{title} (#{p.pr})\n\nCloses #{p.issue}\n"
+    return f"Merge PR #{p.pr}: {title}\n\nLanded by coord's merge queue after testing.\n"
 
 
 def _overlaps(steps: Sequence[Step[Pipeline]]) -> list[dict[str, Any]]:

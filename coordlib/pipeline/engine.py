@@ -418,13 +418,23 @@ class Pipelines:
         escalate: bool,
         brief: str | None = None,
         conflicts: tuple[str, ...] = (),
+        stage: str | None = None,
     ) -> bool:
         """Send an issue that was ready to merge back to its fix stage (the merge queue's test
-        of it failed, or it no longer merges), as a round; past the cap, to a person."""
+        of it failed, or it no longer merges), as a round; past the cap, to a person.  With
+        `stage`, back to that stage instead (no round).  Made only while this process's claim
+        on p (p.acting) holds: False when it does not."""
         book = self.playbook
-        fix = next((s.name for s in book.stages.values() if s.round), None)
+        fix = stage or next((s.name for s in book.stages.values() if s.round), None)
 
         def apply(q: Pipeline) -> None:
+            if stage is not None:
+                q.current, q.acting, q.failures = None, None, failures
+                if stage == NEEDS_HUMAN:
+                    q.reason = outcome
+                q.note_move(stage, outcome)
+                self.actions.queue_stage_comment(q, stage, outcome, stage_label(book, stage))
+                return
             q.failures, q.brief, q.conflicts = failures, brief, list(conflicts)
             q.escalate = q.escalate or escalate
             why = self._refuse_round(q) if fix else "the playbook has no fix stage"
@@ -440,7 +450,19 @@ class Pipelines:
             q.note_move(target, outcome)
             self.actions.queue_stage_comment(q, target, outcome, stage_label(book, target))
 
-        return self._change(p, apply)
+        return self.while_mine(p, apply)
+
+    def while_mine(self, p: Pipeline, change: Callable[[Pipeline], Any]) -> bool:
+        """Apply change to p if this process's claim on it (p.acting) still holds."""
+
+        def apply(q: Pipeline | None, txn: Any) -> bool:
+            if q is None or q.acting != p.acting:
+                return False
+            change(q)
+            return True
+
+        done, _ = self.ctx.board.pipeline_change(p.repo, p.issue, apply)
+        return done
 
     def _refuse_round(self, q: Pipeline) -> str | None:
         """Why the next fix round may not start (the cap, the issue's budget), or None."""

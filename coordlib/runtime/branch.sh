@@ -414,6 +414,10 @@ cmd_stack() {
             fi
             git -C "$S_WT" reset --quiet --hard "$top" >&2 && git -C "$S_WT" clean -q -f -d >&2 ||
                 die 12 "cannot reset the stack in $S_WT to $top after $b did not apply"
+            # No conflicting path: git failed for another reason (a commit hook, signing, a
+            # full disk), which no conflict-fix worker can mend: say so rather than blame $b.
+            [ -n "$conflicts" ] ||
+                die 12 "git could not apply $b in $S_WT, and no file conflicts (see the lines above)"
             out+="conflict branch=$b ${#conflicts}"$'\n'"$conflicts"$'\n'
         fi
         out+="files branch=$b ${#files}"$'\n'"$files"$'\n'
