@@ -226,6 +226,11 @@ class SmokeTestsConfig:
     commands: tuple[str, ...] = ()
     machines: tuple[str, ...] = ()  # where they run; empty: any machine
     timeout: float = 600.0
+    default_command: str | None = None  # a rule's command when it names none
+    # [{globs: [..], capability, command, timeout_seconds}]: a merge candidate changing a file
+    # one of the globs matches is also smoke-tested on a machine with that capability
+    capability_rules: tuple[Mapping[str, Any], ...] = ()
+    auto_queue: bool = False  # (accepted; smoke tests run in the merge queue today)
 
 
 @dataclass(frozen=True)

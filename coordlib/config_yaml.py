@@ -369,6 +369,32 @@ def _machine_names(f: Fields, key: str, config: Config) -> list[str]:
     return [name for name, _, _ in names]
 
 
+def _rules(f: Fields, key: str, config: Config) -> list[dict[str, Any]]:
+    """smoke_tests.capability_rules: each {globs (or glob), capability, command?,
+    timeout_seconds?}; a capability no machine has is allowed (its candidates wait)."""
+    node = f.at(key)
+    if not isinstance(node, yaml.SequenceNode):
+        raise f.doc.wrong(node, f.path(key), "a list of rules ({globs, capability, command})")
+    rules = []
+    for i, item in enumerate(node.value):
+        where = f"{f.path(key)}[{i}]"
+        r = Fields(f.doc, item, where, ("glob", "globs", "capability", "command",
+                                         "timeout_seconds"), "rule keys")  # fmt: skip
+        globs = [t for t, _, _ in r.texts("globs", "file globs")] if r.get("globs") else []
+        if r.get("glob"):
+            globs.append(r.text("glob"))
+        if not globs:
+            raise f.doc.error(item, where, "a rule needs glob or globs", "e.g. globs: ['gpu/**']")
+        rule: dict[str, Any] = {"globs": globs, "capability": r.required_text("capability",
+                                                                              "capability")}  # fmt: skip
+        if r.get("command"):
+            rule["command"] = r.text("command")
+        if r.get("timeout_seconds"):
+            rule["timeout_seconds"] = r.duration("timeout_seconds")
+        rules.append(rule)
+    return rules
+
+
 def _choice(f: Fields, key: str, choices: tuple[str, ...]) -> str:
     value = f.text(key)
     if value not in choices:
@@ -402,6 +428,7 @@ _READERS: dict[str, _Kind] = {
     "names": _strings("names (OWNER, MEMBER, a login)"),  # author associations or logins
     "usd": lambda f, key, config: f.number(key, 0.0),
     "envname": _env_name,
+    "rules": _rules,
     "merge_method": lambda f, key, config: _choice(f, key, ("merge", "squash", "rebase")),
 }
 
@@ -420,6 +447,9 @@ _EXTRA_KEYS: dict[str, dict[str, str]] = {
         "commands": "commands",
         "machines": "machines",
         "timeout": "duration",
+        "default_command": "text",
+        "capability_rules": "rules",
+        "auto_queue": "bool",
     },
     "hooks": dict.fromkeys(field_names(HooksConfig), "commands"),
     "forge": {"root": "text"},

@@ -322,3 +322,49 @@ def test_a_pr_pushed_to_after_its_review_is_tested_again(setup: Setup) -> None:
     report, pipelines = merge(setup)
     assert report.test_runs == 0 and "changed after its review" in report.waiting[0]["why"]
     assert pipelines[0].stage == "test" and origin_log(setup) == ["initial commit"]
+
+
+def test_a_smoke_rule_tests_on_the_machine_with_the_capability(setup: Setup) -> None:
+    seen = setup.root / "smoke-ran.txt"
+    setup.add_local("gpubox", capabilities=["gpu"])
+    setup.extra["smoke_tests"] = {
+        "default_command": f"pwd >> {seen}; test -f gpu-kernel.txt",
+        "capability_rules": [{"globs": ["gpu-*.txt"], "capability": "gpu"}],
+    }
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ns = ready(setup, machine, ["gpu-kernel.txt", "feature-1.txt"])
+    report, _ = merge(setup)
+    [batch] = report.batches
+    assert not report.errors, report.errors
+    assert sorted(x["issue"] for x in batch["landed"]) == sorted(f"api#{n}" for n in ns)
+    assert batch["smoke_runs"] == 1 and report.test_runs == 1
+    assert "/wd-gpubox/tests/" in seen.read_text()  # it ran on the machine with the GPU
+
+
+def test_a_red_smoke_test_bounces_like_a_red_test(setup: Setup) -> None:
+    setup.add_local("gpubox", capabilities=["gpu"])
+    setup.extra["smoke_tests"] = {
+        "capability_rules": [{"glob": "gpu-*.txt", "capability": "gpu", "command": "false"}],
+    }
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ns = ready(setup, machine, ["feature-1.txt", "gpu-kernel.txt"])
+    report, pipelines = merge(setup)
+    [batch] = report.batches
+    assert [x["issue"] for x in batch["landed"]] == [f"api#{ns[0]}"]
+    assert batch["bounced"] == [f"api#{ns[1]}"]
+    assert {p.issue: p for p in pipelines}[ns[1]].stage == "fix"
+
+
+def test_with_no_machine_for_the_capability_the_candidate_waits(setup: Setup) -> None:
+    setup.extra["smoke_tests"] = {
+        "default_command": "true",
+        "capability_rules": [{"glob": "*.swift", "capability": "macos"}],
+    }
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    ns = ready(setup, machine, ["feature-1.txt", "app.swift"])
+    for dry in (True, False):
+        report, pipelines = merge(setup, dry_run=dry)
+        [waiting] = [w for w in report.waiting if w["issue"] == f"api#{ns[1]}"]
+        assert "capability macos" in waiting["why"]
+    by = {p.issue: p for p in pipelines}
+    assert by[ns[0]].stage == "merged" and by[ns[1]].stage == "ready-to-merge"

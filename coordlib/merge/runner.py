@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,10 @@ from ..runtime.answers import failure_reason, parse_land, parse_stack, parse_tes
 from ..runtime.command import slugify
 from ..runtime.protocol import ExitCode, land_command, stack_command, test_command
 from .queue import BatchResult, Step, Trial, run_batch
+from .smoke import capable, nowhere, rules_for
 
 if TYPE_CHECKING:
+    from ..config import MachineConfig
     from ..context import Context
     from ..pipeline.engine import Pipelines
     from ..pipeline.state import Pipeline
@@ -247,19 +249,32 @@ class Merger:
         record: dict[str, Any] = {"repo": repo, "machine": m.name, "method": method,
                                   "candidates": [p.key for p in group]}  # fmt: skip
 
-        async def stack(cands: Sequence[Pipeline]) -> tuple[str, list[Step[Pipeline]]]:
-            self._refresh(group)
+        files: dict[str, tuple[str, ...]] = {}  # each candidate's changed files
+        now: dict[str, str] = {}  # the base the last stack was made on
+
+        async def stack_on(
+            where: MachineConfig, cands: Sequence[Pipeline]
+        ) -> tuple[str, list[Step[Pipeline]]]:
             sid = f"{slugify(repo, max_length=16) or 'repo'}-stack-{os.urandom(3).hex()}"
             branches = [(p.branch, _message(p, method)) for p in cands]
             argv, stdin = stack_command(
-                m.workdir, sid, m.repo_path(repo), r.default_branch, method, branches
+                where.workdir, sid, where.repo_path(repo), r.default_branch, method, branches
             )
-            result = await transport.run(argv, input=stdin, timeout=600, what="stack")
-            stacked = parse_stack(result.stdout, machine=m.name)
+            result = await self.ctx.machines.get(where.name).run(
+                argv, input=stdin, timeout=600, what="stack"
+            )
+            stacked = parse_stack(result.stdout, machine=where.name)
             steps = [Step(by_branch[s.branch], s.sha, s.state, tuple(s.conflicts), tuple(s.files))
                      for s in stacked.steps if s.branch in by_branch]  # fmt: skip
-            record["overlaps"] = _overlaps(steps)
             return stacked.base, steps
+
+        async def stack(cands: Sequence[Pipeline]) -> tuple[str, list[Step[Pipeline]]]:
+            self._refresh(group)
+            base, steps = await stack_on(m, cands)
+            files.update((x.candidate.key, x.files) for x in steps)
+            record["overlaps"] = _overlaps(steps)
+            now["base"] = base
+            return base, steps
 
         async def test(sha: str, cands: Sequence[Pipeline]) -> Trial:
             self._refresh(group)
@@ -274,9 +289,42 @@ class Merger:
                 raise PipelineError(f"could not test {sha[:12]} on {m.name}: "
                                     f"{failure_reason(exc.stderr) or exc}") from exc  # fmt: skip
             t = parse_test(result.stdout, machine=m.name)
-            return Trial(t.passed, {"sha": t.sha, "exit_code": t.exit_code, "log": t.log,
-                                    "tail": t.tail[-_TAIL:], "machine": m.name,
-                                    "prs": [p.pr for p in cands]})  # fmt: skip
+            trial = Trial(t.passed, {"sha": t.sha, "exit_code": t.exit_code, "log": t.log,
+                                     "tail": t.tail[-_TAIL:], "machine": m.name,
+                                     "prs": [p.pr for p in cands]})  # fmt: skip
+            if not trial.passed or not cands:
+                return trial
+            for rule in rules_for(self.ctx.config, [files.get(p.key, ()) for p in cands]):
+                red = await smoke(rule, cands)
+                if red is not None:
+                    return red
+            return trial
+
+        async def smoke(rule: Mapping[str, Any], cands: Sequence[Pipeline]) -> Trial | None:
+            """The same stack, made and smoke-tested on a machine with the rule's capability."""
+            where = capable(self.ctx.config, rule["capability"], repo)
+            assert where is not None  # candidates needing one that is not were set aside
+            base, steps = await stack_on(where, cands)
+            if base != now.get("base") or any(x.state != "applied" for x in steps):
+                raise PipelineError(f"the default branch moved while {where.name} smoke-tested "
+                                    f"the batch; the next merge tries again")  # fmt: skip
+            smoke = self.ctx.config.smoke_tests
+            command = rule.get("command") or smoke.default_command
+            limit = float(rule.get("timeout_seconds") or smoke.timeout)
+            tid = f"{slugify(repo, max_length=16) or 'repo'}-smoke-{os.urandom(3).hex()}"
+            argv, stdin = test_command(where.workdir, tid, where.repo_path(repo),
+                                       str(steps[-1].sha), build=None, test=command,
+                                       timeout=limit)  # fmt: skip
+            result = await self.ctx.machines.get(where.name).run(
+                argv, input=stdin, timeout=limit + 150, what="smoke test"
+            )
+            t = parse_test(result.stdout, machine=where.name)
+            record["smoke_runs"] = record.get("smoke_runs", 0) + 1
+            if t.passed:
+                return None
+            return Trial(False, {"sha": t.sha, "exit_code": t.exit_code, "log": t.log,
+                                 "tail": t.tail[-_TAIL:], "machine": where.name,
+                                 "smoke": rule["capability"]})  # fmt: skip
 
         async def land(sha: str, base: str) -> bool:
             if not self._refresh(group):
@@ -294,8 +342,15 @@ class Merger:
             parse_land(result.stdout, machine=m.name)
             return True
 
+        if self.ctx.config.smoke_tests.capability_rules and not dry_run:
+            _, steps = await stack(group)  # which files each changes: which smoke tests
+            group = self._smoke_ready(group, {x.candidate.key: x.files for x in steps}, report)
+            record["candidates"] = [p.key for p in group]
+            if not group:
+                return
         if dry_run:
             base, steps = await stack(group)
+            self._smoke_ready(group, {x.candidate.key: x.files for x in steps}, report)
             record.update(base=base, would_land=[s.candidate.key for s in steps
                                                  if s.state == "applied"],
                           conflicts=[{"issue": s.candidate.key, "files": list(s.conflicts)}
@@ -358,6 +413,19 @@ class Merger:
         for p in result.missing:
             gone = f"The branch {p.branch} is gone from the remote."
             self.engine.reopen(p, outcome="branch gone", escalate=False, failures=gone)
+
+    def _smoke_ready(
+        self, group: list[Pipeline], files: Mapping[str, Sequence[str]], report: MergeReport
+    ) -> list[Pipeline]:
+        """Set aside (waiting, with why) the candidates whose smoke test has nowhere to run."""
+        keep = []
+        for p in group:
+            why = nowhere(self.ctx.config, p.repo, files.get(p.key, ()))
+            if why:
+                report.waiting.append({"issue": p.key, "why": why})
+            else:
+                keep.append(p)
+        return keep
 
     def _refresh(self, group: Sequence[Pipeline]) -> bool:
         """Renew this process's claims on the batch; False if any was taken over."""
