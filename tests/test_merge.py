@@ -368,3 +368,51 @@ def test_with_no_machine_for_the_capability_the_candidate_waits(setup: Setup) ->
         assert "capability macos" in waiting["why"]
     by = {p.issue: p for p in pipelines}
     assert by[ns[0]].stage == "merged" and by[ns[1]].stage == "ready-to-merge"
+
+
+def test_depends_on_lands_the_upstream_repo_first(tmp_path: Path, tmux_socket: str) -> None:
+    """Two repos, web depending on api, each with a PR ready (put there directly): api's lands
+    first; while api has a ready PR, web's waits and says why."""
+    import yaml
+
+    from coordlib import Coordinator
+    from coordlib.board_pipelines import put_pipeline
+    from coordlib.pipeline.state import READY, Pipeline
+    from coordlib.testing.gitrepo import make_git_repo
+
+    repos = {name: make_git_repo(tmp_path / name) for name in ("api", "web")}
+    for name, repo in repos.items():
+        who = ["-c", "user.name=b", "-c", "user.email=b@x"]
+        for args in (["checkout", "-q", "-b", "issue-1-change"], ["commit", "-q", "--allow-empty",
+                     *["-m", f"{name} change"]], ["push", "-q", "origin", "issue-1-change"],
+                     ["checkout", "-q", "main"]):  # fmt: skip
+            subprocess.run(["git", *(who if args[0] == "commit" else []), *args], cwd=repo.path,
+                           check=True, capture_output=True)  # fmt: skip
+    config = tmp_path / "coordinator.yml"
+    config.write_text(yaml.safe_dump({
+        "repos": [{"name": n, "url": str(r.origin), "test_command": "true",
+                   **({"depends_on": ["api"]} if n == "web" else {})} for n, r in repos.items()],
+        "machines": [{"name": "local", "host": "localhost", "workdir": str(tmp_path / "wd"),
+                      "tmux_socket": tmux_socket,
+                      "repo_paths": {n: str(r.path) for n, r in repos.items()}}],
+    }, sort_keys=False))  # fmt: skip
+
+    async def go() -> tuple[Any, Any]:
+        async with Coordinator.from_path(config) as c:
+            for name in ("web", "api"):  # web became ready first
+                forge = c.forge(name)
+                issue = await forge.create_issue("Change")
+                pr = await forge.open_pr(head="issue-1-change", base="main", title="Change")
+                head = (await forge.get_pr(pr.number)).head_sha
+                p = Pipeline(repo=name, issue=issue.number, stage=READY, title="Change",
+                             machine="local", branch="issue-1-change", pr=pr.number,
+                             head_sha=head)  # fmt: skip
+                with c.board.transaction() as txn:
+                    put_pipeline(txn, p)
+            waiting = await c.merge(repo="web", dry_run=True)
+            return waiting, await c.merge()
+
+    waiting, report = arun(go())
+    assert "upstream api lands first" in waiting.waiting[0]["why"]
+    assert [b["repo"] for b in report.batches] == ["api", "web"]
+    assert all(b["landed"] for b in report.batches)
