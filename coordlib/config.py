@@ -230,7 +230,7 @@ class SmokeTestsConfig:
     # [{globs: [..], capability, command, timeout_seconds}]: a merge candidate changing a file
     # one of the globs matches is also smoke-tested on a machine with that capability
     capability_rules: tuple[Mapping[str, Any], ...] = ()
-    auto_queue: bool = False  # (accepted; smoke tests run in the merge queue today)
+    auto_queue: bool = False  # smoke-test each PR alone as soon as its review approves
 
 
 @dataclass(frozen=True)

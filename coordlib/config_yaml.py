@@ -385,8 +385,8 @@ def _rules(f: Fields, key: str, config: Config) -> list[dict[str, Any]]:
             globs.append(r.text("glob"))
         if not globs:
             raise f.doc.error(item, where, "a rule needs glob or globs", "e.g. globs: ['gpu/**']")
-        rule: dict[str, Any] = {"globs": globs, "capability": r.required_text("capability",
-                                                                              "capability")}  # fmt: skip
+        capability = r.required_text("capability", "capability")
+        rule: dict[str, Any] = {"globs": globs, "capability": capability}
         if r.get("command"):
             rule["command"] = r.text("command")
         if r.get("timeout_seconds"):

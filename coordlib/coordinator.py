@@ -258,7 +258,17 @@ class Coordinator:
         trail, and move every issue's pipeline as far as it goes.  Safe to run twice at once.
         """
         await self._monitor.status()
-        return await self.engine.run_pass()
+        report = await self.engine.run_pass()
+        smoke = self.config.smoke_tests
+        if smoke.auto_queue and smoke.capability_rules:
+            from .merge.early import early_smoke
+            from .merge.runner import Merger
+
+            moves = await early_smoke(Merger(self._ctx, self.engine))
+            if moves:
+                report.moves += moves
+                report.pipelines = self.pipelines()
+        return report
 
     def pipelines(self) -> list[Pipeline]:
         """Return every issue's pipeline state."""

@@ -416,3 +416,30 @@ def test_depends_on_lands_the_upstream_repo_first(tmp_path: Path, tmux_socket: s
     assert "upstream api lands first" in waiting.waiting[0]["why"]
     assert [b["repo"] for b in report.batches] == ["api", "web"]
     assert all(b["landed"] for b in report.batches)
+
+
+def test_auto_queue_smoke_tests_as_soon_as_the_review_approves(setup: Setup) -> None:
+    setup.add_local("gpubox", capabilities=["gpu"])
+    setup.extra["smoke_tests"] = {
+        "auto_queue": True,
+        "capability_rules": [{"glob": "gpu-*.txt", "capability": "gpu", "command": "false"}],
+    }
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    cfg = setup.config_path.read_text()
+    setup.config_path.write_text(cfg.replace(json.dumps(_current_test(cfg)),
+                                             json.dumps(LIMIT_TEST)))  # fmt: skip
+
+    async def go() -> Any:
+        async with coordinator(setup) as c:
+            n = await new_issue(c, "Add it. [fake:ok:gpu-kernel.txt=x]")
+            await c.assign(machine, "api", n)
+            for _ in range(100):
+                r = await c.advance()
+                if any(m["outcome"] == "smoke failed" for m in r.moves):
+                    return c.board.pipeline("api", n)
+                await asyncio.sleep(0.2)
+            raise AssertionError("no smoke test ran")
+
+    p = arun(go())
+    assert p.stage == "fix" and "smoke test on gpubox (gpu) failed" in p.failures
+    assert p.merged_sha is None  # it never reached the merge queue

@@ -245,7 +245,6 @@ class Merger:
         r = config.repo(repo)
         m = config.machine(group[0].machine)
         transport = self.ctx.machines.get(m.name)
-        by_branch = {p.branch: p for p in group}
         record: dict[str, Any] = {"repo": repo, "machine": m.name, "method": method,
                                   "candidates": [p.key for p in group]}  # fmt: skip
 
@@ -255,18 +254,7 @@ class Merger:
         async def stack_on(
             where: MachineConfig, cands: Sequence[Pipeline]
         ) -> tuple[str, list[Step[Pipeline]]]:
-            sid = f"{slugify(repo, max_length=16) or 'repo'}-stack-{os.urandom(3).hex()}"
-            branches = [(p.branch, _message(p, method)) for p in cands]
-            argv, stdin = stack_command(
-                where.workdir, sid, where.repo_path(repo), r.default_branch, method, branches
-            )
-            result = await self.ctx.machines.get(where.name).run(
-                argv, input=stdin, timeout=600, what="stack"
-            )
-            stacked = parse_stack(result.stdout, machine=where.name)
-            steps = [Step(by_branch[s.branch], s.sha, s.state, tuple(s.conflicts), tuple(s.files))
-                     for s in stacked.steps if s.branch in by_branch]  # fmt: skip
-            return stacked.base, steps
+            return await self._stack_on(where, repo, method, cands)
 
         async def stack(cands: Sequence[Pipeline]) -> tuple[str, list[Step[Pipeline]]]:
             self._refresh(group)
@@ -308,23 +296,8 @@ class Merger:
             if base != now.get("base") or any(x.state != "applied" for x in steps):
                 raise PipelineError(f"the default branch moved while {where.name} smoke-tested "
                                     f"the batch; the next merge tries again")  # fmt: skip
-            smoke = self.ctx.config.smoke_tests
-            command = rule.get("command") or smoke.default_command
-            limit = float(rule.get("timeout_seconds") or smoke.timeout)
-            tid = f"{slugify(repo, max_length=16) or 'repo'}-smoke-{os.urandom(3).hex()}"
-            argv, stdin = test_command(where.workdir, tid, where.repo_path(repo),
-                                       str(steps[-1].sha), build=None, test=command,
-                                       timeout=limit)  # fmt: skip
-            result = await self.ctx.machines.get(where.name).run(
-                argv, input=stdin, timeout=limit + 150, what="smoke test"
-            )
-            t = parse_test(result.stdout, machine=where.name)
             record["smoke_runs"] = record.get("smoke_runs", 0) + 1
-            if t.passed:
-                return None
-            return Trial(False, {"sha": t.sha, "exit_code": t.exit_code, "log": t.log,
-                                 "tail": t.tail[-_TAIL:], "machine": where.name,
-                                 "smoke": rule["capability"]})  # fmt: skip
+            return await self._smoke_run(rule, where, repo, str(steps[-1].sha))
 
         async def land(sha: str, base: str) -> bool:
             if not self._refresh(group):
@@ -375,6 +348,44 @@ class Merger:
         result = await run_batch(group, stack=stack, test=test, land=land, landed=landed,
                                  bounced=bounced)  # fmt: skip
         await self._settle(result, record, stack)
+
+    async def _stack_on(
+        self, where: MachineConfig, repo: str, method: str, cands: Sequence[Pipeline]
+    ) -> tuple[str, list[Step[Pipeline]]]:
+        """Stack cands on repo's default branch on machine `where`: one remote command."""
+        by_branch = {p.branch: p for p in cands}
+        sid = f"{slugify(repo, max_length=16) or 'repo'}-stack-{os.urandom(3).hex()}"
+        branches = [(p.branch, _message(p, method)) for p in cands]
+        argv, stdin = stack_command(where.workdir, sid, where.repo_path(repo),
+                                    self.ctx.config.repo(repo).default_branch, method,
+                                    branches)  # fmt: skip
+        result = await self.ctx.machines.get(where.name).run(
+            argv, input=stdin, timeout=600, what="stack"
+        )
+        stacked = parse_stack(result.stdout, machine=where.name)
+        steps = [Step(by_branch[s.branch], s.sha, s.state, tuple(s.conflicts), tuple(s.files))
+                 for s in stacked.steps if s.branch in by_branch]  # fmt: skip
+        return stacked.base, steps
+
+    async def _smoke_run(
+        self, rule: Mapping[str, Any], where: MachineConfig, repo: str, sha: str
+    ) -> Trial | None:
+        """Run rule's smoke test of commit sha on `where`; None if green, the red trial else."""
+        smoke = self.ctx.config.smoke_tests
+        command = rule.get("command") or smoke.default_command
+        limit = float(rule.get("timeout_seconds") or smoke.timeout)
+        tid = f"{slugify(repo, max_length=16) or 'repo'}-smoke-{os.urandom(3).hex()}"
+        argv, stdin = test_command(where.workdir, tid, where.repo_path(repo), sha, build=None,
+                                   test=command, timeout=limit)  # fmt: skip
+        result = await self.ctx.machines.get(where.name).run(
+            argv, input=stdin, timeout=limit + 150, what="smoke test"
+        )
+        t = parse_test(result.stdout, machine=where.name)
+        if t.passed:
+            return None
+        return Trial(False, {"sha": t.sha, "exit_code": t.exit_code, "log": t.log,
+                             "tail": t.tail[-_TAIL:], "machine": where.name,
+                             "smoke": rule["capability"]})  # fmt: skip
 
     async def _settle(
         self,
