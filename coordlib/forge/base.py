@@ -13,6 +13,7 @@ are plain frozen dataclasses with ``to_dict()`` for ``--json`` output.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -214,6 +215,13 @@ class Forge(abc.ABC):
         by itself leaves it as it is; otherwise the pull request is closed with a comment
         saying where its change is."""
         pr = await self.get_pr(number)
+        # GitHub marks a PR merged by itself once its head is in the base, a moment after the
+        # push: give it that moment before closing it as unmerged.
+        for _ in range(3 if self.kind == "github" else 0):
+            if pr.merged or pr.state != "open":
+                break
+            await asyncio.sleep(1.0)
+            pr = await self.get_pr(number)
         if pr.merged or pr.state != "open":
             return pr
         await self.comment(number, f"**coord** landed this change on `{pr.base}` as `{sha}`.")
