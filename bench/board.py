@@ -159,7 +159,8 @@ def profile_status(config: Path) -> tuple[float, str, dict[str, float]]:
     c.board.history()
     parts["board.history() (10,000 archived)"] = time.perf_counter() - t0
     try:  # the probe alone: internal API, so only informative
-        from coordlib.runtime.protocol import Scope, Want, status_command
+        from coordlib.runtime.builders import Want, status_command
+        from coordlib.runtime.protocol import Scope
 
         m = c.config.machine("local")
         wants = [Want(a["id"], a.get("events_offset", 0), 8388608) for a in c.board.all()

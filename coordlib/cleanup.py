@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from .assignment import Assignment
 from .errors import CoordError, MachineError, UsageError
 from .runtime.answers import parse_clean
-from .runtime.protocol import CleanMode, clean_command
+from .runtime.builders import clean_command
+from .runtime.protocol import CleanMode
 
 if TYPE_CHECKING:
     from .context import Context

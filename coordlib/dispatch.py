@@ -38,9 +38,10 @@ from .errors import (
     UsageError,
 )
 from .runtime.answers import Started, failure_reason, parse_dispatch
+from .runtime.builders import dispatch_command
 from .runtime.command import LaunchSpec, branch_name, slugify
 from .runtime.layout import Layout
-from .runtime.protocol import DispatchMode, dispatch_command
+from .runtime.protocol import DispatchMode
 
 if TYPE_CHECKING:
     from .board import Transaction

@@ -26,15 +26,9 @@ from .errors import (
 )
 from .reconcile import DISPATCH_GRACE, MAX_EVENT_BYTES, dispatch_may_be_in_flight, reconcile
 from .runtime.answers import MachineProbe, parse_status
+from .runtime.builders import Want, status_command, stop_command, tail_command
 from .runtime.layout import RunFile
-from .runtime.protocol import (
-    ExitCode,
-    Scope,
-    Want,
-    status_command,
-    stop_command,
-    tail_command,
-)
+from .runtime.protocol import ExitCode, Scope
 
 if TYPE_CHECKING:
     from .context import Context

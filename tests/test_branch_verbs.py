@@ -34,6 +34,7 @@ from coordlib.runtime.answers import (
     parse_push,
     parse_test,
 )
+from coordlib.runtime.builders import clean_command, dispatch_command, push_command, test_command
 from coordlib.runtime.command import LaunchSpec
 from coordlib.runtime.local import LocalTransport
 from coordlib.runtime.protocol import (
@@ -44,11 +45,7 @@ from coordlib.runtime.protocol import (
     ExitCode,
     ExitReason,
     check_args,
-    clean_command,
-    dispatch_command,
-    push_command,
     remote_script,
-    test_command,
 )
 from coordlib.runtime.ssh import SSHTarget, SSHTransport
 from coordlib.runtime.transport import CompletedCommand, Transport

@@ -48,8 +48,9 @@ from coord_cli.main import coord
 from coordlib import CoordError, Coordinator
 from coordlib.board import Board
 from coordlib.runtime.answers import parse_status
+from coordlib.runtime.builders import Want, status_command
 from coordlib.runtime.command import LaunchSpec, encode_env, join
-from coordlib.runtime.protocol import Scope, Want, launcher_script, remote_script, status_command
+from coordlib.runtime.protocol import Scope, launcher_script, remote_script
 from coordlib.testing import SSHServer
 
 from .conftest import Setup

@@ -18,8 +18,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from coordlib.runtime.answers import parse_status
+from coordlib.runtime.builders import Want, status_command
 from coordlib.runtime.command import LaunchSpec, branch_name, encode_env, join, quote, slugify
-from coordlib.runtime.protocol import Scope, Want, status_command
+from coordlib.runtime.protocol import Scope
 
 SHELLS = ["bash", "sh"]
 MARKER = "PWNED"

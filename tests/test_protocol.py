@@ -42,6 +42,18 @@ from coordlib.runtime.answers import (
     parse_stop,
     parse_test,
 )
+from coordlib.runtime.builders import (
+    Want,
+    clean_command,
+    dispatch_command,
+    land_command,
+    push_command,
+    stack_command,
+    status_command,
+    stop_command,
+    tail_command,
+    test_command,
+)
 from coordlib.runtime.command import LaunchSpec, encode_env
 from coordlib.runtime.layout import TAIL_FILES, Layout, RunDir, RunFile
 from coordlib.runtime.protocol import (
@@ -62,19 +74,9 @@ from coordlib.runtime.protocol import (
     ExitReason,
     Scope,
     StackMethod,
-    Want,
-    clean_command,
-    dispatch_command,
-    land_command,
     launcher_hash,
     launcher_script,
-    push_command,
     remote_script,
-    stack_command,
-    status_command,
-    stop_command,
-    tail_command,
-    test_command,
 )
 from coordlib.testing import make_git_repo
 

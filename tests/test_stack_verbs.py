@@ -29,6 +29,7 @@ from coordlib.runtime.answers import (
     parse_land,
     parse_stack,
 )
+from coordlib.runtime.builders import land_command, stack_command
 from coordlib.runtime.local import LocalTransport
 from coordlib.runtime.protocol import (
     HEADER,
@@ -37,9 +38,7 @@ from coordlib.runtime.protocol import (
     ExitCode,
     StackMethod,
     check_args,
-    land_command,
     remote_script,
-    stack_command,
 )
 from coordlib.runtime.ssh import SSHTarget, SSHTransport
 from coordlib.runtime.transport import CompletedCommand, Transport

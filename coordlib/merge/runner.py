@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CommandError, CoordError, PipelineError, UnreachableError, UsageError
 from ..runtime.answers import failure_reason, parse_land, parse_stack, parse_test
+from ..runtime.builders import land_command, stack_command, test_command
 from ..runtime.command import slugify
-from ..runtime.protocol import ExitCode, land_command, stack_command, test_command
+from ..runtime.protocol import ExitCode
 from .queue import BatchResult, Step, Trial, run_batch
 from .smoke import capable, nowhere, rules_for
 

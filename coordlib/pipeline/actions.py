@@ -19,8 +19,9 @@ from ..briefings import DEFAULT_TRUSTED_AUTHORS, issue_context, render_briefing
 from ..errors import AssignmentNotFound, CommandError, CoordError, ForgeError, PipelineError
 from ..markers import defang
 from ..runtime.answers import Tested, failure_reason, parse_push, parse_test
+from ..runtime.builders import push_command, test_command
 from ..runtime.command import slugify
-from ..runtime.protocol import DispatchMode, push_command, test_command
+from ..runtime.protocol import DispatchMode
 from ..trail import STATUS_LABELS, set_status_label
 from .state import NEEDS_HUMAN, READY, Pipeline
 

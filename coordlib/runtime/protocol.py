@@ -10,9 +10,10 @@ on its stdin, and the machine saves it once per version as ``bin/coord-launcher-
 Declared here:
 
 - each verb's arguments (`VERBS`), checked before a command is built and checked again by
-  the script with bash builtins; the typed builders (`dispatch_command`, `status_command`,
-  `stop_command`, `tail_command`, `clean_command`, `test_command`, `push_command`,
-  `stack_command`, `land_command`) build every command coordlib sends.  Nothing a verb is
+  the script with bash builtins; the typed builders in `coordlib.runtime.builders`
+  (`dispatch_command`, `status_command`, `stop_command`, `tail_command`, `clean_command`,
+  `test_command`, `push_command`, `stack_command`, `land_command`) build every command
+  coordlib sends, through `remote_argv`.  Nothing a verb is
   given is ever evaluated on the machine and nothing reaches git as an option; the commands
   a test runs are the coordinator's config and travel on stdin, sized, like a dispatch's
   briefing, and so do the commit messages of a stack;
@@ -64,18 +65,14 @@ they agree with it.
 from __future__ import annotations
 
 import enum
-import json
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..assignment import check_id
 from ..errors import UsageError
-from .command import LaunchSpec, encode_env
-from .layout import TAIL_FILES, RunFile
+from .layout import TAIL_FILES
 
 __all__ = [
     "HEADER",
@@ -98,21 +95,11 @@ __all__ = [
     "Scope",
     "StackMethod",
     "Verb",
-    "Want",
     "check_args",
-    "clean_command",
-    "dispatch_command",
-    "land_command",
     "launcher_hash",
     "launcher_script",
-    "push_command",
     "remote_argv",
     "remote_script",
-    "stack_command",
-    "status_command",
-    "stop_command",
-    "tail_command",
-    "test_command",
 ]
 
 PROTOCOL_VERSION = 2
@@ -495,156 +482,3 @@ def remote_argv(verb: str, *args: str) -> list[str]:
     # --norc: sshd's login shell has already read ~/.bashrc once; without it the inner bash
     # (which also looks started by sshd) reads it again, ~200 ms a command with pyenv.
     return ["bash", "--norc", "-c", remote_script(verb), HEADER, verb, *args]
-
-
-# ------------------------------------------------------------------ the typed builders
-
-
-@dataclass(frozen=True)
-class Want:
-    """A run a status asks about: its events from byte `offset`, at most `limit` bytes."""
-
-    id: str
-    offset: int
-    limit: int
-
-
-def dispatch_command(
-    *,
-    workdir: str,
-    id: str,
-    repo_path: str,
-    worktree: str,
-    branch: str,
-    base: str,
-    socket: str,
-    mode: DispatchMode,
-    briefing: str,
-    spec: Mapping[str, Any],
-    launch: LaunchSpec,
-    env: Mapping[str, str],
-) -> tuple[list[str], bytes]:
-    """Build a dispatch: its argv, and its stdin (the run's files, the launcher, the env)."""
-    parts = (
-        briefing.encode(),
-        (json.dumps(spec, indent=2) + "\n").encode(),
-        launch.render().encode(),
-        launcher_script().encode(),
-    )
-    sizes = [str(len(p)) for p in parts]
-    argv = remote_argv(
-        "dispatch", workdir, id, repo_path, worktree, branch, base, socket, launcher_hash(),
-        *sizes, str(mode),
-    )  # fmt: skip
-    return argv, b"".join(parts) + encode_env(env)
-
-
-def status_command(workdir: str, socket: str, scope: Scope, wants: Sequence[Want]) -> list[str]:
-    """Build a status of one machine's runs, with the new events of those in `wants`."""
-    args = [workdir, socket, str(scope)]
-    for w in wants:
-        args += [w.id, str(w.offset), str(w.limit)]
-    return remote_argv("status", *args)
-
-
-def stop_command(workdir: str, id: str) -> list[str]:
-    """Build a stop of run `id`, which waits for its exit record."""
-    return remote_argv("stop", workdir, id)
-
-
-def tail_command(
-    workdir: str, id: str, offset: int, file: RunFile = RunFile.EVENTS, *, follow: bool
-) -> list[str]:
-    """Build a tail of one of a run's files from byte `offset` (`follow`: until it ends)."""
-    return remote_argv("tail", workdir, id, str(offset), str(file), "1" if follow else "0")
-
-
-def clean_command(
-    workdir: str, mode: CleanMode, *, keep_runs: bool, runs: Sequence[tuple[str, str]]
-) -> tuple[list[str], bytes]:
-    """Build a clean of `runs` ((id, worktree or ""), each ended): its argv and its stdin."""
-    payload = bytearray()
-    for id, worktree in runs:
-        if "\0" in id or "\0" in worktree:
-            raise UsageError(f"remote command clean: a NUL byte in run {id!r} or its worktree")
-        payload += f"{id}\0{worktree}\0".encode()
-    return remote_argv("clean", workdir, str(mode), str(int(keep_runs))), bytes(payload)
-
-
-def test_command(
-    workdir: str,
-    id: str,
-    repo_path: str,
-    ref: str,
-    *,
-    build: str | None,
-    test: str | None,
-    timeout: float,
-) -> tuple[list[str], bytes]:
-    """Build a test of `ref` (a commit's sha or a coord branch): its argv and its stdin.
-
-    `build` then `test` run as shell in a detached worktree of the commit, within `timeout`
-    seconds in all (rounded up); an empty or missing command is none.
-    """
-    parts = [c.encode() if c and c.strip() else b"" for c in (build, test)]
-    if any(b"\0" in p for p in parts):
-        raise UsageError("remote command test: a NUL byte in the build or test command")
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise UsageError(f"remote command test: timeout {timeout!r} is not a positive number")
-    sizes = [str(len(p)) for p in parts]
-    argv = remote_argv("test", workdir, id, repo_path, ref, *sizes, str(math.ceil(timeout)))
-    return argv, b"".join(parts)
-
-
-test_command.__test__ = False  # type: ignore[attr-defined]  # pytest: a builder, not a test
-
-
-def push_command(repo_path: str, branch: str) -> list[str]:
-    """Build a push of `branch`, as the repo has it now, to the repo's origin."""
-    return remote_argv("push", repo_path, branch)
-
-
-def stack_command(
-    workdir: str,
-    id: str,
-    repo_path: str,
-    base: str,
-    method: StackMethod | str,
-    branches: Sequence[tuple[str, str]],
-) -> tuple[list[str], bytes]:
-    """Build a stack of `branches` ((branch, commit message), in order) on `base`.
-
-    Each branch is applied with `method` on top of those before it, in a worktree of the
-    machine's repo that is gone again once the stack is made; a merge or squash commit
-    gets the branch's message (a rebase keeps the branch's commits and their messages, so
-    its message goes unused).  Its argv, and its stdin: the messages, each ``SIZE\\n`` then
-    SIZE bytes.
-    """
-    if not branches:
-        raise UsageError("remote command stack: no branch to stack")
-    seen: set[str] = set()
-    payload = bytearray()
-    for branch, message in branches:
-        if branch in seen:
-            raise UsageError(f"remote command stack: branch {branch!r} is given twice")
-        seen.add(branch)
-        if "\0" in message:
-            raise UsageError(f"remote command stack: a NUL byte in the message for {branch!r}")
-        if not message.strip(" \t\n\r\v\f"):  # the script's [[:space:]] (in the C locale)
-            raise UsageError(f"remote command stack: the message for {branch!r} is empty")
-        data = message.encode()
-        payload += b"%d\n%b" % (len(data), data)
-    argv = remote_argv(
-        "stack", workdir, id, repo_path, base, str(method), str(len(payload)),
-        *(branch for branch, _ in branches),
-    )  # fmt: skip
-    return argv, bytes(payload)
-
-
-def land_command(repo_path: str, base: str, sha: str, expected: str) -> list[str]:
-    """Build a land: push commit `sha` to origin's `base`, only while that is `expected`.
-
-    `expected` must be an ancestor of `sha` (a land is a fast-forward); a base that moved
-    meanwhile fails with `ExitCode.BASE_MOVED`, and nothing lands.
-    """
-    return remote_argv("land", repo_path, base, sha, expected)
