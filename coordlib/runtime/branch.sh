@@ -69,6 +69,18 @@ read_command() { # read_command VAR N: set VAR to exactly N bytes of stdin, or s
     [ "${#_cmd}" -eq "$2" ] && printf -v "$1" '%s' "$_cmd"
 }
 
+push_refused() { # push_refused VAR OUTPUT: set VAR to why git push --porcelain refused, one line
+    local _line _why=""
+    while IFS= read -r _line; do
+        case $_line in
+            "" | hint:* | "To "* | Done) continue ;;
+            ?$'\t'*$'\t'*) _line=${_line##*$'\t'} ;; # porcelain: FLAG TAB FROM:TO TAB SUMMARY
+        esac
+        _why+="${_why:+; }$_line"
+    done <<<"$2"
+    printf -v "$1" '%s' "${_why//[[:cntrl:]]/?}"
+}
+
 # ---------------------------------------------------------------- test
 TEST_TAIL=4000 # the bytes of output.log's end that the answer carries (protocol.TEST_TAIL)
 
@@ -213,14 +225,7 @@ cmd_push() {
     # meanwhile; and no prompt for a password can hold the push up.
     if ! out=$(GIT_TERMINAL_PROMPT=0 git -C "$repo" push --porcelain origin \
         "$sha:refs/heads/$branch" 2>&1 </dev/null); then
-        while IFS= read -r line; do
-            case $line in
-                "" | hint:* | "To "* | Done) continue ;;
-                ?$'\t'*$'\t'*) line=${line##*$'\t'} ;; # porcelain: FLAG TAB FROM:TO TAB SUMMARY
-            esac
-            why+="${why:+; }$line"
-        done <<<"$out"
-        why=${why//[[:cntrl:]]/?}
+        push_refused why "$out"
         die 24 "git push origin $branch failed in $repo: ${why:0:400}"
     fi
     printf '%s push\npushed branch=%s sha=%s\nend\n' "$PROTOCOL" "$branch" "$sha"
@@ -464,14 +469,7 @@ cmd_land() {
             fi
             die 26 "$why (someone pushed meanwhile): $sha did not land"
         fi
-        while IFS= read -r line; do
-            case $line in
-                "" | hint:* | "To "* | Done) continue ;;
-                ?$'\t'*$'\t'*) line=${line##*$'\t'} ;; # porcelain: FLAG TAB FROM:TO TAB SUMMARY
-            esac
-            why+="${why:+; }$line"
-        done <<<"$out"
-        why=${why//[[:cntrl:]]/?}
+        push_refused why "$out"
         die 24 "git push origin $sha:$base failed in $repo: ${why:0:400}"
     fi
     printf '%s land\nlanded base=%s sha=%s\nend\n' "$PROTOCOL" "$base" "$sha"
