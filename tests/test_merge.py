@@ -443,3 +443,37 @@ def test_auto_queue_smoke_tests_as_soon_as_the_review_approves(setup: Setup) -> 
     p = arun(go())
     assert p.stage == "fix" and "smoke test on gpubox (gpu) failed" in p.failures
     assert p.merged_sha is None  # it never reached the merge queue
+
+
+def test_a_push_that_slips_past_the_first_check_is_caught_after_the_stack(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone pushes to the PR between the check before stacking and the stack's fetch (made
+    here by skipping the first check): the stack is checked again, and nothing lands."""
+    from coordlib.merge.runner import Merger
+
+    async def unchecked(self: Any, group: list[Any], report: Any) -> list[Any]:
+        return group
+
+    monkeypatch.setattr(Merger, "_still_as_reviewed", unchecked)
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    [n] = ready(setup, machine, ["feature-1.txt"])
+
+    async def branch() -> str:
+        async with coordinator(setup) as c:
+            p = c.board.pipeline("api", n)
+            assert p is not None
+            return p.branch
+
+    name = arun(branch())
+    clone = setup.root / "sneaky"
+    subprocess.run(["git", "clone", "-q", "-b", name, str(setup.repo.origin), str(clone)],
+                   check=True)  # fmt: skip
+    (clone / "extra.txt").write_text("unreviewed\n")
+    who = ["-c", "user.name=o", "-c", "user.email=o@x"]
+    for args in (["add", "extra.txt"], [*who, "commit", "-qm", "sneak"], ["push", "-q"]):
+        subprocess.run(["git", "-C", str(clone), *args], check=True)
+    report, pipelines = merge(setup)
+    assert report.test_runs == 0 and not report.errors
+    assert "changed after its review while the batch was stacked" in report.waiting[0]["why"]
+    assert pipelines[0].stage == "test" and origin_log(setup) == ["initial commit"]

@@ -25,6 +25,10 @@ class World:
         self.commits: dict[str, tuple[int, ...]] = {}
 
     def sha(self, prs: Sequence[int]) -> str:
+        """The commit of a state: the same state, the same commit (as git's would be)."""
+        for key, state in self.commits.items():
+            if state == tuple(prs):
+                return key
         key = f"c{len(self.commits)}"
         self.commits[key] = tuple(prs)
         return key
@@ -59,10 +63,10 @@ class World:
 
 def merge_all(world: World, prs: list[int], batch: int) -> list[BatchResult[int]]:
     async def go() -> list[BatchResult[int]]:
-        out = []
+        out, green = [], set[str]()
         for i in range(0, len(prs), batch):
             out.append(await run_batch(prs[i : i + batch], stack=world.stack, test=world.test,
-                                       land=world.land))  # fmt: skip
+                                       land=world.land, green=green))  # fmt: skip
         return out
 
     return asyncio.run(go())
@@ -138,3 +142,12 @@ def test_outcomes_are_heard_as_they_happen() -> None:
 
     asyncio.run(go())
     assert heard == [("bounced", 3), ("landed", (1, 2)), ("landed", (4,))]
+
+
+def test_a_base_this_merge_landed_is_not_tested_again() -> None:
+    w = World(broken={5})
+    results = merge_all(w, list(range(1, 9)), 4)
+    # batch 1 green (1 run); batch 2: its top (red), then prefixes 5-6 and 5 (red): 5 is the
+    # breaker with no test of the base, which batch 1 landed tested; then 6-8 (green).
+    assert [r.test_runs for r in results] == [1, 4]
+    assert (1, 2, 3, 4) not in w.tested[1:]

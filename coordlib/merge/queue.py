@@ -70,17 +70,22 @@ async def run_batch(
     land: Land,
     landed: Landed[C] | None = None,
     bounced: Bounced[C] | None = None,
+    green: set[str] | None = None,
 ) -> BatchResult[C]:
     """Stack, test, bisect and land one batch; see the module.
 
     `landed` and `bounced` hear each outcome the moment it is decided (a push is recorded
     before anything else can fail); the result repeats them.  A red stack whose first PR is
     red alone gets the base itself tested: a red base bounces nobody (`result.base_red`).
+    `green` holds commits known to pass (what this merge landed, tested): a base among them
+    is not tested again, and each commit landed is added to it.
     """
+    known: set[str] = set() if green is None else green
     result: BatchResult[C] = BatchResult()
     todo = list(candidates)
 
     async def did_land(part: Sequence[Step[C]], sha: str) -> None:
+        known.add(sha)
         result.landed += [(s.candidate, sha) for s in part]
         if landed is not None:
             await landed([s.candidate for s in part], sha)
@@ -109,28 +114,29 @@ async def run_batch(
                 return result  # the branch moves faster than it can be tested: next time
             todo = [s.candidate for s in applied]
             continue
-        # The first red prefix: every prefix below `green` passed, the one at `red` failed.
-        green, red, red_trial = -1, len(applied) - 1, trial
-        while red - green > 1:
-            mid = (green + red) // 2
+        # The first red prefix: every prefix below `ok` passed, the one at `red` failed.
+        ok, red, red_trial = -1, len(applied) - 1, trial
+        while red - ok > 1:
+            mid = (ok + red) // 2
             probe = await test(str(applied[mid].sha), [s.candidate for s in applied[: mid + 1]])
             result.test_runs += 1
             if probe.passed:
-                green = mid
+                ok = mid
             else:
                 red, red_trial = mid, probe
-        if red == 0:
+        if red == 0 and base not in known:
             # The first PR alone is red: unless the base itself is (then nobody is to blame).
             base_trial = await test(base, [])
             result.test_runs += 1
             if not base_trial.passed:
                 result.base_red = base_trial
                 return result
+            known.add(base)
         await did_bounce(applied[red].candidate, red_trial)
-        if green >= 0:
-            sha = str(applied[green].sha)
+        if ok >= 0:
+            sha = str(applied[ok].sha)
             if await land(sha, base):
-                await did_land(applied[: green + 1], sha)
+                await did_land(applied[: ok + 1], sha)
             else:
                 result.restacks += 1
                 todo = [s.candidate for i, s in enumerate(applied) if i != red]

@@ -83,6 +83,7 @@ class Merger:
     def __init__(self, ctx: Context, engine: Pipelines) -> None:
         self.ctx = ctx
         self.engine = engine
+        self._green: set[str] = set()  # commits this merge knows pass (it tested them)
 
     def candidates(
         self, *, repo: str | None = None, order: Sequence[str] = ()
@@ -143,6 +144,8 @@ class Merger:
                     continue
                 try:
                     await self._batch(name, group, method, report, dry_run=dry_run)
+                except _Moved as exc:  # not a failure: the moved PRs went back to test
+                    report.waiting += [{"issue": k, "why": str(exc)} for k in exc.keys]
                 except CoordError as exc:  # a machine down or timed out, a forge refusal
                     report.errors.append(f"{name}: {exc}")
                     self.ctx.notify(f"merge {name}: {exc}")
@@ -180,6 +183,28 @@ class Merger:
             else:
                 keep.append(p)
         return keep
+
+    async def _heads_unchanged(self, stacked: Sequence[Pipeline]) -> None:
+        """Raise `_Moved` (and send those PRs back to test) if a PR's head is no longer the
+        commit that was tested and reviewed: someone pushed between the check before the
+        stack and the stack's own fetch, and what was stacked is not what was reviewed."""
+        if not stacked:
+            return
+        forge = self.ctx.forges.get(stacked[0].repo)
+        moved = []
+        for p in stacked:
+            assert p.pr is not None
+            head = (await forge.get_pr(p.pr)).head_sha
+            if p.head_sha and head and head != p.head_sha:
+                moved.append(p)
+        if not moved:
+            return
+        test = next((x.name for x in self.engine.playbook.stages.values()
+                     if x.run == "test"), "needs-human")  # fmt: skip
+        for p in moved:
+            self.engine.reopen(p, outcome="pushed during the merge", escalate=False,
+                               stage=test, failures="")  # fmt: skip
+        raise _Moved([p.key for p in moved])
 
     def _count_failure(self, group: Sequence[Pipeline], exc: CoordError) -> None:
         """A batch that failed to run (not a red test): the third time in a row, a person."""
@@ -260,6 +285,8 @@ class Merger:
         async def stack(cands: Sequence[Pipeline]) -> tuple[str, list[Step[Pipeline]]]:
             self._refresh(group)
             base, steps = await stack_on(m, cands)
+            if not dry_run:
+                await self._heads_unchanged([x.candidate for x in steps if x.state == "applied"])
             files.update((x.candidate.key, x.files) for x in steps)
             record["overlaps"] = _overlaps(steps)
             now["base"] = base
@@ -347,7 +374,7 @@ class Merger:
 
         report.batches.append(record)
         result = await run_batch(group, stack=stack, test=test, land=land, landed=landed,
-                                 bounced=bounced)  # fmt: skip
+                                 bounced=bounced, green=self._green)  # fmt: skip
         await self._settle(result, record, stack)
 
     async def _stack_on(
@@ -478,6 +505,17 @@ class Merger:
         if not self.engine.while_mine(p, apply):
             self.ctx.notify(f"merge: {p.key} landed as {sha[:12]} but another process holds it; "
                             f"`coord pipeline {p.key}` to check")  # fmt: skip
+
+
+class _Moved(PipelineError):
+    """PRs of a batch changed after their review, while it was being stacked."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(
+            f"changed after its review while the batch was stacked: tested again first "
+            f"({', '.join(keys)}); nothing of this batch landed"
+        )
+        self.keys = keys
 
 
 def _key(x: str, repo: str | None) -> str:
