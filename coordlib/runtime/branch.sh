@@ -152,11 +152,8 @@ cmd_test() {
     trap 'test_stopped 130' INT
     trap 'test_stopped 143' TERM
     # git worktree add takes git's lock files as a dispatch's does: the same lock as theirs.
-    if command -v flock >/dev/null 2>&1; then
-        { exec 9>>"$gitdir/coord-dispatch.lock"; } 2>/dev/null ||
-            exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
-        flock -w 120 9 || die 18 "another dispatch or test has held the lock on $repo for 120 s"
-    fi
+    repo_lock "$gitdir" "$workdir" "$repo" ||
+        die 18 "another dispatch or test has held the lock on $repo for 120 s"
     T_WT="$dir/wt"
     git -C "$repo" worktree add --quiet --detach "$T_WT" "$sha" >&2 ||
         die 12 "git worktree add --detach $T_WT at $sha failed in $repo"
@@ -300,11 +297,8 @@ cmd_stack() {
     trap 'stack_stopped 130' INT
     trap 'stack_stopped 143' TERM
     # The fetch and git worktree add take git's lock files as a dispatch's do: its lock.
-    if command -v flock >/dev/null 2>&1; then
-        { exec 9>>"$gitdir/coord-dispatch.lock"; } 2>/dev/null ||
-            exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
-        flock -w 120 9 || die 18 "another dispatch, test or stack has held the lock on $repo for 120 s"
-    fi
+    repo_lock "$gitdir" "$workdir" "$repo" ||
+        die 18 "another dispatch, test or stack has held the lock on $repo for 120 s"
 
     # origin's base and branches, in one fetch; if one of them is not there, origin is asked
     # which are, and those are fetched.  (A branch origin lacks is taken from the repo.)

@@ -161,6 +161,15 @@ wt_lock() { # wt_lock VAR WORKDIR WORKTREE: set VAR to the lock file one worker 
     printf -v "$1" '%s/locks/wt-%s.lock' "$2" "$name"
 }
 
+repo_lock() { # repo_lock GITDIR WORKDIR REPO: lock fd 9 (dispatch, test and stack share it); 1: timed out
+    # git's own lock files (.git/config, worktrees) race under concurrent worktree adds; the
+    # lock lives in the repo's git dir, else (not writable) under the workdir.
+    command -v flock >/dev/null 2>&1 || return 0
+    { exec 9>>"$1/coord-dispatch.lock"; } 2>/dev/null ||
+        exec 9>"$2/locks/repo-$(printf '%s' "$3" | cksum | cut -d' ' -f1).lock"
+    flock -w 120 9
+}
+
 live_mark() { # live_mark RUN_DIR: print the marker that lists the run as live (runs/.live/ID)
     printf '%s/.live/%s' "${1%/*}" "${1##*/}"
 }

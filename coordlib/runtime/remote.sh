@@ -124,11 +124,8 @@ cmd_dispatch() {
     : >"$workdir/runs/.live/$id" || die 14 "cannot write in $workdir/runs/.live (disk full?)"
 
     # Concurrent dispatches to one repo would race on git's own lock files (.git/config).
-    if command -v flock >/dev/null 2>&1; then
-        { exec 9>>"$gitdir/coord-dispatch.lock"; } 2>/dev/null ||
-            exec 9>"$workdir/locks/repo-$(printf '%s' "$repo" | cksum | cut -d' ' -f1).lock"
-        flock -w 120 9 || die 18 "another dispatch has held the lock on $repo for 120 s"
-    fi
+    repo_lock "$gitdir" "$workdir" "$repo" ||
+        die 18 "another dispatch has held the lock on $repo for 120 s"
     local head="" # the worktree's commit, when known here
     if [ "$mode" = continue ]; then
         [ -d "$wt" ] || die 12 "worktree $wt is gone from this machine; nothing to continue (use coord retry)"
