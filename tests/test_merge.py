@@ -53,6 +53,25 @@ def origin_log(setup: Setup) -> list[str]:
     return out.splitlines()
 
 
+def push_unreviewed(setup: Setup, issue: int) -> None:
+    """Push a commit to the issue's PR branch from outside, as someone would after review."""
+
+    async def branch() -> str:
+        async with coordinator(setup) as c:
+            p = c.board.pipeline("api", issue)
+            assert p is not None
+            return p.branch
+
+    name = arun(branch())
+    clone = setup.root / "sneaky"
+    subprocess.run(["git", "clone", "-q", "-b", name, str(setup.repo.origin), str(clone)],
+                   check=True)  # fmt: skip
+    (clone / "extra.txt").write_text("unreviewed\n")
+    who = ["-c", "user.name=o", "-c", "user.email=o@x"]
+    for args in (["add", "extra.txt"], [*who, "commit", "-qm", "sneak"], ["push", "-q"]):
+        subprocess.run(["git", "-C", str(clone), *args], check=True)
+
+
 def merge(setup: Setup, **kwargs: Any) -> Any:
     async def go() -> Any:
         async with coordinator(setup) as c:
@@ -305,20 +324,7 @@ def test_a_pr_pushed_to_after_its_review_is_tested_again(setup: Setup) -> None:
     machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
     [n] = ready(setup, machine, ["feature-1.txt"])
 
-    async def branch() -> str:
-        async with coordinator(setup) as c:
-            p = c.board.pipeline("api", n)
-            assert p is not None
-            return p.branch
-
-    name = arun(branch())
-    clone = setup.root / "sneaky"
-    subprocess.run(["git", "clone", "-q", "-b", name, str(setup.repo.origin), str(clone)],
-                   check=True)  # fmt: skip
-    (clone / "extra.txt").write_text("unreviewed\n")
-    who = ["-c", "user.name=o", "-c", "user.email=o@x"]
-    for args in (["add", "extra.txt"], [*who, "commit", "-qm", "sneak"], ["push", "-q"]):
-        subprocess.run(["git", "-C", str(clone), *args], check=True)
+    push_unreviewed(setup, n)
     report, pipelines = merge(setup)
     assert report.test_runs == 0 and "changed after its review" in report.waiting[0]["why"]
     assert pipelines[0].stage == "test" and origin_log(setup) == ["initial commit"]
@@ -459,20 +465,7 @@ def test_a_push_that_slips_past_the_first_check_is_caught_after_the_stack(
     machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
     [n] = ready(setup, machine, ["feature-1.txt"])
 
-    async def branch() -> str:
-        async with coordinator(setup) as c:
-            p = c.board.pipeline("api", n)
-            assert p is not None
-            return p.branch
-
-    name = arun(branch())
-    clone = setup.root / "sneaky"
-    subprocess.run(["git", "clone", "-q", "-b", name, str(setup.repo.origin), str(clone)],
-                   check=True)  # fmt: skip
-    (clone / "extra.txt").write_text("unreviewed\n")
-    who = ["-c", "user.name=o", "-c", "user.email=o@x"]
-    for args in (["add", "extra.txt"], [*who, "commit", "-qm", "sneak"], ["push", "-q"]):
-        subprocess.run(["git", "-C", str(clone), *args], check=True)
+    push_unreviewed(setup, n)
     report, pipelines = merge(setup)
     assert report.test_runs == 0 and not report.errors
     assert "changed after its review while the batch was stacked" in report.waiting[0]["why"]
