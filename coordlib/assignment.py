@@ -114,6 +114,12 @@ class Assignment:
     cleaned: dict[str, Any] | None = None  # {at, worktree, run}: what `coord clean` did
     briefing: str | None = None  # a dry run's briefing (never on the board)
     stage: str | None = None  # the pipeline stage it works (work, review, fix, …); None: none
+    # What the run left behind, checked on the machine as it ended (see coordlib.outcomes):
+    # {start, head, base, commits, ahead, dirty, untracked, files, files_total, rescue,
+    #  conflicts, outside}; None until it ended (or from a machine that did not say).
+    outcome: dict[str, Any] | None = None
+    files_declared: list[str] | None = None  # the issue's own `## Files`; None: it has none
+    reads_only: bool = False  # a reviewer's run: on a detached checkout, owing no commit
     other: dict[str, Any] = field(default_factory=dict, repr=False)  # a newer version's keys
 
     @property
@@ -195,7 +201,8 @@ class Assignment:
 _EXTRA_KEYS = {"restored": "restored_from_forge"}
 _EXTRA_NAMES = (
     "continues", "continued_by", "retry_of", "retried_by", "not_before", "held", "restored",
-    "base_sha", "argv", "files_in_scope", "cleaned", "briefing", "stage",
+    "base_sha", "argv", "files_in_scope", "cleaned", "briefing", "stage", "outcome",
+    "files_declared", "reads_only",
 )  # fmt: skip
 _EXTRA_FIELD = {_EXTRA_KEYS.get(n, n): n for n in _EXTRA_NAMES}
 # Keys older versions kept under `extra` that now live in `progress`.

@@ -42,6 +42,7 @@ from .runtime.builders import dispatch_command
 from .runtime.command import LaunchSpec, branch_name, slugify
 from .runtime.layout import Layout
 from .runtime.protocol import DispatchMode
+from .scope import declared_files
 
 if TYPE_CHECKING:
     from .board import Transaction
@@ -84,10 +85,12 @@ class Dispatcher:
         *,
         resume: str | None = None,
         tools: str | None = None,
+        repo: str | None = None,
     ) -> LaunchSpec:
         """Return what the launcher starts: the claude command line and the watchdog's limits.
 
         `tools` replaces worker.allowed_tools (a pipeline stage's own: a reviewer's read only).
+        `repo` names the base branch the run's outcome is checked against.
         """
         m = self.ctx.config.machine(machine)
         w = self.ctx.config.worker
@@ -106,6 +109,7 @@ class Dispatcher:
             max_runtime_ms=int(w.max_runtime * 1000),
             grace_ms=int(w.result_grace * 1000),
             poll_seconds=w.poll_interval,
+            base=self.ctx.config.repo(repo).default_branch if repo else "",
         )
 
     def _new_id(self, repo: str, issue: int) -> str:
@@ -173,6 +177,7 @@ class Dispatcher:
         scope = files_in_scope(issue_info.body) if issue_info is not None else []
         a = self._row(m.name, r.name, issue, branch=branch, model=(tier, model_id), title=title,
                       worktree=None, attempt=attempt, files_in_scope=scope)  # fmt: skip
+        a.files_declared = declared_files(issue_info.body) if issue_info is not None else None
         if briefing is None:
             rows = self._live_rows() if live is None else live
             info = self._issue_context(r.name, issue_info) if issue_info is not None else {}
@@ -192,7 +197,7 @@ class Dispatcher:
                 user_dir=self._briefing_dir(),
             )
         check_briefing(briefing)
-        launch = self.launch_spec(m.name, a.worktree, model_id)
+        launch = self.launch_spec(m.name, a.worktree, model_id, repo=r.name)
         a.argv = _worker_argv(launch)
         return a, briefing, launch
 
@@ -388,13 +393,16 @@ class Dispatcher:
         tier, model_id = (prev.tier, prev.model)
         if model:
             tier, model_id = self.ctx.config.models.resolve(model)
-        launch = self.launch_spec(prev.machine, prev.worktree, model_id, resume=prev.session_id)
+        launch = self.launch_spec(
+            prev.machine, prev.worktree, model_id, resume=prev.session_id, repo=prev.repo
+        )
         a = self._row(
             prev.machine, prev.repo, prev.issue, branch=prev.branch, model=(tier, model_id),
             title=prev.title, worktree=prev.worktree,
             attempt=prev.attempt,  # steering or waiting out a limit is not a new attempt
             session_id=prev.session_id, continues=prev.id, argv=_worker_argv(launch),
-            trail_off=prev.trail_off, stage=prev.stage,
+            trail_off=prev.trail_off, stage=prev.stage, reads_only=prev.reads_only,
+            files_declared=prev.files_declared, outcome=_since(prev),
         )  # fmt: skip
         return await self._start(a, prompt, launch, issue=None, force=True, replaces=prev,
                                  mode=DispatchMode.CONTINUE)  # fmt: skip
@@ -428,7 +436,10 @@ class Dispatcher:
         tier, model_id = self.ctx.config.models.resolve(model)
         a = self._row(machine, repo, issue, branch=branch, model=(tier, model_id), title=title,
                       worktree=worktree, attempt=attempt, stage=stage)  # fmt: skip
-        launch = self.launch_spec(machine, a.worktree, model_id, tools=tools)
+        a.reads_only = mode == DispatchMode.REVIEW
+        if issue_info is not None:
+            a.files_declared = declared_files(issue_info.body)
+        launch = self.launch_spec(machine, a.worktree, model_id, tools=tools, repo=repo)
         a.argv = _worker_argv(launch)
         if planned is not None:
             planned(a)
@@ -460,6 +471,8 @@ class Dispatcher:
                 continue
             if a.held:
                 continue  # restored from the trail: a person continues it (`continue_queued`)
+            if await self._issue_closed(a):
+                continue
             prompt = RATE_LIMIT_GUIDANCE
             if not a.session_id:  # it never got going: no session to resume
                 prompt = f"Work on issue #{a.issue} of {a.repo}: {a.title}"
@@ -469,10 +482,32 @@ class Dispatcher:
                 continue  # another process continued it first
         return started
 
+    async def _issue_closed(self, a: Assignment) -> bool:
+        """Whether a's issue was closed while a waited out its limit (then a is held, so
+        nothing continues it by itself: `resume` never restarts a closed issue's work)."""
+        try:
+            state = await self.ctx.forges.get(a.repo).issue_state(a.issue)
+        except CoordError:
+            return False  # the forge away is no reason to hold the work back
+        if state == "open":
+            return False
+        held = (f"issue #{a.issue} is {state}: not continued (reopen it, then "
+                f"`coord continue {a.id}`)")  # fmt: skip
+        self.ctx.board.settle({a.id: (a.events_offset, {"held": held})})
+        return True
+
 
 def _worker_argv(launch: LaunchSpec) -> list[str]:
     """The worker's command line as spec.json records it; the prompt comes on stdin."""
     return [*launch.command, "-p", *launch.args]
+
+
+def _since(prev: Assignment) -> dict[str, Any] | None:
+    """What a continued session's outcome counts from: the commit its first run started at
+    (the commits a run made before its rate limit are no less the session's)."""
+    facts = prev.outcome or {}
+    since = facts.get("since") or facts.get("start")
+    return {"since": since} if isinstance(since, str) else None
 
 
 def _in_flight_files(rows: Sequence[Assignment], repo: str, issue: int) -> list[dict[str, str]]:

@@ -102,7 +102,8 @@ def _ended(
     exit: Mapping[str, Any],
     last_words: str = "",
 ) -> dict[str, Any]:
-    from .outcomes import FailureClass, classify
+    from .outcomes import FailureClass, classify, failure_text, judge, read_outcome
+    from .scope import outside
 
     reason = exit.get("reason")
     code = exit.get("exit_code")
@@ -134,6 +135,24 @@ def _ended(
         exit_reason=reason,
         finished_at=float(finished) if isinstance(finished, int | float) else time.time(),
     )
+    facts = read_outcome(exit.get("outcome"))
+    if facts is not None:
+        since = (a.outcome or {}).get("since")
+        if isinstance(since, str):
+            facts["since"] = since
+        facts["outside"] = outside(facts["files"], a.files_declared)
+        fields["outcome"] = facts
+        stuck = (progress.last_status or "").startswith("STUCK:")
+        verdict = judge(facts) if status == Status.DONE and not a.reads_only else None
+        if verdict is not None and not stuck:  # a worker that stops to ask owes no commit
+            status, fclass = Status.FAILED, verdict
+            fields.update(
+                status=str(status),
+                failure_class=str(fclass),
+                error=failure_text(
+                    verdict, facts, branch=a.branch, worktree=a.worktree, machine=a.machine
+                ),
+            )
     if fclass == FailureClass.RATE_LIMITED:
         # Not a failed attempt: wait out the limit, then continue the session.
         wait = RATE_LIMIT_WAIT

@@ -21,11 +21,13 @@ from .markers import (
     SkippedMarker,
     TrailKey,
     check_marker,
+    defang,
     find_marker,
     make_marker,
     neutralise,
     parse_markers,
 )
+from .outcomes import summary
 
 if TYPE_CHECKING:
     from .board import Board
@@ -121,6 +123,12 @@ def ending_comment(a: Assignment, key: TrailKey) -> str:
         why = a.failure_class or a.exit_reason or str(a.status)
         head = f"**coord** `{a.id}` ended as **{a.status}** ({why}){tail}."
         body = a.error or ""
+    if a.outcome and a.outcome.get("head"):
+        # What the machine found the run left behind (paths are the worker's: defanged).
+        left = summary(a.outcome, branch=a.branch)
+        head += f"\n\nIt left: {defang(left)}." if left else ""
+        if a.outcome.get("rescue") and a.status != Status.DONE:
+            head += f" Uncommitted changes saved at `{a.outcome['rescue']}` on {a.machine}."
     marker = make_marker(str(a.status), a, key)
     room = MAX_COMMENT_CHARS - len(head) - len(marker) - 200
     body = _cut(neutralise(body.strip()), room, f"in `coord log {a.id}`")

@@ -126,7 +126,8 @@ def test_real_cli_end_to_end_over_ssh(
 
 
 def _scenarios() -> dict[str, Scenario]:
-    ok = Scenario([Turn([text("STATUS: done\nNothing to do.")])])
+    commit = tool("Bash", command="git commit -q --allow-empty -m 'Do it'", description="Commit")
+    ok = Scenario([Turn([commit]), Turn([text("STATUS: done\nDid it.")])])
     many = Scenario([Turn([tool("Bash", command=f"echo {i}")]) for i in range(5)])
     return {
         "ok": ok,
@@ -137,10 +138,8 @@ def _scenarios() -> dict[str, Scenario]:
         "bad_request": Scenario([Turn([], fault=Fault.error(400))]),
         "limited": Scenario(
             [
-                Turn(
-                    [text("STATUS: done\nWaited out the limit.")],
-                    fault=Fault.error(429, retry_after=1, times=2),
-                )
+                Turn([commit], fault=Fault.error(429, retry_after=1, times=2)),
+                Turn([text("STATUS: done\nWaited out the limit.")]),
             ]
         ),
         "hang": Scenario([Turn([], fault=Fault.hang())]),
@@ -211,6 +210,15 @@ STUCK = Scenario(
     [
         Turn([text("STATUS: looking around"), tool("Bash", command="ls")]),
         Turn([tool("Write", file_path="greeting.txt", content="hi\n")], fault=Fault.hang(times=1)),
+        Turn(
+            [
+                tool(
+                    "Bash",
+                    command="git add -A && git commit -q -m 'Add greeting.txt'",
+                    description="Commit it",
+                )
+            ]
+        ),
         Turn([text("STATUS: done\nWrote greeting.txt as told.")]),
     ]
 )
@@ -278,7 +286,12 @@ def test_real_cli_pipeline_to_ready_to_merge_over_ssh(
     server = model_server({
         "work": commit("hello\n", "Add a greeting"),
         "review-0": review("request-changes"),
-        "fix": commit("hello!\n", "Fix the greeting"),
+        # (Bash, not Write: the CLI's Write refuses a file this session has not read)
+        "fix": Scenario([
+            Turn([tool("Bash", command="printf 'hello!\\n' > hello.txt && git commit -qam "
+                                       "'Fix the greeting'", description="Fix and commit")]),
+            Turn([text("STATUS: done\nFix the greeting.")]),
+        ]),
         "review-1": review("approve"),
     })  # fmt: skip
     briefings = setup.root / "briefings"
@@ -310,7 +323,7 @@ def test_real_cli_pipeline_to_ready_to_merge_over_ssh(
             return await drive(c, "api", issue.number, limit=240)
 
     p = arun(go())
-    assert p.stage == "ready-to-merge", p
+    assert p.stage == "ready-to-merge", (p.moves, p.reason, p.failures)
     assert {s: len(ids) for s, ids in p.assignments.items()} == {"work": 1, "review": 2, "fix": 1}
     assert [v["outcome"] for v in p.verdicts if v["stage"] == "review"] == [
         "request-changes", "approve"]  # fmt: skip
@@ -319,6 +332,8 @@ def test_real_cli_pipeline_to_ready_to_merge_over_ssh(
     assert [r.state for r in pr.reviews] == ["COMMENTED", "COMMENTED"]
     assert "should end with" in pr.reviews[0].body
     assert setup.repo.log("main") == ["initial commit"]
+    # The fix really committed (a fix that changed nothing would be done_empty, not done).
+    assert setup.repo.log(p.branch)[:2] == ["Fix the greeting", "Add a greeting"]
     for path in setup.root.rglob("*"):
         if path.is_file() and not path.is_symlink():
             assert SECRET.encode() not in path.read_bytes(), path

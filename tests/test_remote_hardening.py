@@ -43,7 +43,7 @@ from coordlib.runtime.protocol import (
     remote_argv,
     remote_script,
 )
-from coordlib.testing.model_server import ModelServer, Scenario, Turn, claude_env, text
+from coordlib.testing.model_server import ModelServer, Scenario, Turn, claude_env, text, tool
 
 from .conftest import FAKE_CLAUDE, Setup
 
@@ -87,7 +87,11 @@ def test_real_cli_reads_briefings_no_argument_could_carry(
     setup: Setup, claude_cli: Path, model_server: Callable[..., ModelServer]
 ) -> None:
     assert len(BIG_BRIEFING.encode()) > 200_000  # past Linux's 128 KiB for one argument
-    server = model_server(Scenario([Turn([text("STATUS: done\nRead the briefing.")])]))
+    server = model_server(Scenario([
+        Turn([tool("Bash", command="git commit -q --allow-empty -m 'Read the briefing'",
+                   description="Record it")]),
+        Turn([text("STATUS: done\nRead the briefing.")]),
+    ]))  # fmt: skip
     env = claude_env(server.url, setup.root / "home", max_retries=1, base={})
     env["ANTHROPIC_API_KEY"] = "${TEST_WORKER_API_KEY}"  # a secret is a reference, never a literal
     setup.add_local("local", claude_command=str(claude_cli), env=env, max_workers=3)

@@ -57,6 +57,7 @@ class LaunchSpec:
     max_runtime_ms: int
     grace_ms: int
     poll_seconds: float
+    base: str = ""  # the repo's base branch: the run's outcome counts its commits against it
 
     def render(self) -> str:
         """Return the launch.env text, every value quoted here."""
@@ -72,6 +73,7 @@ class LaunchSpec:
             f"COORD_MAXRT_MS={int(self.max_runtime_ms)}\n"
             f"COORD_GRACE_MS={int(self.grace_ms)}\n"
             f"COORD_POLL={quote(format(self.poll_seconds, 'g'))}\n"
+            f"COORD_BASE={quote(self.base)}\n"
             "COORD_END=1\n"  # the last line: a file cut short is refused by the launcher
         )
 

@@ -50,6 +50,81 @@ disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
     [ -n "$avail" ] && [ "$avail" -le 16 ]
 }
 
+# What the worker left behind, checked as its run ends and recorded with that end (exit.json's
+# "outcome", read by coordlib.outcomes): the commits it made, the changes it left
+# uncommitted (kept in the worktree, and saved at refs/coord/rescue/ID), the files its branch
+# changes from its base, and whether the branch still merges onto that base.  Paths are in
+# git's quoted form (ASCII only); at most OUTCOME_FILES of them.
+OUTCOME_FILES=200
+add_path() { # add_path PATH: one more changed file, in outcome's list (capped; its count is not)
+    total=$((total + 1))
+    ((total <= OUTCOME_FILES)) || return 0
+    json_str q "$1"
+    files+=${files:+,}$q
+}
+
+outcome() { # outcome WORKTREE RUN_DIR START BASE: set OUTCOME to a JSON object, or "" (no repo)
+    local wt=$1 run=$2 start=$3 base=$4 head ref="" mb="" commits=null ahead=null
+    local conflicts=null rescue=null line path files="" loose="" total=0 dirty=0 untracked=0 q
+    # Nothing the worker wrote may run here: no hooks, no fsmonitor command of its making.
+    local -a g=(git -c core.quotePath=true -c core.fsmonitor=false -c core.hooksPath=/dev/null
+        -c core.untrackedCache=false -C "$wt")
+    OUTCOME=""
+    head=$("${g[@]}" rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null) || return 0
+    if [ -n "$start" ]; then
+        commits=$("${g[@]}" rev-list --count "$start..$head" 2>/dev/null) || commits=null
+    fi
+    if [ -n "$base" ]; then
+        for ref in "refs/remotes/origin/$base" "refs/heads/$base" ""; do
+            [ -n "$ref" ] && "${g[@]}" rev-parse -q --verify "$ref^{commit}" >/dev/null 2>&1 && break
+        done
+    fi
+    if [ -n "$ref" ] && mb=$("${g[@]}" merge-base "$ref" "$head" 2>/dev/null); then
+        ahead=$("${g[@]}" rev-list --count "$mb..$head" 2>/dev/null) || ahead=null
+        while IFS= read -r path; do
+            [ -n "$path" ] && add_path "$path"
+        done < <("${g[@]}" diff --no-renames --name-only "$mb" "$head" -- 2>/dev/null)
+        # Does it still merge onto its base (as this machine last fetched it)?  0: cleanly
+        # (merge-tree writes the trees it makes into the object store, nothing else).
+        "${g[@]}" merge-tree --write-tree "$ref" "$head" >/dev/null 2>&1
+        case $? in 0) conflicts=false ;; 1) conflicts=true ;; esac
+    fi
+    while IFS= read -r line; do
+        [ -n "$line" ] || continue
+        dirty=$((dirty + 1))
+        [ "${line:0:2}" = "??" ] && untracked=$((untracked + 1))
+        path=${line:3}
+        path=${path##* -> }
+        add_path "$path"
+        if ((dirty <= OUTCOME_FILES)); then
+            json_str q "$path"
+            loose+=${loose:+,}$q
+        fi
+    done < <("${g[@]}" status --porcelain=v1 --untracked-files=all 2>/dev/null)
+    if ((dirty > 0)); then
+        # Saved without touching the worktree or its index: a private index gets every
+        # change (untracked files too, ignored ones not) and becomes a commit on HEAD.
+        local idx="$run/rescue.index" tree sha name="refs/coord/rescue/${run##*/}"
+        if GIT_INDEX_FILE=$idx "${g[@]}" read-tree "$head" 2>/dev/null &&
+            GIT_INDEX_FILE=$idx timeout 120 "${g[@]}" add -A . 2>/dev/null &&
+            tree=$(GIT_INDEX_FILE=$idx "${g[@]}" write-tree 2>/dev/null) &&
+            sha=$(GIT_AUTHOR_NAME=coord GIT_AUTHOR_EMAIL=coord@localhost \
+                GIT_COMMITTER_NAME=coord GIT_COMMITTER_EMAIL=coord@localhost \
+                "${g[@]}" commit-tree "$tree" -p "$head" \
+                -m "coord: uncommitted work of run ${run##*/}, saved as it ended" 2>/dev/null) &&
+            "${g[@]}" update-ref "$name" "$sha" 2>/dev/null; then
+            rescue="\"$name\""
+        fi
+        rm -f "$idx"
+    fi
+    local s=null m=null
+    [ -n "$start" ] && s="\"$start\""
+    [ -n "$mb" ] && m="\"$mb\""
+    printf -v OUTCOME '{"start":%s,"head":"%s","base":%s,"commits":%s,"ahead":%s,"dirty":%s,"untracked":%s,"files":[%s],"files_total":%s,"uncommitted":[%s],"rescue":%s,"conflicts":%s}' \
+        "$s" "$head" "$m" "$commits" "$ahead" "$dirty" "$untracked" "$files" "$total" \
+        "$loose" "$rescue" "$conflicts"
+}
+
 cmd_run() { # run RUN_DIR
     need_args run $# 1 "RUN_DIR"
     need_path run "run dir" "$1"
@@ -101,8 +176,10 @@ cmd_run() { # run RUN_DIR
         exit 125
     fi
 
-    local wtx
+    local wtx start=""
     home_path wtx "$COORD_WORKTREE"
+    # The commit the worker starts from: its outcome counts the commits made since.
+    start=$(git -c core.fsmonitor=false -C "$wtx" rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null)
     # One worker per worktree, so a session is never driven by two processes.  The
     # launcher holds the lock while its worker lives; the worker does not inherit it, so
     # a daemon the worker leaves behind cannot keep the worktree locked forever.
@@ -213,11 +290,16 @@ cmd_run() { # run RUN_DIR
         wait "$wpid"
         rc=$?
     fi
-    local more=""
+    local more="" OUTCOME="" base=${COORD_BASE-}
+    # (launch.env's base is the coordinator's word, yet checked as every ref here is)
+    [[ $base =~ ^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$ && $base != *..* ]] || base=""
+    outcome "$wtx" "$run" "$start" "$base" 8>&-
     if [ "$rc" != 0 ] && disk_full "$run"; then
         more='"disk_full":true'
     fi
-    write_exit "$run" "$rc" "$reason" "$started" "$more" ||
+    # The end is recorded with its outcome, or (no room for that) without it.
+    write_exit "$run" "$rc" "$reason" "$started" "$more${OUTCOME:+${more:+,}\"outcome\":$OUTCOME}" ||
+        write_exit "$run" "$rc" "$reason" "$started" "$more" ||
         echo "cannot write exit.json (disk full?)" >&2
     exit "$rc"
 }

@@ -36,6 +36,7 @@ class RunFile(enum.StrEnum):
     ENV_FIFO = "env.fifo"  # the worker's environment, from dispatch to launcher
     STOP = "stop"  # asked to stop
     SEEN = ".seen"  # the launcher's mark of the last look at events.jsonl
+    RESCUE_INDEX = "rescue.index"  # the private index the outcome check saves changes with
 
 
 TAIL_FILES = (RunFile.EVENTS, RunFile.STDERR, RunFile.LAUNCHER_LOG)

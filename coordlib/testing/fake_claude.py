@@ -13,7 +13,11 @@ stdin, as the real CLI does (and as coord's launcher gives it).  The scenario is
                   ``again <n>`` line when it already holds that content, so there is always
                   something to commit (a second worker on the same branch)
     events        FAKE_CLAUDE_EVENTS "STATUS: tick n" lines at FAKE_CLAUDE_RATE per second,
-                  each carrying top-level "ts" and "seq", then a result
+                  each carrying top-level "ts" and "seq", then a file committed (unannounced)
+                  and a result
+    empty         STATUS, then a successful result, having changed nothing (done_empty)
+    dirty         ok's Write (ARG as ok's), never committed, then a successful result
+                  (uncommitted)
     stall         init, one STATUS line, then silence forever
     linger        ok, then stays alive after its result (as the real CLI can)
     fail          init, then exit 3 with a message on stderr and no result
@@ -291,7 +295,9 @@ def env_report() -> str:
     return json.dumps(report, indent=2, sort_keys=True) + "\n"
 
 
-def work(session: Session, *, content: str | None = None, delay: float = 0.0) -> None:
+def work(
+    session: Session, *, content: str | None = None, delay: float = 0.0, commits: bool = True
+) -> None:
     """Run the `ok` flow: report, write a file, commit it, report, and finish."""
     title = first_line(session.prompt)
     name = os.environ.get("FAKE_CLAUDE_FILE", "fake_claude_output.txt")
@@ -311,6 +317,10 @@ def work(session: Session, *, content: str | None = None, delay: float = 0.0) ->
         lambda: write_file(path, content),
         say="STATUS: reading the issue",
     )
+    if not commits:
+        session.status("done")
+        session.result(f"Wrote {os.path.basename(path)}; all done.")
+        return
     message = f"coord: {title}"
     command = f"git add -A && git commit -m {shell_quote(message)}"
     session.tool(
@@ -342,7 +352,24 @@ def events(session: Session) -> int:
         # Sleep to an absolute schedule so the rate holds however long each write takes.
         time.sleep(max(0.0, start + (seq - 1) / rate - time.monotonic()))
         session.status(f"tick {seq}", extra={"ts": time.time(), "seq": seq})
+    # Some work to show for it (unannounced): a run that commits nothing is not done.
+    path = os.path.join(os.getcwd(), "fake_claude_events.txt")
+    write_file(path, fresh(path, f"emitted {count} events\n"))
+    commit(f"coord: emitted {count} events")
     session.result(f"Emitted {count} events.")
+    return 0
+
+
+def empty(session: Session) -> int:
+    """Say it is done without changing anything (`done_empty`)."""
+    session.status("looked at it")
+    session.result("Everything the issue asks for is done.")
+    return 0
+
+
+def dirty(session: Session) -> int:
+    """Write the file as `ok` does, never commit it, and say it is done (`uncommitted`)."""
+    work(session, commits=False)
     return 0
 
 
@@ -425,6 +452,8 @@ def stuck(session: Session) -> int:
 
 SCENARIOS = {
     "ok": ok,
+    "empty": empty,
+    "dirty": dirty,
     "events": events,
     "stall": stall,
     "linger": linger,
