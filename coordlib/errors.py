@@ -20,6 +20,7 @@
     │   └── ProtocolError      a machine's answer is not in the remote protocol's format
     │                          (runtime/protocol.py)  (also ValueError)
     ├── PipelineError          a pipeline stage could not run (a test or push that did not start)
+    │   └── IssueClosedError   the issue was closed: no more work starts for it
     ├── WaitTimeout            `wait` gave up before the assignment ended  (also TimeoutError)
     └── ForgeError             the forge (local issues, GitHub) refused or failed a request
         ├── NotFoundError      no such issue, pull request or repository  (also KeyError)
@@ -48,6 +49,7 @@ __all__ = [
     "ForgeAuthError",
     "ForgeError",
     "HostKeyError",
+    "IssueClosedError",
     "MachineError",
     "MergeConflictError",
     "NotFoundError",
@@ -106,6 +108,10 @@ class ClaimError(CoordError):
 
 class PipelineError(CoordError):
     """A pipeline stage could not run (a test or push that failed to start, a bad state)."""
+
+
+class IssueClosedError(PipelineError):
+    """The issue was closed: no more work starts for it (reopen it to go on)."""
 
 
 class UsageError(CoordError, ValueError):

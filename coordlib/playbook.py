@@ -46,7 +46,12 @@ __all__ = [
 
 RUN_KINDS = ("worker", "test", "pr")
 OUTCOMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"worker": ("done", "failed"), "test": ("passed", "failed"), "pr": ("opened",)}
+    {
+        # empty: it said done and left no commit; uncommitted: it left changes uncommitted
+        "worker": ("done", "failed", "empty", "uncommitted"),
+        "test": ("passed", "failed"),
+        "pr": ("opened",),
+    }
 )
 # A worker stage with `verdict: true` ends in one of these (or failed) instead of done.
 VERDICT_OUTCOMES = ("approve", "request-changes", "no-verdict")
@@ -58,7 +63,7 @@ MODEL_POLICIES = ("label", "escalate", "reviewer", "same")
 DEFAULT_PLAYBOOK = Path(__file__).parent / "playbooks" / "issue-to-pr.yml"
 
 # Outcomes a stage may leave out of `next`: nobody planned for them, so a person decides.
-_OPTIONAL = ("failed", "no-verdict")
+_OPTIONAL = ("failed", "no-verdict", "empty", "uncommitted")
 _TOP_KEYS = ("name", "max_rounds", "start", "stages")
 _STAGE_KEYS = ("run", "briefing", "model", "tools", "verdict", "round", "next")
 _WORKER_ONLY = ("briefing", "model", "tools", "verdict", "round")

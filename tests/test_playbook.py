@@ -70,8 +70,9 @@ def test_the_shipped_playbook_has_the_issue_to_pr_stages() -> None:
         briefing="work",
         model="label",
         tools=edit_tools,
-        next={"done": "test", "failed": NEEDS_HUMAN},
+        next={"done": "test", "failed": NEEDS_HUMAN, "empty": "fix", "uncommitted": "fix"},
     )
+    assert pb.stage("fix").next["empty"] == "fix" and pb.stage("fix").next["uncommitted"] == "fix"
     review = pb.stage("review")
     assert (review.briefing, review.model, review.verdict, review.round) == (
         "review",
@@ -93,6 +94,8 @@ def test_the_shipped_playbook_has_the_issue_to_pr_stages() -> None:
     [
         ("work", "done", "test"),
         ("work", "failed", NEEDS_HUMAN),
+        ("work", "empty", "fix"),
+        ("work", "uncommitted", "fix"),
         ("test", "passed", "pr"),
         ("test", "failed", "fix"),
         ("pr", "opened", "review"),

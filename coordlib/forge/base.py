@@ -232,6 +232,10 @@ class Forge(abc.ABC):
         """Return an issue's labels (forges that can, read them without its comments)."""
         return (await self.get_issue(number)).labels
 
+    async def issue_state(self, number: int) -> str:
+        """Return an issue's state, "open" or "closed" (forges that can, without comments)."""
+        return (await self.get_issue(number)).state
+
     async def identity(self) -> str | None:
         """Return the author name this forge posts coordlib's comments as (None: unknown)."""
         return None

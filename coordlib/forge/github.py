@@ -307,6 +307,10 @@ class GitHubForge(Forge):
         data = await self._list(f"/issues/{number}/labels", f"read the labels of #{number}")
         return tuple(str(label["name"]) for label in data)
 
+    async def issue_state(self, number: int) -> str:
+        """Return an issue's state with one request (no comments read)."""
+        return issue_of(await self._get(f"/issues/{number}", f"get issue #{number}")).state
+
     async def add_labels(self, number: int, labels: Iterable[str]) -> tuple[str, ...]:
         """Add labels (GitHub creates missing ones); return the issue's labels."""
         names = list(dict.fromkeys(labels))

@@ -8,6 +8,7 @@ nobody.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..assignment import Assignment
 from ..briefings import DEFAULT_TRUSTED_AUTHORS, issue_context, render_briefing
-from ..errors import AssignmentNotFound, CommandError, CoordError, ForgeError, PipelineError
+from ..errors import (
+    AssignmentNotFound,
+    CommandError,
+    CoordError,
+    ForgeError,
+    IssueClosedError,
+    PipelineError,
+)
 from ..markers import defang
 from ..runtime.answers import Tested, failure_reason, parse_push, parse_test
 from ..runtime.builders import push_command, test_command
@@ -72,6 +80,11 @@ class Actions:
         config = self.ctx.config
         forge = self.ctx.forges.get(p.repo)
         info = await forge.get_issue(p.issue)
+        if info.state != "open":
+            raise IssueClosedError(
+                f"issue #{p.issue} of {p.repo} is {info.state}: no {stage.name} worker starts "
+                f"for it (reopen it, then `coord bounce {p.repo}#{p.issue}` to go on)"
+            )
         model = self._model(p, stage.model, info)
         tools = ",".join(stage.tools)
         first = not p.branch
@@ -98,7 +111,9 @@ class Actions:
             a.stage = stage.name
             if stage.briefing and stage.briefing != "work":
                 text = self._briefing(p, stage, a.branch, a.model, info, a.machine)
-            launch = self.dispatcher.launch_spec(a.machine, a.worktree, a.model, tools=tools)
+            launch = self.dispatcher.launch_spec(
+                a.machine, a.worktree, a.model, tools=tools, repo=a.repo
+            )
             planned(a)
             return await self.dispatcher._start(a, text, launch, issue=info, force=False)
         reads_only = stage.verdict or not (EDITING_TOOLS & {t.split("(")[0] for t in stage.tools})
@@ -179,6 +194,11 @@ class Actions:
     async def test(self, p: Pipeline, report: PassReport) -> tuple[str, dict[str, Any]]:
         """The test stage: run it, and return (passed | failed, the verdict to record)."""
         tested = await self.run_test(p)
+        if p.base_sha and tested.sha == p.base_sha:
+            # Never a test (nor, after it, a review) of a branch with nothing on it.
+            tested = dataclasses.replace(tested, passed=False, tail=(
+                f"The branch {p.branch} has no commits beyond its base {p.base_sha[:12]}: "
+                f"nothing was done, so there is nothing to test."))  # fmt: skip
         return ("passed" if tested.passed else "failed"), self.record_test(p, tested)
 
     def record_test(self, p: Pipeline, tested: Tested) -> dict[str, Any]:
@@ -203,6 +223,13 @@ class Actions:
         """Push the branch and open its PR (or update the open one); return (opened, facts)."""
         config = self.ctx.config
         m, r = config.machine(p.machine), config.repo(p.repo)
+        forge = self.ctx.forges.get(p.repo)
+        state = await forge.issue_state(p.issue)
+        if state != "open":
+            raise IssueClosedError(
+                f"issue #{p.issue} of {p.repo} is {state}: no pull request is opened or "
+                f"updated for it (reopen it, then `coord bounce {p.repo}#{p.issue}` to go on)"
+            )
         try:
             result = await self.ctx.machines.get(m.name).run(
                 push_command(m.repo_path(r.name), p.branch), timeout=300, what="push"
@@ -213,7 +240,6 @@ class Actions:
                 f"{failure_reason(exc.stderr) or exc}"
             ) from exc
         pushed = parse_push(result.stdout, machine=m.name)
-        forge = self.ctx.forges.get(p.repo)
         number, url = p.pr, p.pr_url
         if number is not None:
             pr = await forge.get_pr(number)

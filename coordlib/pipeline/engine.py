@@ -30,6 +30,7 @@ from ..errors import (
     ClaimError,
     CoordError,
     DispatchError,
+    IssueClosedError,
     MachineError,
     UnreachableError,
 )
@@ -55,6 +56,9 @@ _ACTING_MARGIN = 300.0
 _ACTION_TRIES = 3
 # A reviewer with no verdict is asked again this many times, then a person is.
 _VERDICT_RETRIES = 1
+# A worker that said it was done yet left no commit, or changes uncommitted: the playbook's
+# outcomes for those failure classes (coordlib.outcomes).
+_LEFT_BEHIND = {"done_empty": "empty", "uncommitted": "uncommitted"}
 
 
 class Pipelines:
@@ -200,6 +204,10 @@ class Pipelines:
         except UnreachableError:
             self._release(claimed, started=None)  # a machine away is no failure of the stage
             raise
+        except IssueClosedError as exc:  # closed by a person meanwhile: theirs to reopen
+            self.reopen(claimed, outcome=str(exc), escalate=False, failures="", stage=NEEDS_HUMAN)
+            report.errors.append(f"{p.key}: {exc}")
+            return False
         except CoordError as exc:
             self._failed_action(claimed, stage.name, exc)  # the next pass tries again
             raise
@@ -257,7 +265,8 @@ class Pipelines:
 
     def _worker_outcome(self, verdict: bool, a: Assignment) -> str:
         if a.status != Status.DONE:
-            return "failed"
+            # What it left behind (`outcomes.judge`): the fix worker is told the facts.
+            return _LEFT_BEHIND.get(a.failure_class or "", "failed")
         if verdict:
             return parse_verdict(a.result)[0]
         return "done"
@@ -301,6 +310,10 @@ class Pipelines:
         stage = self.playbook.stage(p.stage)
         try:
             a = await self.actions.dispatch(claimed, stage, self.playbook)
+        except IssueClosedError as exc:  # closed by a person meanwhile: theirs to reopen
+            self.reopen(claimed, outcome=str(exc), escalate=False, failures="", stage=NEEDS_HUMAN)
+            report.errors.append(f"{p.key}: {exc}")
+            return False
         except (DispatchError, ClaimError, MachineError) as exc:
             # Capacity, a busy issue or a machine down: nothing started; the next pass tries.
             self._release(claimed, started=None)
@@ -374,6 +387,8 @@ class Pipelines:
                     target = NEEDS_HUMAN
                     q.reason = (f"the reviewer gave no VERDICT line twice "
                                 f"(last: {a.id}); read it with `coord log {a.id}`")  # fmt: skip
+            if a is not None and outcome in _LEFT_BEHIND.values():
+                q.failures = f"The {stage.name} run {a.id} {a.error or outcome}."
             if stage.run == "test" and outcome == "failed":
                 q.escalate = True
             if target not in ENDS and book.stage(target).verdict and not reviews_on:
