@@ -410,9 +410,10 @@ def test_depends_on_lands_the_upstream_repo_first(tmp_path: Path, tmux_socket: s
                 issue = await forge.create_issue("Change")
                 pr = await forge.open_pr(head="issue-1-change", base="main", title="Change")
                 head = (await forge.get_pr(pr.number)).head_sha
+                approved = [{"stage": "review", "outcome": "approve", "sha": head}]
                 p = Pipeline(repo=name, issue=issue.number, stage=READY, title="Change",
                              machine="local", branch="issue-1-change", pr=pr.number,
-                             head_sha=head)  # fmt: skip
+                             head_sha=head, tested_sha=head, verdicts=approved)  # fmt: skip
                 with c.board.transaction() as txn:
                     put_pipeline(txn, p)
             waiting = await c.merge(repo="web", dry_run=True)

@@ -25,6 +25,7 @@ from ..runtime.answers import failure_reason, parse_land, parse_stack, parse_tes
 from ..runtime.builders import land_command, stack_command, test_command
 from ..runtime.command import slugify
 from ..runtime.protocol import ExitCode
+from .checks import stale
 from .queue import BatchResult, Step, Trial, run_batch
 from .smoke import capable, nowhere, rules_for
 
@@ -161,27 +162,23 @@ class Merger:
     async def _still_as_reviewed(
         self, group: list[Pipeline], report: MergeReport
     ) -> list[Pipeline]:
-        """Keep the candidates whose PR is open with the head that was tested and reviewed;
-        one pushed to since goes back to its test stage, one closed by a person to a person."""
+        """Keep the candidates whose facts still hold as they are landed: the issue open, the
+        PR open at the head that was tested and approved.  Each one refused goes where that
+        fact sends it (see `stale`), and the report says which fact changed."""
         forge = self.ctx.forges.get(group[0].repo) if group else None
         keep = []
         for p in group:
             assert forge is not None and p.pr is not None
             pr = await forge.get_pr(p.pr)
-            if pr.state != "open":
-                self.engine.reopen(p, outcome="PR closed", escalate=False, failures="",
-                                   stage="needs-human")  # fmt: skip
-                report.waiting.append({"issue": p.key, "why": f"PR #{p.pr} is {pr.state}"})
-            elif p.head_sha and pr.head_sha and pr.head_sha != p.head_sha:
-                test = next((x.name for x in self.engine.playbook.stages.values()
-                             if x.run == "test"), "needs-human")  # fmt: skip
-                self.engine.reopen(
-                    p, outcome="pushed after review", escalate=False, stage=test,
-                    failures="", )  # fmt: skip
-                report.waiting.append({"issue": p.key, "why": f"PR #{p.pr} changed after its "
-                                       f"review ({pr.head_sha[:12]}): tested again"})  # fmt: skip
-            else:
+            state = await forge.issue_state(p.issue)
+            refused = stale(p, pr, state, self.engine.playbook,
+                            reviews=self.ctx.config.reviews.enabled)  # fmt: skip
+            if refused is None:
                 keep.append(p)
+                continue
+            stage, why = refused
+            self.engine.reopen(p, outcome=why, escalate=False, failures="", stage=stage)
+            report.waiting.append({"issue": p.key, "why": why})
         return keep
 
     async def _heads_unchanged(self, stacked: Sequence[Pipeline]) -> None:
