@@ -20,7 +20,7 @@ from coordlib import Status
 from coordlib.testing.model_server import ModelServer, Scenario, Turn, text, tool
 
 from .conftest import Setup
-from .test_merge import merge, origin_log, ready
+from .test_merge import merge, origin_log, push_unreviewed, ready
 from .test_pipeline import arun, coordinator, drive, forge_of, new_issue, pipeline_setup
 from .test_real_claude import SECRET, worker_env
 
@@ -213,3 +213,31 @@ def test_resume_never_continues_the_work_of_a_closed_issue(setup: Setup) -> None
     report, row = arun(go())
     assert report.continued == [] and row.status == Status.QUEUED
     assert row.held and f"issue #{row.issue} is closed: not continued" in row.held
+
+
+def test_the_merge_queue_refuses_an_approval_older_than_the_head(setup: Setup) -> None:
+    # A commit reached the PR and its tests (the board says tested at the new head: say a
+    # by-hand `coord test` after a crash), but the approval on record is of the old head.
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
+    [n] = ready(setup, machine, ["feature-1.txt"])
+    push_unreviewed(setup, n)
+
+    async def retested() -> tuple[str, str]:
+        async with coordinator(setup) as c:
+            p = c.board.pipeline("api", n)
+            assert p is not None and p.pr is not None
+            head = (await c.forge("api").get_pr(p.pr)).head_sha
+
+            def apply(q: Any, txn: Any) -> None:
+                q.head_sha = q.tested_sha = head
+
+            c.board.pipeline_change("api", n, apply)
+            return str(p.head_sha), head
+
+    approved, head = arun(retested())
+    report, pipelines = merge(setup)
+    assert report.test_runs == 0 and not report.batches
+    why = report.waiting[0]["why"]
+    assert f"the approval of PR #{pipelines[0].pr} was of {approved[:12]}" in why
+    assert f"older than its head {head[:12]}" in why
+    assert pipelines[0].stage == "review" and origin_log(setup) == ["initial commit"]
