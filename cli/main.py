@@ -91,6 +91,7 @@ _COMMAND_MODULES = {
     "done": "pipeline_cmds",
     "pipeline": "pipeline_cmds",
     "merge": "pipeline_cmds",
+    "report": "report_cmd",
 }
 
 
