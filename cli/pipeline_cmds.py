@@ -15,6 +15,7 @@ from .output import echo, echo_json
 if TYPE_CHECKING:
     from coordlib.pipeline.engine import PassReport
     from coordlib.pipeline.state import Pipeline
+    from coordlib.runloop import LoopPass
 
 
 @coord.command(short_help="Test a branch head on its machine.")
@@ -186,13 +187,16 @@ def _screen(
 
 @coord.command(name="run", short_help="Loop `coord notify` with a live summary.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=None,
-              help="Seconds between passes (default: pipeline.interval, 30).")  # fmt: skip
+              help="Most seconds between passes when no worker ends (default: "
+                   "pipeline.interval, 30).")  # fmt: skip
 @click.option("--until-idle", is_flag=True, help="Return when nothing runs or waits.")
 @pass_state
 def run_(state: State, interval: float | None, until_idle: bool) -> None:
     """Loop `coord notify` in the foreground, with a one-screen summary.
 
-    With merge.auto (the default) it also lands what reached ready-to-merge, as `coord merge`.
+    Each pass starts as soon as a worker ends (one waiting command per machine between
+    passes), or after --interval when nothing does.  With merge.auto (the default) it also
+    lands what reached ready-to-merge, as `coord merge`.
 
     \b
     Examples:
@@ -202,30 +206,10 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
     tty = sys.stdout.isatty()
 
     async def go() -> None:
-        import asyncio
-
         async with state.coordinator() as c:
-            wait = interval or c.config.pipeline.interval
-            while True:
-                report = await c.advance()
-                if c.config.merge.auto and any(
-                    p.stage == "ready-to-merge" for p in report.pipelines
-                ):
-                    merged = await c.merge()
-                    for b in merged.batches:  # each a move: the loop is not idle yet
-                        report.moves += [
-                            {"issue": x["issue"], "from": "ready-to-merge", "to": "merged",
-                             "outcome": x["sha"][:12]} for x in b.get("landed", [])
-                        ] + [
-                            {"issue": k, "from": "ready-to-merge", "to": "fix",
-                             "outcome": why}
-                            for why, keys in (("bounced", b.get("bounced", [])),
-                                              ("conflict", [x["issue"] for x in
-                                                            b.get("conflicts", [])]))
-                            for k in keys
-                        ]  # fmt: skip
-                    report.errors += merged.errors
-                    report.pipelines = c.pipelines()
+
+            def show(turn: LoopPass) -> None:
+                report = turn.report
                 spent = c.engine.ledger.session_spend()["usd"]
                 workers: dict[str, int] = {}
                 for a in c.board.live():
@@ -237,9 +221,8 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
                 else:
                     for line in _moves(report):
                         echo(line)
-                if until_idle and report.idle:
-                    return
-                await asyncio.sleep(wait)
+
+            await c.run(interval=interval, until_idle=until_idle, on_pass=show)
 
     run(go)
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .merge.runner import MergeReport
     from .pipeline.engine import PassReport, Pipelines
     from .pipeline.state import Pipeline
+    from .runloop import LoopPass
     from .runtime.answers import Tested
     from .runtime.command import LaunchSpec
     from .runtime.ssh import SSHTarget
@@ -269,6 +270,26 @@ class Coordinator:
                 report.moves += moves
                 report.pipelines = self.pipelines()
         return report
+
+    async def next_end(self, *, timeout: float) -> str | None:
+        """Wait until one of the running workers ends (one waiting command per machine), at
+        most `timeout` seconds; return its id, or None.  See `coordlib.runloop`."""
+        from .runloop import next_end
+
+        return await next_end(self._ctx, timeout=timeout)
+
+    async def run(
+        self,
+        *,
+        interval: float | None = None,
+        until_idle: bool = False,
+        on_pass: Callable[[LoopPass], None] = lambda turn: None,
+    ) -> None:
+        """`coord run`: pass, land what is ready, and pass again as soon as a run ends (or
+        `interval`, default pipeline.interval, passes); see `coordlib.runloop.run_loop`."""
+        from .runloop import run_loop
+
+        await run_loop(self, interval=interval, until_idle=until_idle, on_pass=on_pass)
 
     def pipelines(self) -> list[Pipeline]:
         """Return every issue's pipeline state."""

@@ -86,11 +86,13 @@ RUNTIME = Path(__file__).resolve().parent.parent / "coordlib" / "runtime"
 COMMON = (RUNTIME / "common.sh").read_text()
 REMOTE = (RUNTIME / "remote.sh").read_text()
 BRANCH_SH = (RUNTIME / "branch.sh").read_text()
+AWAIT_SH = (RUNTIME / "await.sh").read_text()
 LAUNCHER_SH = (RUNTIME / "launcher.sh").read_text()
 SCRIPTS = {
-    "common.sh": COMMON, "remote.sh": REMOTE, "branch.sh": BRANCH_SH, "launcher.sh": LAUNCHER_SH
+    "common.sh": COMMON, "remote.sh": REMOTE, "branch.sh": BRANCH_SH, "launcher.sh": LAUNCHER_SH,
+    "await.sh": AWAIT_SH,
 }  # fmt: skip
-VERBS_SH = REMOTE + BRANCH_SH  # the verbs' own scripts
+VERBS_SH = REMOTE + BRANCH_SH + AWAIT_SH  # the verbs' own scripts
 EVERYTHING = COMMON + VERBS_SH + LAUNCHER_SH
 
 
@@ -125,16 +127,20 @@ def test_the_dispatcher_of_remote_sh_knows_exactly_the_declared_verbs() -> None:
 def test_every_verb_has_one_section_in_the_verbs_scripts() -> None:
     sections = {
         name: re.findall(r"^# -{10,} (\w+)$", text, re.M)
-        for name, text in (("remote.sh", REMOTE), ("branch.sh", BRANCH_SH))
-    }
-    everywhere = sections["remote.sh"] + sections["branch.sh"]
+        for name, text in (("remote.sh", REMOTE), ("branch.sh", BRANCH_SH),
+                           ("await.sh", AWAIT_SH))
+    }  # fmt: skip
+    everywhere = sections["remote.sh"] + sections["branch.sh"] + sections["await.sh"]
     assert sorted(everywhere) == sorted([*VERBS, "verbs"])  # none twice, none missing
     assert sections["remote.sh"][-1] == "verbs"
     assert sections["branch.sh"] == ["test", "push", "stack", "land"]
-    # What branch.sh has before its first section holds functions only: nothing runs there.
-    shared = code_of(BRANCH_SH[: BRANCH_SH.index("# -----")])
-    outside = re.sub(r"^\w+\(\) \{.*?^\}$", "", shared, flags=re.M | re.S)
-    assert not outside.strip(), outside
+    assert sections["await.sh"] == ["await"]
+    # What branch.sh and await.sh have before their first section holds functions only (and
+    # await.sh's settings): nothing runs there.
+    for text in (BRANCH_SH, AWAIT_SH):
+        shared = code_of(text[: text.index("# -----")])
+        outside = re.sub(r"^\w+\(\) \{.*?^\}$", "", shared, flags=re.M | re.S)
+        assert not outside.strip(), outside
 
 
 def test_each_verb_checks_its_declared_number_of_arguments_first() -> None:

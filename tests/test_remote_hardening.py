@@ -534,6 +534,7 @@ GOOD = {
     "stop": ["~/.coord", "api-42-1f3a"],
     "tail": ["~/.coord", "api-42-1f3a", "1024", "stderr.log", "1"],
     "clean": ["/home/u/.coord", "remove", "0"],
+    "await": ["~/.coord", "30", "api-42-1f3a", "b_2"],
 }  # fmt: skip
 
 # (verb, index, bad values) for every argument that has a shape
@@ -562,6 +563,8 @@ BAD = [
     ("tail", 4, ["", "2", "yes", "01"]),
     ("clean", 1, ["", "rm", "REMOVE"]),
     ("clean", 2, ["", "2", "true"]),
+    ("await", 1, ["", "0", "-1", "1.5", "01", "9" * 10, "1+1"]),
+    ("await", 2, ["", "../x", "a b", "-a", "$(id)"]),
 ]  # fmt: skip
 
 

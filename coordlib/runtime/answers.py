@@ -39,6 +39,7 @@ __all__ = [
     "Started",
     "Tested",
     "failure_reason",
+    "parse_await",
     "parse_clean",
     "parse_dispatch",
     "parse_frame",
@@ -465,3 +466,13 @@ def parse_land(stdout: bytes, *, machine: str | None = None) -> Landed:
     if not (BASE_BRANCH.fullmatch(base) and _HEAD.fullmatch(sha)):
         raise _error("land", f"bad landed line {landed.text[:120]!r}", machine)
     return Landed(base, sha)
+
+
+def parse_await(stdout: bytes, *, machine: str | None = None) -> str | None:
+    """Parse an await's answer: the id of the run that ended (or is gone), None when none did."""
+    for record in parse_frame(stdout, "await", machine=machine).records:
+        if record.kind in ("ended", "gone"):
+            if not ID_PATTERN.fullmatch(record.text):
+                raise _error("await", f"bad {record.kind} line {record.text[:120]!r}", machine)
+            return record.text
+    return None

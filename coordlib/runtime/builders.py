@@ -29,6 +29,7 @@ from .protocol import (
 
 __all__ = [
     "Want",
+    "await_command",
     "clean_command",
     "dispatch_command",
     "land_command",
@@ -189,3 +190,8 @@ def land_command(repo_path: str, base: str, sha: str, expected: str) -> list[str
     meanwhile fails with `ExitCode.BASE_MOVED`, and nothing lands.
     """
     return remote_argv("land", repo_path, base, sha, expected)
+
+
+def await_command(workdir: str, seconds: float, ids: Sequence[str]) -> list[str]:
+    """Build a wait, at most `seconds` (whole, at least 1), until one of the runs `ids` ends."""
+    return remote_argv("await", workdir, str(max(1, math.ceil(seconds))), *ids)

@@ -3,20 +3,20 @@ the machine answers.
 
 Every operation is one ``bash --norc -c <script> coord-run VERB ARGS…`` on the machine (over
 SSH, or locally), where the script is ``common.sh`` + the verbs: ``remote.sh``'s (dispatch,
-status, stop, tail, clean, and the verb table) and ``branch.sh``'s (test, push, stack,
-land); a command carries only its own verb's section of them (`remote_script`).  The
-launcher that tmux keeps alive is ``common.sh`` + ``launcher.sh``: each dispatch carries it
-on its stdin, and the machine saves it once per version as ``bin/coord-launcher-<hash>``.
-Declared here:
+status, stop, tail, clean, and the verb table), ``branch.sh``'s (test, push, stack, land)
+and ``await.sh``'s (await: until one of the runs ends); a command carries only its own
+verb's section of them (`remote_script`).  The launcher that tmux keeps alive is
+``common.sh`` + ``launcher.sh``: each dispatch carries it on its stdin, and the machine
+saves it once per version as ``bin/coord-launcher-<hash>``.  Declared here:
 
 - each verb's arguments (`VERBS`), checked before a command is built and checked again by
   the script with bash builtins; the typed builders in `coordlib.runtime.builders`
   (`dispatch_command`, `status_command`, `stop_command`, `tail_command`, `clean_command`,
-  `test_command`, `push_command`, `stack_command`, `land_command`) build every command
-  coordlib sends, through `remote_argv`.  Nothing a verb is
-  given is ever evaluated on the machine and nothing reaches git as an option; the commands
-  a test runs are the coordinator's config and travel on stdin, sized, like a dispatch's
-  briefing, and so do the commit messages of a stack;
+  `test_command`, `push_command`, `stack_command`, `land_command`, `await_command`) build
+  every command coordlib sends, through `remote_argv`.  Nothing a verb is given is ever
+  evaluated on the machine and nothing reaches git as an option; the commands a test runs
+  are the coordinator's config and travel on stdin, sized, like a dispatch's briefing, and
+  so do the commit messages of a stack;
 - the one framing of every answer but tail's (which is the raw bytes of a file)::
 
       coord-run 2 VERB [KEY=VALUE ...]        the protocol's version and the verb
@@ -56,6 +56,16 @@ branch that conflicts is left out of the stack, which goes on without it::
 
     coord-run 2 land                          origin's BASE was EXPECTED, and is SHA now
     landed base=BASE sha=SHA
+    end
+
+An await streams: its header at once, a ``tick`` record every 2 s while it waits (a
+waiter whose reader has gone dies on its next write), then ``ended ID`` (its exit.json is
+there) or ``gone ID`` (no launcher, no exit record: a status settles it) and ``end``; or
+just ``end`` once SECONDS pass::
+
+    coord-run 2 await
+    tick 1796440000
+    ended api-42-1f3a
     end
 
 The scripts implement this declaration; tests/test_protocol.py reads them and checks that
@@ -189,7 +199,7 @@ def _text(name: str) -> str:
 # The verbs' scripts, split into sections by "# ---…--- NAME" lines, one a verb; remote.sh's
 # last, "verbs", is the verb table.  What a file has before its first section is its own
 # common part, sent with each of its verbs (remote.sh's is only comments).
-_VERB_SCRIPTS = ("remote.sh", "branch.sh")
+_VERB_SCRIPTS = ("remote.sh", "branch.sh", "await.sh")
 _SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
 _SENT: dict[str, str] = {}
 
@@ -440,6 +450,12 @@ VERBS: dict[str, Verb] = {
             stdin="per branch, in order, its commit message: SIZE\\n then SIZE bytes",
             records=frozenset({"base", "applied", "conflict", "missing", "files"}),
             payloads={"conflict": 2, "files": 2},
+        ),
+        Verb(
+            "await",
+            (_WORKDIR, Arg("seconds", _shaped(_SECONDS, "a whole number of seconds, 1 to 1e9"))),
+            group=(_RUN_ID,),
+            records=frozenset({"ended", "gone", "tick"}),
         ),
         Verb(
             "land",

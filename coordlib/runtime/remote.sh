@@ -18,7 +18,8 @@
 #   clean    WORKDIR MODE KEEP_RUNS   stdin: ID NUL WORKTREE NUL per finished run; removes
 #            (MODE remove) or checks (MODE check) each clean worktree coord made and each
 #            run dir (unless KEEP_RUNS=1); a record per run
-#   test, push                        on a repo's commits and branches: see branch.sh
+#   test, push, stack, land           on a repo's commits and branches: see branch.sh
+#   await                             until one of the runs ends: see await.sh
 #
 # Every answer but tail's is framed: "$PROTOCOL VERB [KEY=VALUE...]", records, "end".
 # A failure is an exit status (protocol.ExitCode) and one "coord-run: ..." line on stderr.
@@ -592,5 +593,6 @@ case $verb in
     push) cmd_push "$@" ;;
     stack) cmd_stack "$@" ;;
     land) cmd_land "$@" ;;
-    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test, push, stack or land)" ;;
+    await) cmd_await "$@" ;;
+    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test, push, stack, land or await)" ;;
 esac
