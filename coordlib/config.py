@@ -266,6 +266,9 @@ class MergeConfig:
     batch_size: int = 4  # ready PRs stacked and tested together
     method: str = "merge"  # merge | squash | rebase
     auto: bool = True  # `coord run` lands what is ready
+    # with auto: land a repo's ready PRs only once none of its other issues is still being
+    # worked on, so they go in one batch (fewer test runs; the first ready waits longer)
+    batch_wait: bool = False
 
 
 @dataclass(frozen=True)

@@ -457,7 +457,8 @@ _EXTRA_KEYS: dict[str, dict[str, str]] = {
     "pipeline": {"enabled": "bool", "playbook": "text", "test_timeout": "duration",
                  "interval": "duration"},
     "budget": {"per_issue_usd": "usd", "session_usd": "usd"},
-    "merge": {"batch_size": "count", "method": "merge_method", "auto": "bool"},
+    "merge": {"batch_size": "count", "method": "merge_method", "auto": "bool",
+              "batch_wait": "bool"},
 }  # fmt: skip
 
 

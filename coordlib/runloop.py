@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .assignment import Status
 from .errors import CoordError
+from .pipeline.state import READY
 from .runtime.answers import parse_await
 from .runtime.builders import await_command
 
@@ -40,7 +41,7 @@ class Loopable(Protocol):
     board: Board
 
     async def advance(self) -> PassReport: ...
-    async def merge(self) -> MergeReport: ...
+    async def merge(self, *, repo: str | None = None) -> MergeReport: ...
     def pipelines(self) -> list[Pipeline]: ...
     async def next_end(self, *, timeout: float) -> str | None: ...
 
@@ -114,8 +115,10 @@ async def run_loop(
     while True:
         report = await c.advance()
         turn = LoopPass(report, woke)
-        if c.config.merge.auto and any(p.stage == "ready-to-merge" for p in report.pipelines):
-            merged = await c.merge()
+        repos = _to_land(report.pipelines, c.config.merge.batch_wait)
+        if c.config.merge.auto and repos:
+            # (with batch_wait, only the repos whose issues are all ready or done)
+            merged = await (_merge_each(c, repos) if c.config.merge.batch_wait else c.merge())
             turn.merged = merged.batches
             for b in merged.batches:  # each a move: the loop is not idle yet
                 report.moves += [
@@ -136,6 +139,26 @@ async def run_loop(
             woke = None
             continue  # a bounced or conflicting PR's fix starts in the next pass, at once
         woke = await c.next_end(timeout=_until_due(c, wait))
+
+
+def _to_land(pipelines: list[Pipeline], batch_wait: bool) -> list[str]:
+    """The repos with PRs ready to land now (with `batch_wait`, only those none of whose
+    other issues is still being worked on: they land together, in one batch)."""
+    ready = sorted({p.repo for p in pipelines if p.stage == READY})
+    if not batch_wait:
+        return ready
+    busy = {p.repo for p in pipelines if not p.ended}
+    return [r for r in ready if r not in busy]
+
+
+async def _merge_each(c: Loopable, repos: list[str]) -> MergeReport:
+    """Merge each of `repos` (their batches and errors in one report)."""
+    report = await c.merge(repo=repos[0])
+    for repo in repos[1:]:
+        more = await c.merge(repo=repo)
+        report.batches += more.batches
+        report.errors += more.errors
+    return report
 
 
 def _until_due(c: Loopable, wait: float) -> float:

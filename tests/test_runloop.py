@@ -113,3 +113,23 @@ def test_the_loop_moves_on_as_a_run_ends_not_at_its_interval(setup: Setup) -> No
     assert set(woke) >= {*p.assignments["review"]}  # the review's end woke a pass
     moved = {m["from"]: m["at"] for m in p.moves}
     assert "review" in moved
+
+
+def test_batch_wait_lands_the_ready_prs_together_once_none_is_in_flight(setup: Setup) -> None:
+    setup.extra["merge"] = {"batch_wait": True}
+    machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=4,
+                             env={"FAKE_CLAUDE_DELAY": "1.5"})  # fmt: skip
+
+    async def go() -> list[Any]:
+        async with coordinator(setup) as c:
+            quick = await new_issue(c, "Quick. [fake:ok:a.txt=quick]", title="Quick")
+            slow = await new_issue(c, "Slow. [fake:slow:b.txt=slow]", title="Slow")
+            for n in (quick, slow):
+                await c.assign(machine, "api", n)
+            await c.run(interval=60, until_idle=True)
+            return [c.board.pipeline("api", n) for n in (quick, slow)]
+
+    quick, slow = arun(go())
+    assert quick.stage == slow.stage == "merged"
+    # The quick one waited for the slow one: one stack, one test, one landing.
+    assert quick.merged_sha == slow.merged_sha
