@@ -1,4 +1,5 @@
-"""``coord demo``: several workers in parallel on a throwaway repo, shown live."""
+"""``coord demo``: issues taken all the way to merged on a throwaway repo, shown live
+(``--spine``: several workers in parallel, the run protocol alone)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,40 @@ _SAYS = {
 
 
 @coord.command()
-@click.option("--workers", "-n", type=click.IntRange(1, 12), default=3, show_default=True)
+@click.option(
+    "--spine", is_flag=True, help="Only the spine: several workers in parallel, no pipeline."
+)
+@click.option(
+    "--workers",
+    "-n",
+    type=click.IntRange(1, 12),
+    default=3,
+    show_default=True,
+    help="Workers of the --spine demo.",
+)
 @click.option("--dir", "root", type=click.Path(file_okay=False), help="Where to build it.")
 @click.option("--live", is_flag=True, help="Use the real `claude` CLI on your own account.")
-@click.option("--stand-in", "stand_in", is_flag=True, help="Use the scripted stand-in worker.")
+@click.option(
+    "--stand-in",
+    "stand_in",
+    is_flag=True,
+    help="Use the scripted stand-in worker (the --spine demo).",
+)
 @click.option("--tmux-socket", default="coord-demo", hidden=True)
-def demo(workers: int, root: str | None, live: bool, stand_in: bool, tmux_socket: str) -> None:
-    """Run several workers in parallel on a throwaway repo and show them live."""
+def demo(spine: bool, workers: int, root: str | None, live: bool, stand_in: bool,
+         tmux_socket: str) -> None:  # fmt: skip
+    """Take five issues all the way to merged on a throwaway repo, shown live.
+
+    Real `claude -p` workers (offline, against coordlib's scripted model: no account, no
+    tokens) work, test, open PRs, review each other's, fix what fails or what a review
+    asks, and the merge queue lands them, a conflict resolved on the way.
+
+    \b
+    Examples:
+      coord demo
+      coord demo --spine -n 4
+      coord demo --live          # the real model, on your account
+    """
     from coordlib.demo import find_cli
 
     if live and stand_in:
@@ -51,6 +79,15 @@ def demo(workers: int, root: str | None, live: bool, stand_in: bool, tmux_socket
     if live and claude is None:
         fail("--live needs the Claude Code CLI: npm install -g @anthropic-ai/claude-code")
     mode = "live" if live else "scripted" if claude else "stand-in"
+    if not spine and mode != "stand-in":
+        assert claude is not None
+        _pipeline_demo(root, mode, claude, tmux_socket)
+        return
+    if not spine and not stand_in:
+        click.echo(
+            "coord demo: the pipeline demo needs the Claude Code CLI (bootstrap installs "
+            "it when npm is there);\nshowing the spine instead: workers in parallel.\n"
+        )
     if mode == "scripted":
         from coordlib.demo import scripted_model
 
@@ -58,6 +95,53 @@ def demo(workers: int, root: str | None, live: bool, stand_in: bool, tmux_socket
             _run_demo(workers, root, mode, claude, tmux_socket, url)
     else:
         _run_demo(workers, root, mode, claude, tmux_socket, None)
+
+
+def _pipeline_demo(root: str | None, mode: str, claude: str, tmux_socket: str) -> None:
+    import contextlib
+    import sys
+    import time
+
+    from coordlib.demo_pipeline import STORIES, make_pipeline_demo, run_pipeline_demo
+
+    from .demo_show import Show, table
+
+    with contextlib.ExitStack() as stack:
+        url = None
+        if mode == "scripted":
+            from coordlib.demo_pipeline import demo_scenarios
+            from coordlib.testing.model_server import ModelServer
+
+            server = ModelServer(demo_scenarios()).start()
+            stack.callback(server.stop)
+            url = server.url
+        ws = make_pipeline_demo(Path(root) if root else None, mode=mode, claude=claude,
+                                model_url=url, tmux_socket=tmux_socket)  # fmt: skip
+        click.echo(_SAYS_PIPELINE[mode].format(claude=claude))
+        click.echo(f"workspace {ws.root}\n")
+        for n, story in enumerate(STORIES, 1):
+            click.echo(f"  #{n}  {story.title:<24} {story.shows}")
+        click.echo("")
+        show = Show(color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+        t0 = time.monotonic()
+        pipelines = run(lambda: run_pipeline_demo(
+            ws, environ=_os_environ(), on_pass=show.turn, on_event=show.event))  # fmt: skip
+        click.echo("")
+        for line in table(ws, pipelines, time.monotonic() - t0,
+                          f"{_coord_command()} --config {ws.config_path}"):  # fmt: skip
+            click.echo(line)
+
+
+_SAYS_PIPELINE = {
+    "scripted": (
+        "coord demo: five issues, from work to merged. Each worker is the real Claude Code CLI "
+        "({claude}),\noffline, against coordlib's bundled scripted model: real tool calls, "
+        "tests, commits, PRs,\nreviews and merges; no account, no tokens. `coord demo --live` "
+        "uses your account."
+    ),
+    "live": "coord demo --live: five issues, from work to merged, by real `claude -p` workers "
+    "({claude}) on YOUR account (costs tokens).",
+}
 
 
 def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmux_socket: str,
