@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from .complete import complete_ids, complete_machines
 from .main import EXIT_ERROR, State, coord, pass_state, run
 from .output import echo, echo_json
 
@@ -22,8 +24,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(exc)) from exc
 
 
-@coord.command()
-@click.argument("ids", nargs=-1)
+@coord.command(short_help="Remove ended work's worktrees and run dirs; keep any changes.")
+@click.argument("ids", nargs=-1, shell_complete=complete_ids)
 @click.option(
     "--older-than",
     default="7d",
@@ -31,7 +33,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     callback=_duration,
     help="Only work that ended at least this long ago (90s, 10m, 2h, 7d; 0 for all).",
 )
-@click.option("--machine", help="Only this machine.")
+@click.option("--machine", shell_complete=complete_machines, help="Only this machine.")
 @click.option("--keep-runs", is_flag=True, help="Keep run directories (events, logs).")
 @click.option("--dry-run", "-n", is_flag=True, help="Check and say what would go; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -48,14 +50,26 @@ def clean(
     """Remove the worktrees and run directories of ended assignments (IDS, or all old ones).
 
     A worktree with uncommitted or untracked files is kept and listed; a main checkout
-    is never touched; branches, and so every commit, always stay.
+    is never touched; branches, and so every commit, always stay.  On a terminal each
+    machine is shown as it answers.
+
+    \b
+    Examples:
+      coord clean -n                     # what would go
+      coord clean --older-than 0         # every ended run, however recent
+      coord clean api-42-1f3a --keep-runs
     """
+
+    def heard(name: str, done: Any) -> None:
+        said = f"{len(done)} run(s)" if isinstance(done, list) else f"error: {done}"
+        echo(f"coord: {name} answered: {said}", err=True)
 
     async def go() -> CleanReport:
         async with state.coordinator() as c:
             return await c.clean(
                 *ids, older_than=older_than, machine=machine, keep_runs=keep_runs,
                 dry_run=dry_run,
+                on_machine=heard if not as_json and sys.stderr.isatty() else None,
             )  # fmt: skip
 
     report = run(go)

@@ -12,6 +12,7 @@ import click
 from coordlib.terminal import printable
 
 from .main import coord, fail, run
+from .output import styled, use_color
 
 if TYPE_CHECKING:
     from coordlib.assignment import Assignment
@@ -99,7 +100,6 @@ def demo(spine: bool, workers: int, root: str | None, live: bool, stand_in: bool
 
 def _pipeline_demo(root: str | None, mode: str, claude: str, tmux_socket: str) -> None:
     import contextlib
-    import sys
     import time
 
     from coordlib.demo_pipeline import STORIES, make_pipeline_demo, run_pipeline_demo
@@ -122,7 +122,7 @@ def _pipeline_demo(root: str | None, mode: str, claude: str, tmux_socket: str) -
         for n, story in enumerate(STORIES, 1):
             click.echo(f"  #{n}  {story.title:<24} {story.shows}")
         click.echo("")
-        show = Show(color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+        show = Show(color=use_color())
         t0 = time.monotonic()
         pipelines = run(lambda: run_pipeline_demo(
             ws, environ=_os_environ(), on_pass=show.turn, on_event=show.event))  # fmt: skip
@@ -155,17 +155,18 @@ def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmu
     click.echo(f"workspace {ws.root}\n")
 
     def label(i: int, a: Assignment) -> str:
-        return click.style(f"{a.id:<14}", fg=_COLORS[i % len(_COLORS)])
+        return styled(f"{a.id:<14}", fg=_COLORS[i % len(_COLORS)])
 
     def started(assignments: list[Assignment]) -> None:
         for i, a in enumerate(assignments):
             title = printable(a.title)
-            click.echo(f"{label(i, a)} started on {a.machine}: #{a.issue} {title} -> {a.branch}")
+            click.echo(f"{label(i, a)} started on {a.machine}: #{a.issue} {title} -> {a.branch}",
+                       color=use_color())  # fmt: skip
 
     def shown(i: int, a: Assignment, event: Event) -> None:
         line = format_event(event)
         if line is not None:
-            click.echo(f"{label(i, a)} {printable(line)}")
+            click.echo(f"{label(i, a)} {printable(line)}", color=use_color())
 
     done = run(lambda: run_demo(ws, environ=_os_environ(), on_started=started, on_event=shown))
     click.echo("")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .output import echo
+from .output import COLOR_MODES, echo, set_color
 
 if TYPE_CHECKING:
     from coordlib.coordinator import Coordinator
@@ -65,7 +65,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
 # run_cmds.  (`coord --help` lists them all, so it loads them all.)
 _COMMAND_MODULES = {
     "assign": "run_cmds",
-    "status": "run_cmds",
+    "status": "status_cmds",
     "watch": "run_cmds",
     "wait": "run_cmds",
     "log": "run_cmds",
@@ -92,6 +92,8 @@ _COMMAND_MODULES = {
     "pipeline": "pipeline_cmds",
     "merge": "pipeline_cmds",
     "report": "report_cmd",
+    "show": "status_cmds",
+    "completion": "complete",
 }
 
 
@@ -113,21 +115,51 @@ class CoordGroup(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        # click suggests a near name from the commands loaded so far: load them all first.
-        if args and args[0] not in self.commands and args[0] not in _COMMAND_MODULES:
-            for name in self.list_commands(ctx):
-                self.get_command(ctx, name)
+        name = click.utils.make_str(args[0]) if args else ""
+        if args and name not in self.commands and name not in _COMMAND_MODULES:
+            if name.startswith("-"):
+                return super().resolve_command(ctx, args)
+            # Every verb listed, and a suggestion only when one is really near: "did you
+            # mean 'trust'" for `coord test` sent people the wrong way.
+            import difflib
+
+            verbs = self.list_commands(ctx)
+            near = difflib.get_close_matches(name, verbs, n=1, cutoff=0.8)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            ctx.fail(f"no command {name!r}.{hint} The commands are: {', '.join(verbs)} "
+                     f"(`coord --help` says what each does).")  # fmt: skip
         return super().resolve_command(ctx, args)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands with their whole one-line summaries (click cuts them at 45)."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=200)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
-        from coordlib.errors import CoordError
+        from coordlib.errors import AssignmentNotFound, CoordError, UsageError
 
         try:
             return super().invoke(ctx)
+        except (AssignmentNotFound, UsageError) as exc:
+            fail(f"error: {exc}", EXIT_USAGE)  # asked for what cannot be: a usage error
         except CoordError as exc:
             fail(f"error: {exc}")
         except KeyboardInterrupt:
             fail("interrupted; workers keep running (`coord status`, `coord resume`)", 130)
+
+
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from coordlib import __version__
+
+        click.echo(f"coord {__version__}")
+        ctx.exit()
 
 
 @click.group(cls=CoordGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,9 +171,28 @@ class CoordGroup(click.Group):
     help="coordinator.yml to use "
     "(default: $COORD_CONFIG, ./coordinator.yml, ~/.coord/coordinator.yml).",
 )
+@click.option(
+    "--color",
+    type=click.Choice(COLOR_MODES),
+    default="auto",
+    show_default=True,
+    help="Colour the output: auto is a terminal unless NO_COLOR is set.",
+)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Print coord's version and exit.")  # fmt: skip
 @click.pass_context
-def coord(ctx: click.Context, config: str | None) -> None:
-    """Coordinate many Claude Code workers across machines and repos."""
+def coord(ctx: click.Context, config: str | None, color: str) -> None:
+    """Coordinate many Claude Code workers across machines and repos.
+
+    \b
+    Examples:
+      coord demo                              # five issues to merged, on a throwaway repo
+      coord assign gpu-box api 42             # a worker for issue 42, into the pipeline
+      coord run                               # carry every issue on, as workers end
+      coord status --state running            # what runs where
+      coord completion bash >> ~/.bashrc      # tab completion of verbs, ids, machines
+    """
+    set_color(color)
     ctx.obj = State(config)
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .complete import complete_ids, complete_repos
 from .main import State, coord, pass_state, run
 from .output import echo, echo_json
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 @coord.command(short_help="Test a branch head on its machine.")
-@click.argument("id")
+@click.argument("id", shell_complete=complete_ids)
 @click.option("--passed", "verdict", flag_value="passed", help="Record a pass by hand.")
 @click.option("--failed", "verdict", flag_value="failed", help="Record a failure by hand.")
 @click.option("--reason", default="", help="Why (with --failed: what fails).")
@@ -62,7 +63,7 @@ def test(state: State, id: str, verdict: str | None, reason: str, as_json: bool)
 
 
 @coord.command(short_help="Push a branch, open its PR, review it.")
-@click.argument("id")
+@click.argument("id", shell_complete=complete_ids)
 @click.option("--no-review", is_flag=True, help="Open the PR without a review.")
 @click.option("--json", "as_json", is_flag=True, help="Print {pr, review} as JSON.")
 @pass_state
@@ -89,7 +90,7 @@ def pr(state: State, id: str, no_review: bool, as_json: bool) -> None:
 
 
 @coord.command(short_help="Run one fix round now.")
-@click.argument("id")
+@click.argument("id", shell_complete=complete_ids)
 @click.option("--guidance", "-g", default="", help="What the fix worker should do.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fix assignment as JSON.")
 @pass_state
@@ -110,7 +111,7 @@ def fix(state: State, id: str, guidance: str, as_json: bool) -> None:
 
 
 @coord.command(short_help="Send a review back to a fix worker.")
-@click.argument("review_id")
+@click.argument("review_id", shell_complete=complete_ids)
 @click.option("--reason", default="", help="The findings to fix (default: the review's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fix assignment as JSON.")
 @pass_state
@@ -229,7 +230,7 @@ def run_(state: State, interval: float | None, until_idle: bool) -> None:
 
 @coord.command(short_help="Land ready PRs, tested on their final base.")
 @click.option("--dry-run", is_flag=True, help="Stack them and say what would land; land nothing.")
-@click.option("--repo", help="Only this repo's PRs.")
+@click.option("--repo", shell_complete=complete_repos, help="Only this repo's PRs.")
 @click.option("--method", type=click.Choice(["merge", "squash", "rebase"]),
               help="How each PR goes on the branch (default: merge.method, merge).")  # fmt: skip
 @click.option("--order", help="Issues to land, in this order: repo#N,… (or N,… with --repo).")
@@ -288,7 +289,13 @@ def merge(state: State, dry_run: bool, repo: str | None, method: str | None, ord
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_state
 def done(state: State, as_json: bool) -> None:
-    """End the session: run the on_session_end hooks and print what it did and cost."""
+    """End the session: run the on_session_end hooks and print what it did and cost.
+
+    \b
+    Examples:
+      coord done
+      coord done --json | jq .cost_by_tier
+    """
 
     async def go() -> dict[str, Any]:
         async with state.coordinator() as c:
@@ -315,7 +322,14 @@ def done(state: State, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the pipelines as JSON.")
 @pass_state
 def pipeline(state: State, issue: str | None, as_json: bool) -> None:
-    """Show where each issue (or ISSUE, as repo#N) is in the pipeline."""
+    """Show where each issue (or ISSUE, as repo#N) is in the pipeline: its stage, round,
+    PR, cost, and why a person is needed.
+
+    \b
+    Examples:
+      coord pipeline
+      coord pipeline api#42 --json
+    """
     c = state.coordinator()
     rows = [p for p in c.pipelines() if issue is None or p.key == issue]
     if as_json:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,8 +144,10 @@ async def clean(
     machine: str | None = None,
     keep_runs: bool = False,
     dry_run: bool = False,
+    on_machine: Callable[[str, list[CleanedRun] | CoordError], None] | None = None,
 ) -> CleanReport:
-    """Remove the worktrees and run directories of ended assignments (see the module)."""
+    """Remove the worktrees and run directories of ended assignments (see the module).
+    `on_machine` hears each machine's records (or its error) as it answers."""
     if machine is not None:
         ctx.config.machine(machine)  # an unknown name: ConfigError with a suggestion
     rows = ctx.board.assignments(history=True)
@@ -172,12 +174,15 @@ async def clean(
     by_machine: dict[str, list[Assignment]] = {}
     for a in chosen:
         by_machine.setdefault(a.machine, []).append(a)
-    results = await asyncio.gather(
-        *(
-            _clean_machine(ctx, name, runs, in_use, keep_runs=keep_runs, dry_run=dry_run)
-            for name, runs in by_machine.items()
-        )
-    )
+
+    async def one(name: str, runs: list[Assignment]) -> list[CleanedRun] | CoordError:
+        done = await _clean_machine(ctx, name, runs, in_use, keep_runs=keep_runs,
+                                    dry_run=dry_run)  # fmt: skip
+        if on_machine is not None:
+            on_machine(name, done)
+        return done
+
+    results = await asyncio.gather(*(one(name, runs) for name, runs in by_machine.items()))
     for name, outcome in zip(by_machine, results, strict=True):
         if isinstance(outcome, CoordError):
             report.errors[name] = str(outcome)

@@ -400,9 +400,17 @@ class Coordinator:
         """Yield the run's parsed events until it ends, then record its outcome."""
         return self._monitor.watch(id, offset=offset)
 
-    async def wait(self, id: str, *, timeout: float | None = None, poll: float = 0.5) -> Assignment:
-        """Wait until the assignment ends and return it; raise `WaitTimeout` past timeout."""
-        return await self._monitor.wait(id, timeout=timeout, poll=poll)
+    async def wait(
+        self,
+        id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[Assignment], None] | None = None,
+    ) -> Assignment:
+        """Wait until the assignment ends and return it; raise `WaitTimeout` past timeout.
+        `on_update` hears the row after each look at its machine (a progress line)."""
+        return await self._monitor.wait(id, timeout=timeout, poll=poll, on_update=on_update)
 
     def log(
         self, id: str, *, follow: bool = False, stderr: bool = False, offset: int = 0
@@ -422,6 +430,7 @@ class Coordinator:
         machine: str | None = None,
         keep_runs: bool = False,
         dry_run: bool = False,
+        on_machine: Callable[[str, Any], None] | None = None,
     ) -> CleanReport:
         """Remove the worktrees and run dirs of ended work; keep anything with changes.
 
@@ -433,16 +442,22 @@ class Coordinator:
         from .cleanup import clean
 
         return await clean(self._ctx, older_than=older_than, ids=ids, machine=machine,
-                           keep_runs=keep_runs, dry_run=dry_run)  # fmt: skip
+                           keep_runs=keep_runs, dry_run=dry_run,
+                           on_machine=on_machine)  # fmt: skip
 
-    async def resume(self, *, from_forge: bool = False) -> ResumeReport:
+    async def resume(
+        self,
+        *,
+        from_forge: bool = False,
+        on_machine: Callable[[MachineStatus], None] | None = None,
+    ) -> ResumeReport:
         """Rebuild truth from every machine and repair the board.
 
         With `from_forge`, first put back the assignments the forge's trail knows of
         and the board does not (a lost or deleted board file).
         """
         restored, skipped = await self.rebuild_from_forge() if from_forge else ([], [])
-        report = await self._monitor.status(all_orphans=True)
+        report = await self._monitor.status(all_orphans=True, on_machine=on_machine)
         unreachable = [m for m in report.machines if not m.reachable]
         down = {m.name for m in unreachable}
         still = [a.id for a in report.assignments if not a.is_terminal and a.machine in down]

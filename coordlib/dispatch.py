@@ -233,6 +233,10 @@ class Dispatcher:
     ) -> Assignment:
         """See `Coordinator.assign`; `also` is made in the claim's transaction."""
         board = self.ctx.board
+        # What the config can answer first: an unknown machine or repo is said before the
+        # forge is asked anything (ConfigError, with the nearest name).
+        self.ctx.config.machine(machine)
+        self.ctx.config.repo(repo)
         live = self._live_rows()
         titled = bool((title or "").strip()) or briefing is not None
         info = await self.claims.issue(

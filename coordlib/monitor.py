@@ -363,7 +363,14 @@ class Monitor:
             await asyncio.sleep(0.25)
         return self.ctx.board.assignment(a.id)
 
-    async def wait(self, id: str, *, timeout: float | None = None, poll: float = 0.5) -> Assignment:
+    async def wait(
+        self,
+        id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[Assignment], None] | None = None,
+    ) -> Assignment:
         """See `Coordinator.wait`."""
         board = self.ctx.board
         a = board.assignment(id)
@@ -394,6 +401,8 @@ class Monitor:
             a = next((x for x in report.assignments if x.id == a.id), None) or board.assignment(
                 a.id
             )
+            if on_update is not None:
+                on_update(a)
             if a.is_terminal:
                 return a
             sleep = interval

@@ -201,10 +201,10 @@ def test_resume_on_a_clean_board_has_nothing_to_repair(ok_run: OkRun) -> None:
     }
 
 
-@pytest.mark.parametrize("command", ["watch", "wait", "log", "stop", "clean"])
+@pytest.mark.parametrize("command", ["watch", "wait", "log", "stop", "clean", "show"])
 def test_unknown_assignment_id(ok_run: OkRun, command: str) -> None:
     result = invoke(ok_run.config, command, "api-999-zzzz")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # usage: not "ended, not done" (wait's 1)
     assert "api-999-zzzz" in result.stderr
     assert result.stderr.startswith("coord: error: ")
 

@@ -294,7 +294,7 @@ def test_recovery_says_what_to_do_next(setup: Setup, run_coord: Any) -> None:
 
 
 def test_the_note_column_is_cut_at_a_word() -> None:
-    from coord_cli.run_cmds import _cut
+    from coord_cli.status_cmds import _cut
 
     text = "the worker exited with status 1 and no result: Traceback (most recent call last)"
     cut = _cut(text + " and more words after that", 60)

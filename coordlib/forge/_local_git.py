@@ -79,9 +79,13 @@ class _Git:
         out, err = proc.stdout, proc.stderr
         status = proc.returncode if proc.returncode is not None else -1
         if status not in ok:
-            lines = err.decode(errors="replace").strip().splitlines() or ["no output"]
-            # a push explains itself on its "! [rejected]" line, not on its last one
-            reason = next((x.strip() for x in lines if x.lstrip().startswith("! ")), lines[-1])
+            lines = [x.strip() for x in err.decode(errors="replace").splitlines() if x.strip()]
+            # a push explains itself on its "! [rejected]" line; anything else whole (git's
+            # "fatal: ..." first, and what it adds), never just its last line
+            rejected = [x for x in lines if x.startswith("! ")]
+            reason = " ".join(rejected or lines or ["no output"])
+            if len(reason) > 400:
+                reason = reason[:399] + "…"
             message = f"git {args[0]} failed (status {status}): {reason}"
             raise ForgeError(f"{message}; {hint}" if hint else message, forge=self.label)
         return status, out.decode(errors="replace")
