@@ -30,13 +30,27 @@ def _line(i: Issue) -> str:
     return f"#{i.number:<5} {i.title}{closed}{labels}"
 
 
-@coord.group()
+def _repos(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    from .complete import complete_repos  # only when completing: `coord issue` loads less
+
+    return complete_repos(ctx, param, incomplete)
+
+
+@coord.group(short_help="Open, list, label, comment on and close issues.")
 def issue() -> None:
-    """Read and write a repo's issues on its forge (local or GitHub)."""
+    """Read and write a repo's issues on its forge (local or GitHub).
+
+    \b
+    Examples:
+      coord issue new api --title "Fix the login redirect" --label bug
+      coord issue list api --label bug
+      coord issue show api 42 --json
+      coord issue close api 42
+    """
 
 
-@issue.command("new")
-@click.argument("repo")
+@issue.command("new", short_help="Open a new issue on a repo.")
+@click.argument("repo", shell_complete=_repos)
 @click.option("--title", "-t", required=True, help="The issue's title.")
 @click.option("--body", "-b", default="", help="The issue's text (Markdown).")
 @click.option("--body-file", type=click.File("r"), help="Read the text from a file (- for stdin).")
@@ -45,8 +59,17 @@ def issue() -> None:
 @pass_state
 def issue_new(state: State, repo: str, title: str, body: str, body_file: Any,
               labels: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
-    """Open a new issue on REPO."""
+    """Open a new issue on REPO.
+
+    \b
+    Examples:
+      coord issue new api --title "Fix the login redirect"
+      coord issue new api -t "Add rate limits" -l hard --body-file notes.md
+      echo "Steps to reproduce: ..." | coord issue new api -t "Crash on save" --body-file -
+    """
     if body_file is not None:
+        if body:
+            raise click.UsageError("give the text with --body or --body-file, not both")
         body = body_file.read()
     i = _with_forge(state, repo, lambda f: f.create_issue(title, body=body, labels=labels))
     if as_json:
@@ -55,15 +78,22 @@ def issue_new(state: State, repo: str, title: str, body: str, body_file: Any,
         echo(f"{repo}#{i.number} opened: {i.title}")
 
 
-@issue.command("list")
-@click.argument("repo")
+@issue.command("list", short_help="List a repo's issues.")
+@click.argument("repo", shell_complete=_repos)
 @click.option("--state", "which", type=click.Choice(["open", "closed", "all"]), default="open",
               help="Which issues (default: open).")  # fmt: skip
 @click.option("--label", "-l", "labels", multiple=True, help="Only issues with every label.")
 @click.option("--json", "as_json", is_flag=True, help="Print the issues as JSON.")
 @pass_state
 def issue_list(state: State, repo: str, which: str, labels: tuple[str, ...], as_json: bool) -> None:
-    """List REPO's issues."""
+    """List REPO's issues.
+
+    \b
+    Examples:
+      coord issue list api
+      coord issue list api --state all --label bug
+      coord issue list api --json
+    """
     issues = _with_forge(state, repo, lambda f: f.list_issues(state=which, labels=labels))
     if as_json:
         echo_json([i.to_dict() for i in issues])
@@ -74,13 +104,19 @@ def issue_list(state: State, repo: str, which: str, labels: tuple[str, ...], as_
         echo(f"no {which} issues on {repo}" + (f" labelled {', '.join(labels)}" if labels else ""))
 
 
-@issue.command("show")
-@click.argument("repo")
+@issue.command("show", short_help="Show one issue with its comments.")
+@click.argument("repo", shell_complete=_repos)
 @click.argument("number", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print the issue and comments as JSON.")
 @pass_state
 def issue_show(state: State, repo: str, number: int, as_json: bool) -> None:
-    """Show one issue of REPO with its comments."""
+    """Show issue NUMBER of REPO with its comments.
+
+    \b
+    Examples:
+      coord issue show api 42
+      coord issue show api 42 --json
+    """
     i = _with_forge(state, repo, lambda f: f.get_issue(number))
     if as_json:
         echo_json(i.to_dict())
@@ -92,15 +128,23 @@ def issue_show(state: State, repo: str, number: int, as_json: bool) -> None:
         echo(f"\n--- {c.author or 'comment'} {c.created_at}\n{c.body.rstrip()}")
 
 
-@issue.command("label")
-@click.argument("repo")
+@issue.command("label", short_help="Add or remove an issue's labels.")
+@click.argument("repo", shell_complete=_repos)
 @click.argument("number", type=click.IntRange(min=1))
 @click.argument("add", nargs=-1)
 @click.option("--remove", "-r", multiple=True, help="Remove this label (repeat for more).")
+@click.option("--json", "as_json", is_flag=True, help="Print {repo, number, labels} as JSON.")
 @pass_state
 def issue_label(state: State, repo: str, number: int, add: tuple[str, ...],
-                remove: tuple[str, ...]) -> None:  # fmt: skip
-    """Add labels to (or --remove them from) an issue of REPO."""
+                remove: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+    """Add labels ADD to (or --remove them from) issue NUMBER of REPO.
+
+    \b
+    Examples:
+      coord issue label api 42 bug hard
+      coord issue label api 42 --remove hard
+      coord issue label api 42 chore --remove bug --json
+    """
     if not add and not remove:
         raise click.UsageError("name a label to add, or --remove LABEL")
 
@@ -113,44 +157,78 @@ def issue_label(state: State, repo: str, number: int, add: tuple[str, ...],
         return labels
 
     labels = _with_forge(state, repo, work)
+    if as_json:
+        echo_json({"repo": repo, "number": number, "labels": list(labels)})
+        return
     echo(f"{repo}#{number}: {', '.join(labels) or '(no labels)'}")
 
 
-@issue.command("comment")
-@click.argument("repo")
+@issue.command("comment", short_help="Comment on an issue.")
+@click.argument("repo", shell_complete=_repos)
 @click.argument("number", type=click.IntRange(min=1))
 @click.argument("body")
+@click.option("--json", "as_json", is_flag=True, help="Print {repo, number, comment} as JSON.")
 @pass_state
-def issue_comment(state: State, repo: str, number: int, body: str) -> None:
-    """Comment on an issue of REPO."""
+def issue_comment(state: State, repo: str, number: int, body: str, as_json: bool) -> None:
+    """Post BODY as a comment on issue NUMBER of REPO.
+
+    \b
+    Examples:
+      coord issue comment api 42 "Reproduced on main: the redirect drops the query."
+      coord issue comment api 42 "$(cat notes.md)" --json
+    """
     c = _with_forge(state, repo, lambda f: f.comment(number, body))
-    echo(f"{repo}#{number}: comment {c.id} posted")
+    if as_json:
+        echo_json({"repo": repo, "number": number, "comment": c.to_dict()})
+        return
+    echo(f"{repo}#{number}: comment {c.id} posted" + (f": {c.url}" if c.url else ""))
 
 
-@issue.command("close")
-@click.argument("repo")
+@issue.command("close", short_help="Close or reopen an issue.")
+@click.argument("repo", shell_complete=_repos)
 @click.argument("number", type=click.IntRange(min=1))
 @click.option("--reopen", is_flag=True, help="Reopen it instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print {repo, number, state} as JSON.")
 @pass_state
-def issue_close(state: State, repo: str, number: int, reopen: bool) -> None:
-    """Close (or --reopen) an issue of REPO."""
+def issue_close(state: State, repo: str, number: int, reopen: bool, as_json: bool) -> None:
+    """Close (or --reopen) issue NUMBER of REPO.
+
+    \b
+    Examples:
+      coord issue close api 42
+      coord issue close api 42 --reopen --json
+    """
     i = _with_forge(state, repo, lambda f: f.set_state(number, "open" if reopen else "closed"))
+    if as_json:
+        echo_json({"repo": repo, "number": i.number, "state": i.state})
+        return
     echo(f"{repo}#{number} {i.state}")
 
 
-@coord.command()
-@click.argument("repo", required=False)
+@coord.command(short_help="Show issues by section, with stage and cost.")
+@click.argument("repo", required=False, shell_complete=_repos)
 @click.option("--json", "as_json", is_flag=True, help="Print the sections as JSON.")
 @pass_state
 def issues(state: State, repo: str | None, as_json: bool) -> None:
-    """Show issues by section: New, Refining, Pending, In progress, Review, Ready to merge,
-    Done, Needs human; with each one's pipeline stage and cost."""
+    """Show REPO's issues (default: every repo's) by section: New, Refining, Pending,
+    In progress, Review, Ready to merge, Done, Needs human; with each one's pipeline stage
+    and cost.
+
+    \b
+    Examples:
+      coord issues
+      coord issues api
+      coord issues api --json
+    """
+    from coordlib.errors import ConfigError
 
     async def go() -> tuple[dict[str, dict[str, list[Issue]]], dict[str, Any]]:
         async with state.coordinator() as c:
             repos = [repo] if repo else list(c.config.repos)
             if not repos:
-                raise click.UsageError("no repos in the config; add one under `repos:`")
+                where = str(c.config.path) if c.config.path is not None else None
+                raise ConfigError("no repos in the config", path=where,
+                                  hint="add one under `repos:`, or run `coord init`")  # fmt: skip
             pipes = {p.key: p for p in c.pipelines()}
             return {r: await c.issue_sections(r) for r in repos}, pipes
 

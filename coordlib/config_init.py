@@ -1,14 +1,15 @@
-"""`coord init`: find the git repos to work on and write a commented coordinator.yml for them.
+"""`coord init`: find the git repos to work on, write a commented coordinator.yml for them,
+and name the commands from there to a first dispatch.
 
 Every default value the template shows is read from the config dataclasses, so the file
-written says what an empty file would mean.
+written says what an empty file would mean.  What each checkout is (its origin, its default
+branch, what keeps it from taking work) is read by `coordlib.config_check`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .config import (
     NAME_CHARS,
     BoardConfig,
     ConcurrencyConfig,
+    Config,
     MachineConfig,
     ModelsConfig,
     RepoConfig,
@@ -25,10 +27,13 @@ from .config import (
     format_duration,
     is_valid_name,
 )
+from .config_check import RepoCheck, check_repo
 from .errors import ConfigError
+from .runtime.command import join
 
-__all__ = ["discover_repos", "render_init_config"]
+__all__ = ["FORGES", "discover_repos", "next_commands", "render_init_config"]
 
+FORGES = ("github", "local")
 _COMMENT_COLUMN = 29
 
 
@@ -57,21 +62,6 @@ def _is_git_repo(path: Path) -> bool:
     return git.is_dir() or git.is_file()  # a file: worktrees and submodules
 
 
-def _default_branch(repo: Path, fallback: str) -> str:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(repo), "symbolic-ref", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return fallback
-    branch = done.stdout.strip()
-    return branch if done.returncode == 0 and branch else fallback
-
-
 def _yaml_text(value: str) -> str:
     """Return `value` as a YAML scalar that reads back as this exact string."""
     import yaml
@@ -94,25 +84,39 @@ def _or_list(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + f" or {items[-1]}" if len(items) > 1 else "".join(items)
 
 
-def render_init_config(repos: Sequence[Path], *, machine_name: str = "local") -> str:
-    """Return a commented single-machine coordinator.yml listing `repos`."""
+def render_init_config(
+    repos: Sequence[Path | RepoCheck], *, machine_name: str = "local", forge: str = "local"
+) -> str:
+    """Return a commented single-machine coordinator.yml listing `repos`.
+
+    A repo given as a path is looked at with `check_repo` for its default branch and origin.
+    With ``forge="github"``, each repo whose origin is on github.com gets its issues and pull
+    requests there (`github: owner/name`); every other repo uses the local forge.
+    """
     if not is_valid_name(machine_name):
         raise ConfigError(
             f"{machine_name!r} is not a valid machine name", hint=f"use only {NAME_CHARS}"
         )
-    named: list[tuple[str, Path]] = []
+    if forge not in FORGES:
+        raise ConfigError(f"{forge!r} is not a forge", hint=f"use {_or_list(list(FORGES))}")
+    named: list[tuple[str, RepoCheck]] = []
     taken: set[str] = set()
+    fallback = field_defaults(RepoConfig)["default_branch"]
     for given in repos:
-        path = Path(given).expanduser().absolute()
-        base = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name).strip("-") or "repo"
+        if isinstance(given, RepoCheck):
+            checked = given
+        else:
+            checked = check_repo(given, fallback_branch=fallback)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", checked.path.name).strip("-") or "repo"
         name, n = base, 1
         while name in taken or not is_valid_name(name):
             n += 1
             name = f"{base}-{n}"
         taken.add(name)
-        named.append((name, path))
+        named.append((name, checked))
+    on_github = forge == "github" and any(c.github for _, c in named)
     example = named[0][0] if named else "api"
-    repo, machine = field_defaults(RepoConfig), field_defaults(MachineConfig)
+    machine = field_defaults(MachineConfig)
     concurrency, models = field_defaults(ConcurrencyConfig), field_defaults(ModelsConfig)
     worker, board = field_defaults(WorkerConfig), field_defaults(BoardConfig)
     ssh = field_defaults(SSHConfig)
@@ -125,12 +129,11 @@ def render_init_config(repos: Sequence[Path], *, machine_name: str = "local") ->
         "",
         "repos:" if named else "repos: []   # add repos as `- name: api` entries",
     ]
-    for name, path in named:
-        branch = _default_branch(path, repo["default_branch"])
+    for name, checked in named:
         lines += [
             f"  - name: {_yaml_text(name)}",
-            f"    default_branch: {_yaml_text(branch)}",
-            "    # github: owner/name       # where pull requests go; omit for the local forge",
+            f"    default_branch: {_yaml_text(checked.default_branch)}",
+            *_forge_lines(checked.github, github=forge == "github"),
             "    # test_command: make test  # run before a pull request is opened",
             "    # depends_on: [other-repo]",
         ]
@@ -143,7 +146,7 @@ def render_init_config(repos: Sequence[Path], *, machine_name: str = "local") ->
     ]
     if named:
         lines.append(_noted("    repo_paths:", "where each repo is checked out on this machine"))
-        lines += [f"      {_yaml_text(name)}: {_yaml_text(str(path))}" for name, path in named]
+        lines += [f"      {_yaml_text(name)}: {_yaml_text(str(c.path))}" for name, c in named]
     lines += [
         "  # A machine reached over SSH (its host key must be in ~/.ssh/known_hosts):",
         "  # - name: gpu-box",
@@ -200,4 +203,61 @@ def render_init_config(repos: Sequence[Path], *, machine_name: str = "local") ->
         _noted(f"  path: {_yaml_text(str(board['path']))}", "relative to this file"),
         "",
     ]
+    if on_github:
+        from .forge import DEFAULT_GITHUB_API
+
+        lines += [
+            "github:",
+            _noted(f"  api_url: {DEFAULT_GITHUB_API}", "GitHub Enterprise: https://HOST/api/v3"),
+            "  # the token: GITHUB_TOKEN, GH_TOKEN or `gh auth token`; never written here",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _forge_lines(slug: str | None, *, github: bool) -> list[str]:
+    """Return a repo's forge lines: GitHub when asked and its origin is there, else local."""
+    if slug is None:
+        return ["    # github: owner/name       # where pull requests go; omit for the local forge"]
+    if github:
+        return [
+            _noted("    forge: github", "issues and pull requests on GitHub"),
+            _noted(f"    github: {_yaml_text(slug)}", "its origin"),
+        ]
+    return [_noted(f"    # github: {_yaml_text(slug)}", "its origin; uncomment to use GitHub")]
+
+
+def next_commands(
+    config: Config, *, repo: str | None = None, config_path: str | None = None
+) -> list[tuple[str, str]]:
+    """Return the three commands from a new config to a first dispatch, each with what it does.
+
+    `repo` names the repo to show (default: the config's first); `config_path` is passed as
+    ``--config`` for a file the usual lookup would not find.
+    """
+    coord = ["coord", *(["--config", config_path] if config_path else [])]
+    remote = next((m for m in config.machines.values() if not m.is_local), None)
+    if remote is not None:
+        first = (join([*coord, "trust", remote.name]), f"check and record {remote.name}'s host key")
+    else:
+        first = (join([*coord, "status"]), "see that the machines answer")
+    name = repo if repo is not None else next(iter(config.repos), None)
+    if name is None:
+        where = "REPO: a repo you add under `repos:`"
+        target, forge = "REPO", f"open an issue ({where})"
+    else:
+        settings = config.repo(name)
+        kind = settings.forge or ("github" if settings.github else "local")
+        target = name
+        forge = (
+            f"open an issue on GitHub ({settings.github})"
+            if kind == "github"
+            else "open an issue on the local forge"
+        )
+    serving = [m for m in config.machines.values() if not m.repos or target in m.repos]
+    machine = (serving or list(config.machines.values()))[0].name
+    return [
+        first,
+        (join([*coord, "issue", "new", target, "--title", "Your first task"]), forge),
+        (join([*coord, "assign", machine, target, "N"]), "start a worker on it (N: its number)"),
+    ]
