@@ -93,6 +93,8 @@ _COMMAND_MODULES = {
     "merge": "pipeline_cmds",
     "report": "report_cmd",
     "show": "status_cmds",
+    "plan": "plan_cmds",
+    "approve": "plan_cmds",
     "completion": "complete",
 }
 

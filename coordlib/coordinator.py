@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .merge.runner import MergeReport
     from .pipeline.engine import PassReport, Pipelines
     from .pipeline.state import Pipeline
+    from .proposals import Plan
     from .runloop import LoopPass
     from .runtime.answers import Tested
     from .runtime.command import LaunchSpec
@@ -233,6 +234,47 @@ class Coordinator:
         a = await self._dispatcher.continue_session(prev, guidance, model=model)
         self._pipeline_follows(a)
         return a
+
+    # ------------------------------------------------------------ planning
+    async def plan(self) -> Plan:
+        """Propose who works on what next (`coordlib.planner`): one status pass, the
+        forge's ready issues and branches; the proposals are kept on the board (p1, p2, …)
+        for `approve`, replacing the last plan's."""
+        from dataclasses import asdict
+
+        from .proposals import Plan, store_proposals
+
+        proposals, skipped, inp = await self._plan_now()
+        return Plan(store_proposals(self.board, proposals), [asdict(x) for x in skipped],
+                    list(inp.errors))  # fmt: skip
+
+    async def _plan_now(self) -> tuple[list[Any], list[Any], Any]:
+        from .proposals import gather, make_plan
+
+        report = await self._monitor.status()
+        inp = await gather(self.config, self.board, self._ctx.forges, report.machines,
+                           paused=self.engine.ledger.session_paused())  # fmt: skip
+        proposals, skipped = make_plan(inp)
+        return proposals, skipped, inp
+
+    async def approve(
+        self,
+        ids: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        on_each: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Dispatch the stored proposals `ids` (all of them when empty), in order and
+        ``concurrency.stagger_seconds`` apart.  Each is planned again first: one whose
+        premises changed since `plan` (the issue claimed, its machine full or down) is
+        refused with what changed.  Return one record per proposal: {id, repo, issue,
+        machine, model, and assignment, or refused}."""
+        from .proposals import approve_each, load_proposals
+
+        return await approve_each(
+            load_proposals(self.board, ids), plan_now=self._plan_now, assign=self.assign,
+            stagger=self.config.concurrency.stagger_seconds, dry_run=dry_run, on_each=on_each,
+        )  # fmt: skip
 
     def _pipeline_follows(self, a: Assignment) -> None:
         """A person started a's issue again: its pipeline (if it has one) waits for a."""

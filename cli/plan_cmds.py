@@ -1,0 +1,92 @@
+"""``coord plan`` (who works on what next) and ``coord approve`` (dispatch the proposals)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .main import State, coord, pass_state, run
+from .output import echo, echo_json
+
+if TYPE_CHECKING:
+    from coordlib.proposals import Plan
+
+
+@coord.command(short_help="Propose who works on what next, and say why.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@pass_state
+def plan(state: State, as_json: bool) -> None:
+    """Propose assignments for the free capacity: each ready issue (label status:ready) on a
+    machine that serves its repo, has the capabilities its needs:<capability> labels ask
+    for, is up and has a free slot; never into a repo whose depends_on has work in flight;
+    never two workers on one file.  Every proposal says why, every issue left out why not.
+    The proposals are kept (p1, p2, …) for `coord approve`.
+
+    \b
+    Examples:
+      coord plan
+      coord plan --json | jq '.skipped[] | "\\(.repo)#\\(.issue): \\(.why)"'
+    """
+
+    async def go() -> Plan:
+        async with state.coordinator() as c:
+            return await c.plan()
+
+    got = run(go)
+    if as_json:
+        echo_json(got.to_dict())
+        return
+    for p in got.proposals:
+        echo(f"{p['id']:<4} {p['repo']}#{p['issue']:<6} on {p['machine']:<14} {p['model']:<8} "
+             f"{p.get('title') or ''}")  # fmt: skip
+        echo(f"       {p['why']}")
+    if not got.proposals:
+        echo("nothing to propose")
+    for s in got.skipped:
+        echo(f"  left out {s['repo']}#{s['issue']}: {s['why']}")
+    for e in got.errors:
+        echo(f"  error: {e}")
+    if got.proposals:
+        echo(f"\napprove with `coord approve {' '.join(p['id'] for p in got.proposals)}` "
+             "(or --all)")  # fmt: skip
+
+
+@coord.command(short_help="Dispatch proposals from `coord plan`, if they still hold.")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every proposal of the last plan.")
+@click.option("--dry-run", is_flag=True, help="Check each proposal again; dispatch nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one record per proposal as JSON.")
+@pass_state
+def approve(state: State, ids: tuple[str, ...], every: bool, dry_run: bool,
+            as_json: bool) -> None:  # fmt: skip
+    """Dispatch the proposals IDS (or --all), concurrency.stagger_seconds apart.  Each is
+    planned again first: one whose premises changed since `coord plan` (its issue claimed,
+    its machine full or down) is refused, saying what changed.
+
+    \b
+    Examples:
+      coord approve p1 p3
+      coord approve --all --dry-run
+    """
+    if bool(ids) == every:
+        raise click.UsageError("name the proposals to approve (p1 p2 …), or give --all")
+
+    def said(r: dict[str, Any]) -> None:
+        if as_json:
+            return
+        head = f"{r['id']}: {r['repo']}#{r['issue']} on {r['machine']}"
+        if "refused" in r:
+            echo(f"{head}: refused: {r['refused']}")
+        elif r.get("would_dispatch"):
+            echo(f"{head}: still holds (dry run: nothing dispatched)")
+        else:
+            echo(f"{head}: started {r['assignment']} ({r['model']})")
+
+    async def go() -> list[dict[str, Any]]:
+        async with state.coordinator() as c:
+            return await c.approve(list(ids), dry_run=dry_run, on_each=said)
+
+    done = run(go)
+    if as_json:
+        echo_json({"approved": done})
