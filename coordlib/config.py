@@ -153,6 +153,9 @@ class ConcurrencyConfig:
     max_retries: int = 3
     auto_reassign: bool = False
     stale_threshold: float = 600.0
+    # a new branch is first created on origin, which refuses it when it is there already:
+    # two coordinators with boards of their own never start one issue twice
+    remote_claims: bool = True
 
 
 @dataclass(frozen=True)

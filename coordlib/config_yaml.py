@@ -238,6 +238,7 @@ def _read_concurrency(doc: Doc, node: yaml.Node | None) -> ConcurrencyConfig:
         max_retries=f.integer("max_retries", 0),
         auto_reassign=f.boolean("auto_reassign"),
         stale_threshold=f.duration("stale_threshold"),
+        remote_claims=f.boolean("remote_claims"),
     )
 
 

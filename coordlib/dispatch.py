@@ -41,7 +41,7 @@ from .runtime.answers import Started, failure_reason, parse_dispatch
 from .runtime.builders import dispatch_command
 from .runtime.command import LaunchSpec, branch_name, slugify
 from .runtime.layout import Layout
-from .runtime.protocol import DispatchMode
+from .runtime.protocol import DispatchMode, ExitCode
 from .scope import declared_files
 
 if TYPE_CHECKING:
@@ -321,6 +321,8 @@ class Dispatcher:
             "created_at": a.created_at,
             "coordlib_version": __version__,
         }
+        if mode == DispatchMode.NEW and self.ctx.config.concurrency.remote_claims:
+            mode = DispatchMode.CLAIM  # the branch goes to origin first: the issue's claim
         argv, payload = dispatch_command(
             workdir=m.workdir, id=a.id, repo_path=m.repo_path(r.name), worktree=a.worktree,
             branch=a.branch, base=r.default_branch, socket=m.tmux_socket, mode=mode,
@@ -334,6 +336,8 @@ class Dispatcher:
             # The script exited with its own error: nothing was started.
             reason = failure_reason(exc.stderr) or str(exc)
             await board.dispatch_failed(a.id, reason)
+            if exc.returncode == ExitCode.CLAIMED:
+                raise ClaimError(f"issue {a.repo}#{a.issue}: {reason}") from exc
             raise DispatchError(f"could not start {a.id}: {reason}", machine=m.name) from exc
         except MachineError as exc:
             if isinstance(exc, UnreachableError) and not exc.command_sent:

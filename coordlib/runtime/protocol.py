@@ -158,6 +158,7 @@ class ExitCode(enum.IntEnum):
     NO_BASE = 25  # stack: origin (or the repo, without one) has no such base branch
     BASE_MOVED = 26  # land: origin's base is no longer the expected commit: nothing landed
     NOT_FAST_FORWARD = 27  # land: the commit does not descend from the expected base
+    CLAIMED = 28  # dispatch (claim): the branch is on origin already: another claimed the issue
     # the launcher's own, when no worker ran (or could not start), recorded in exit.json
     # (with reason "exited", 126 and 127 are the worker's own: setsid could not run its
     # command, see outcomes.classify)
@@ -309,6 +310,9 @@ class DispatchMode(enum.StrEnum):
     """How a dispatch gets its worktree."""
 
     NEW = "new"  # a new branch from origin/BASE
+    # new, and the branch pushed to origin before anything else (it must not be there yet):
+    # the claim that holds across coordinators with boards of their own
+    CLAIM = "claim"
     CONTINUE = "continue"  # the existing worktree, once no worker holds it
     REVIEW = "review"  # a detached worktree at the branch's head (a reviewer's): no fetch,
     # and a failed dispatch removes the worktree but never the branch, which is the worker's

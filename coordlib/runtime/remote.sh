@@ -32,6 +32,12 @@ dispatch_failed() { # dispatch_failed CODE MESSAGE: undo what this dispatch made
         # made with it, so the same dispatch works again once the cause is fixed.
         git -C "$D_REPO" worktree remove --force "$D_WT" >/dev/null 2>&1
     fi
+    if [ -n "$D_CLAIMED" ]; then
+        # The claim pushed to origin goes too, if the branch there is still ours.
+        GIT_TERMINAL_PROMPT=0 git -C "$D_REPO" push --quiet --no-verify \
+            --force-with-lease="refs/heads/$D_BRANCH:$D_CLAIMED" origin ":refs/heads/$D_BRANCH" \
+            >/dev/null 2>&1
+    fi
     if [ "$D_MADE" = 1 ]; then
         git -C "$D_REPO" worktree prune >/dev/null 2>&1
         # D_BRANCH is set only when this dispatch made the branch: a review's is the worker's.
@@ -91,7 +97,7 @@ cmd_dispatch() {
     need_num dispatch "spec size" "${10}"
     need_num dispatch "launch.env size" "${11}"
     need_num dispatch "launcher size" "${12}"
-    need_word dispatch mode "${13}" new continue review
+    need_word dispatch mode "${13}" new claim continue review
     local workdir id repo wt branch base sock hash nbrief nspec nlaunch nlauncher mode
     home_path workdir "$1" && home_path repo "$3" && home_path wt "$4"
     id=$2 branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11}
@@ -117,7 +123,7 @@ cmd_dispatch() {
         die 14 "cannot create the directories under $workdir (disk full?)"
     [ -e "$run" ] && die 13 "run directory $run already exists"
     mkdir "$run" 2>/dev/null || die 13 "cannot create the run directory $run (disk full, or it exists)"
-    D_RUN=$run D_REPO=$repo D_WT=$wt D_BRANCH="" D_MADE=0 ON_DIE=dispatch_failed
+    D_RUN=$run D_REPO=$repo D_WT=$wt D_BRANCH="" D_MADE=0 D_CLAIMED="" ON_DIE=dispatch_failed
     proc_start $$
     printf '%s %s %s\n' "$$" "$BOOT_ID" "$PSTART" >"$run/dispatch.pid" ||
         die 14 "cannot write in $run (disk full?)"
@@ -174,6 +180,28 @@ cmd_dispatch() {
             die 12 "git worktree add $wt from $start failed in $repo"
     fi
     exec 9>&-
+    if [ "$mode" = claim ] && has_origin "$gitdir/config"; then
+        # The issue's claim across coordinators: the branch is created on origin, which
+        # refuses it (atomically: the lease says it must not exist) when another has it.
+        local said sha
+        sha=$(git -C "$repo" rev-parse --verify --quiet "refs/heads/$branch") ||
+            die 12 "branch $branch vanished from $repo"
+        said=$(GIT_TERMINAL_PROMPT=0 git -C "$repo" push --porcelain --no-verify \
+            --force-with-lease="refs/heads/$branch:" origin \
+            "refs/heads/$branch:refs/heads/$branch" 2>&1)
+        # Only "[new branch]" is a claim won: "[up to date]" means origin has it already at
+        # this very commit (another dispatch from the same base got there first).
+        if [[ $said == *"[new branch]"* ]]; then
+            D_CLAIMED=$sha
+        elif [[ $said == *"[rejected]"* || $said == *"[up to date]"* ||
+            $said == *"cannot lock ref"* || $said == *"reference already exists"* ]]; then
+            # (the last two: origin was creating it for another push at this very moment)
+            die 28 "branch $branch is on origin already: another coordinator (or a person) has claimed this issue; look at that branch, or retry with a fresh one"
+        else
+            said=${said//$'\n'/ }
+            die 24 "could not claim $branch on origin (git push failed: ${said:0:300})"
+        fi
+    fi
 
     head -c "$nbrief" >"$run/briefing.md" &&
         read_exactly "$nspec" "$run/spec.json" &&
