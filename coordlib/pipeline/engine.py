@@ -16,6 +16,7 @@ dispatch, and a ``STUCK:`` line hands the issue to a person.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -56,6 +57,7 @@ _ACTING_MARGIN = 300.0
 _ACTION_TRIES = 3
 # A reviewer with no verdict is asked again this many times, then a person is.
 _VERDICT_RETRIES = 1
+_STEPS_AT_ONCE = 16  # issues stepped at once in a pass
 # A worker that said it was done yet left no commit, or changes uncommitted: the playbook's
 # outcomes for those failure classes (coordlib.outcomes).
 _LEFT_BEHIND = {"done_empty": "empty", "uncommitted": "uncommitted"}
@@ -137,14 +139,21 @@ class Pipelines:
         """Step every issue's pipeline as far as it goes without waiting; post what is due."""
         report = PassReport()
         report.paused = self.ledger.session_paused()
-        for p in self.ctx.board.pipelines():
-            if p.ended and not p.outbox:
-                continue
-            try:
-                await self.step(p.repo, p.issue, report)
-            except CoordError as exc:
-                report.errors.append(f"{p.key}: {exc}")
-                self.ctx.notify(f"{p.key}: {exc}")
+        # Issues move side by side: ten runs that end together are tested, pushed and
+        # reviewed at once, not one after another (each issue's own steps stay in order,
+        # and every move is a compare-and-set, so nothing here needs them serialised).
+        room = asyncio.Semaphore(_STEPS_AT_ONCE)
+
+        async def one(p: Pipeline) -> None:
+            async with room:
+                try:
+                    await self.step(p.repo, p.issue, report)
+                except CoordError as exc:
+                    report.errors.append(f"{p.key}: {exc}")
+                    self.ctx.notify(f"{p.key}: {exc}")
+
+        await asyncio.gather(*(one(p) for p in self.ctx.board.pipelines()
+                               if not (p.ended and not p.outbox)))  # fmt: skip
         await self.actions.post_outbox(report)
         report.pipelines = self.ctx.board.pipelines()
         return report
