@@ -92,6 +92,7 @@ _COMMAND_MODULES = {
     "pipeline": "pipeline_cmds",
     "merge": "pipeline_cmds",
     "report": "report_cmd",
+    "split": "split_cmd",
     "show": "status_cmds",
     "plan": "plan_cmds",
     "approve": "plan_cmds",

@@ -53,6 +53,7 @@ MAX_COMMENT_CHARS = 60_000
 STATUS_LABELS = {
     "refining": "status:refining",
     "ready": "status:ready",
+    "waiting": "status:waiting",  # split into sub-issues (`coord split`), waiting for them
     "in_progress": "status:in-progress",
     "review": "status:review",
     "ready_to_merge": "status:ready-to-merge",
@@ -173,9 +174,10 @@ def sort_into_sections(issues: Iterable[Issue], live: set[int]) -> dict[str, lis
     """Sort issues into the pipeline's sections by their status labels.
 
     New (open, no status label), Refining (``status:refining``), Pending
-    (``status:ready``), In progress (``status:in-progress``, or a number in `live`), Review
-    (``status:review``), Ready to merge (``status:ready-to-merge``), Done
-    (``status:done``, or closed) and Needs human (``status:needs-human``).
+    (``status:ready``, or ``status:waiting`` for its sub-issues), In progress
+    (``status:in-progress``, or a number in `live`), Review (``status:review``), Ready to
+    merge (``status:ready-to-merge``), Done (``status:done``, or closed) and Needs human
+    (``status:needs-human``).
     """
     sections: dict[str, list[Issue]] = {k: [] for k in ISSUE_SECTIONS}
     for i in issues:
@@ -190,7 +192,7 @@ def sort_into_sections(issues: Iterable[Issue], live: set[int]) -> dict[str, lis
             key = "Review"
         elif i.number in live or STATUS_LABELS["in_progress"] in labels:
             key = "In progress"
-        elif STATUS_LABELS["ready"] in labels:
+        elif STATUS_LABELS["ready"] in labels or STATUS_LABELS["waiting"] in labels:
             key = "Pending"
         elif STATUS_LABELS["refining"] in labels:
             key = "Refining"
