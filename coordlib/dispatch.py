@@ -373,7 +373,7 @@ class Dispatcher:
         info = await self.claims.issue(prev.repo, prev.issue, live=(), titled=True, force=True,
                                        mine=set)  # fmt: skip
         a, text, launch = self.plan(
-            machine or prev.machine,
+            machine or self._retry_machine(prev, info),
             prev.repo,
             prev.issue,
             model=model or prev.tier or prev.model,
@@ -386,6 +386,15 @@ class Dispatcher:
         a.retry_of, a.stage = prev.id, prev.stage
         return await self._start(a, text, launch, issue=info, force=force, replaces=prev,
                                  retried=True)  # fmt: skip
+
+    def _retry_machine(self, prev: Assignment, info: Issue | None) -> str:
+        """Where a retry runs by default (`planner.retry_machine`)."""
+        from .contacts import Contacts
+        from .planner import retry_machine
+
+        seen = Contacts(self.ctx.board.path.with_name("contacts.json"))
+        return retry_machine(self.ctx.config, prev, info.labels if info is not None else (),
+                             self._live_rows(), seen.seen, now=time.time())  # fmt: skip
 
     async def continue_session(
         self, prev: Assignment, prompt: str, *, model: str | None = None

@@ -25,10 +25,15 @@ The model is the tier its labels pick (``models.labels``), else ``models.default
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .scope import outside
+
+if TYPE_CHECKING:
+    from .assignment import Assignment
+    from .config import Config
 
 __all__ = [
     "CAPABILITY_LABEL",
@@ -40,6 +45,7 @@ __all__ = [
     "Skipped",
     "capabilities_asked",
     "plan",
+    "retry_machine",
 ]
 
 CAPABILITY_LABEL = "needs:"  # a label `needs:gpu` asks for a machine with capability gpu
@@ -216,3 +222,32 @@ def _machine(
         return None, f"no free slot on {', '.join(m.name for m in healthy)}"
     best = sorted(room, key=lambda m: (-free.get(m.name, 0), m.name))[0]
     return best, None
+
+
+def retry_machine(
+    config: Config,
+    prev: Assignment,
+    labels: Iterable[str],
+    live: Sequence[Assignment],
+    seen: Callable[[str], float | None],
+    *,
+    now: float,
+) -> str:
+    """Where `coord retry` runs an ended assignment by default: another machine that serves
+    its repo, has the capabilities its issue's labels ask for, answered within
+    ``concurrency.stale_threshold`` (`seen` gives when each last did) and has a free slot
+    (the roomiest, then by name); its own machine when there is none."""
+    needs = capabilities_asked(labels)
+    room: list[tuple[int, str]] = []
+    for name, m in config.machines.items():
+        if name == prev.machine or (m.repos and prev.repo not in m.repos):
+            continue
+        last = seen(name)
+        if not needs <= set(m.capabilities):
+            continue
+        if last is not None and now - last > config.concurrency.stale_threshold:
+            continue
+        busy = sum(1 for x in live if x.machine == name and x.status != "queued")
+        if m.max_workers - busy > 0:
+            room.append((busy - m.max_workers, name))
+    return min(room)[1] if room else prev.machine

@@ -142,3 +142,46 @@ def test_plan_then_approve_over_sshd(setup: Setup, sshd: SSHServer) -> None:
     assert where[kernel] == "gpubox" and len(where) == 3
     for a in status["assignments"]:
         cli.invoke(coord, ["--config", str(config), "stop", a["id"]])
+
+
+def test_a_retry_goes_to_another_machine_that_can_take_it(setup: Setup) -> None:
+    setup.add_local("first", env={"FAKE_CLAUDE_SCENARIO": "fail"})
+    setup.add_local("second", env={"FAKE_CLAUDE_SCENARIO": "ok"})
+    setup.machines[1]["workdir"] = str(setup.root / "wd-second")
+    config = setup.write()
+
+    async def go() -> tuple[Any, Any]:
+        from coordlib import Coordinator
+
+        async with Coordinator.from_path(config) as c:
+            a = await c.assign("first", "api", 4, title="Flaky", pipeline=False)
+            failed = await c.wait(a.id, timeout=30)
+            again = await c.retry(failed.id)  # no --machine: another one that can take it
+            return again, await c.wait(again.id, timeout=30)
+
+    again, done = arun(go())
+    assert again.machine == "second" and done.status == "done"
+
+
+def test_retry_machine_prefers_another_healthy_roomy_capable_one() -> None:
+    from coordlib.assignment import Assignment
+    from coordlib.config_yaml import parse_config
+    from coordlib.planner import retry_machine
+
+    config = parse_config(
+        "repos: [{name: api}, {name: web}]\nmachines:\n"
+        "  - {name: a, host: localhost, max_workers: 2}\n"
+        "  - {name: b, host: localhost, max_workers: 2, capabilities: [gpu]}\n"
+        "  - {name: c, host: localhost, max_workers: 3, capabilities: [gpu]}\n"
+        "  - {name: d, host: localhost, max_workers: 9, repos: [web]}\n",
+        path="x.yml",
+    )
+    prev = Assignment(id="api-1-x", machine="a", repo="api", issue=1, branch="b", model="m")
+    busy = [Assignment(id=f"api-{n}-y", machine="c", repo="api", issue=n, branch="b",
+                       model="m", status="running") for n in (2, 3)]  # fmt: skip
+    now = 1000.0
+    fresh = {"a": now, "b": now, "c": now, "d": now}.get
+    assert retry_machine(config, prev, ["needs:gpu"], busy, fresh, now=now) == "b"  # c is busier
+    assert retry_machine(config, prev, [], [], fresh, now=now) == "c"  # roomiest; d has no api
+    stale = {"b": now - 9999.0, "c": now - 9999.0}.get
+    assert retry_machine(config, prev, ["needs:gpu"], [], stale, now=now) == "a"  # none: same
