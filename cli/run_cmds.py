@@ -365,7 +365,7 @@ def _started(a: Assignment, what: str) -> None:
 @coord.command(short_help="Start an ended assignment's issue again, on a fresh branch.")
 @click.argument("id", shell_complete=complete_ids)
 @click.option("--machine", shell_complete=complete_machines,
-              help="Run the new attempt here (default: the same machine).")  # fmt: skip
+              help="Run the new attempt here (default: another that can take it).")  # fmt: skip
 @click.option("--model", "-m", help="Model tier or id for the new attempt (default: the same).")
 @click.option("--force", is_flag=True, help="Dispatch even if the machine is full.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new assignment as JSON.")

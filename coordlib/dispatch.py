@@ -251,9 +251,20 @@ class Dispatcher:
         return await self._start(a, text, launch, issue=info, force=force, also=also)
 
     def _capacity(self, machine: str) -> Capacity:
+        """The room to claim in: the fleet's (as admission control allows it now) and the
+        machine's; raise `DispatchError` while admission control pauses new dispatch."""
+        from .admission import load
+
         c = self.ctx.config
         where = str(c.path) if c.path else ""
-        return Capacity(c.concurrency.max_workers, c.machine(machine).max_workers, where)
+        admitted = load(self.ctx.board)
+        paused = admitted.paused(time.time())
+        if paused:
+            raise DispatchError(f"{paused} (admission control; --force goes ahead)")
+        fleet = admitted.fleet(c.concurrency.max_workers)
+        if fleet < c.concurrency.max_workers:
+            where = f"{where}; admission control allows {fleet} while the API is busy"
+        return Capacity(fleet, c.machine(machine).max_workers, where)
 
     async def _start(
         self,
@@ -480,38 +491,10 @@ class Dispatcher:
         return await self.continue_session(prev, prompt, model=model)
 
     async def dispatch_due(self, *, now: float | None = None) -> list[Assignment]:
-        """See `Coordinator.dispatch_due`."""
-        now = time.time() if now is None else now
-        started: list[Assignment] = []
-        for a in self.ctx.board.assignments():
-            if a.status != Status.QUEUED or (a.not_before or 0.0) > now:
-                continue
-            if a.held:
-                continue  # restored from the trail: a person continues it (`continue_queued`)
-            if await self._issue_closed(a):
-                continue
-            prompt = RATE_LIMIT_GUIDANCE
-            if not a.session_id:  # it never got going: no session to resume
-                prompt = f"Work on issue #{a.issue} of {a.repo}: {a.title}"
-            try:
-                started.append(await self.continue_session(a, prompt))
-            except ClaimError:
-                continue  # another process continued it first
-        return started
+        """See `Coordinator.dispatch_due` and `coordlib.requeue`."""
+        from .requeue import dispatch_due
 
-    async def _issue_closed(self, a: Assignment) -> bool:
-        """Whether a's issue was closed while a waited out its limit (then a is held, so
-        nothing continues it by itself: `resume` never restarts a closed issue's work)."""
-        try:
-            state = await self.ctx.forges.get(a.repo).issue_state(a.issue)
-        except CoordError:
-            return False  # the forge away is no reason to hold the work back
-        if state == "open":
-            return False
-        held = (f"issue #{a.issue} is {state}: not continued (reopen it, then "
-                f"`coord continue {a.id}`)")  # fmt: skip
-        self.ctx.board.settle({a.id: (a.events_offset, {"held": held})})
-        return True
+        return await dispatch_due(self.ctx, self.continue_session, RATE_LIMIT_GUIDANCE, now=now)
 
 
 def _worker_argv(launch: LaunchSpec) -> list[str]:

@@ -31,6 +31,7 @@ from .runtime.layout import RunFile
 from .runtime.protocol import ExitCode, Scope
 
 if TYPE_CHECKING:
+    from .board import Board
     from .context import Context
     from .markers import SkippedMarker
     from .stream import Event, Reconnected, Reconnecting
@@ -241,6 +242,13 @@ class Monitor:
                  if Status(new) in TERMINAL or new == Status.QUEUED}  # fmt: skip
         if ended:
             await asyncio.gather(*(self.ctx.trail.post_ending(a) for a in rows if a.id in ended))
+        if any(a.status == Status.QUEUED or a.failure_class == "overloaded" or
+               (a.progress or {}).get("rate_limited_until") for a in rows):  # fmt: skip
+            from .admission import note
+
+            note(board, rows, conf=self.ctx.config.concurrency)  # the fleet slows down
+        else:
+            self._recover(board)
         if history:
             ids = {a.id for a in rows}
             rows = [Assignment.from_dict(r, where=board.history_path)
@@ -250,6 +258,13 @@ class Monitor:
         if machine:
             rows = [a for a in rows if a.machine == machine]
         return StatusReport(machines=machines, assignments=rows, changed=changed)
+
+    def _recover(self, board: Board) -> None:
+        """A pass with no busy-API signal: let a slowed fleet grow back (see admission)."""
+        from .admission import ADMISSION, note
+
+        if any(d.get("limit") is not None for d in board.docs(ADMISSION)):
+            note(board, (), conf=self.ctx.config.concurrency)
 
     def _in_flight(self, a: Assignment) -> bool:
         if a.id in self.ctx.sending and time.time() - a.created_at < DISPATCH_GRACE:

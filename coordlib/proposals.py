@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .admission import load as load_admission
 from .errors import CoordError, UsageError
 from .planner import Candidate, InFlight, MachineView, PlanInput, Proposal, Skipped, plan
 from .scope import declared_files
@@ -103,6 +104,7 @@ async def gather(
             if number is not None:
                 claimed.setdefault((repo, number), f"branch {b.name} is on the remote")
     in_flight = _in_flight(live, pipelines, board)
+    admitted = load_admission(board)  # the API busy: fewer workers, or none for now
     for f in in_flight:
         claimed[(f.repo, f.issue)] = f"{f.who} is working on it"
     return PlanInput(
@@ -112,10 +114,11 @@ async def gather(
         claimed=claimed,
         upstream_busy=_upstream_busy(config, in_flight),
         repo_order=_order(config),
-        fleet_free=config.concurrency.max_workers - sum(1 for a in live if a.status != "queued"),
+        fleet_free=admitted.fleet(config.concurrency.max_workers)
+        - sum(1 for a in live if a.status != "queued"),
         model_labels=dict(config.models.labels),
         default_model=config.models.default,
-        paused=paused,
+        paused=paused or admitted.paused(now),
         errors=tuple(errors),
     )
 
