@@ -300,7 +300,12 @@ class Coordinator:
         """One pass (`coord notify`): ask every machine once, record what ended, post its
         trail, and move every issue's pipeline as far as it goes.  Safe to run twice at once.
         """
-        await self._monitor.status()
+        seen = await self._monitor.status()
+        if self.config.concurrency.auto_reassign:
+            from .requeue import reassign
+
+            await reassign(self._ctx, seen.changed,
+                           lambda aid, where: self.retry(aid, machine=where))  # fmt: skip
         report = await self.engine.run_pass()
         smoke = self.config.smoke_tests
         if smoke.auto_queue and smoke.capability_rules:

@@ -1,4 +1,5 @@
-"""Rate-limited runs: which to continue once their wait is over, and which to hold.
+"""Runs to start again: rate-limited ones once their wait is over (or held), and, with
+``concurrency.auto_reassign``, runs a machine failed, on another machine.
 
 A run stopped by an API rate limit waits on the board as ``queued`` until ``not_before``;
 `dispatch_due` (every `coord resume`, `coord run` pass and `wait`) continues its session
@@ -10,7 +11,7 @@ saying why, and only `coord continue ID` starts it again.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .assignment import Assignment, Status
@@ -19,7 +20,7 @@ from .errors import ClaimError, CoordError
 if TYPE_CHECKING:
     from .context import Context
 
-__all__ = ["dispatch_due", "issue_closed", "retried_enough"]
+__all__ = ["MACHINE_FAULTS", "dispatch_due", "issue_closed", "reassign", "retried_enough"]
 
 
 async def dispatch_due(
@@ -83,3 +84,47 @@ async def issue_closed(ctx: Context, a: Assignment) -> bool:
             f"`coord continue {a.id}`)")  # fmt: skip
     ctx.board.settle({a.id: (a.events_offset, {"held": held})})
     return True
+
+
+# The run failed because of where it ran, not what it did: another machine may well succeed.
+MACHINE_FAULTS = frozenset(
+    {"lost", "claude_not_found", "not_executable", "worktree_gone", "auth_error"}
+)
+
+
+async def reassign(
+    ctx: Context,
+    changed: Sequence[tuple[str, str, str]],
+    retry: Callable[[str, str], Awaitable[Assignment]],
+) -> list[Assignment]:
+    """With ``concurrency.auto_reassign``: start again, on another machine that can take it,
+    each run that just ended with a machine's fault (`MACHINE_FAULTS`), at most
+    ``concurrency.max_retries`` attempts in all; return the new attempts.  A run with no
+    other machine to go to is left to a person (`coord retry`)."""
+    from .contacts import Contacts
+    from .planner import retry_machine
+
+    conf = ctx.config.concurrency
+    if not conf.auto_reassign:
+        return []
+    started: list[Assignment] = []
+    seen = Contacts(ctx.board.path.with_name("contacts.json"))
+    for aid, _, new in changed:
+        if new not in (Status.FAILED, Status.LOST):
+            continue
+        try:
+            a = ctx.board.assignment(aid)
+        except CoordError:
+            continue
+        if a.failure_class not in MACHINE_FAULTS or a.retried_by or a.attempt > conf.max_retries:
+            continue
+        where = retry_machine(ctx.config, a, (), ctx.board.live(), seen.seen, now=time.time())
+        if where == a.machine:
+            ctx.notify(f"{a.id} failed on {a.machine} ({a.failure_class}); no other machine "
+                       f"can take it: `coord retry {a.id}` when one can")  # fmt: skip
+            continue
+        try:
+            started.append(await retry(a.id, where))
+        except CoordError as exc:
+            ctx.notify(f"{a.id}: could not move it to {where}: {exc}")
+    return started

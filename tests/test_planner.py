@@ -185,3 +185,31 @@ def test_retry_machine_prefers_another_healthy_roomy_capable_one() -> None:
     assert retry_machine(config, prev, [], [], fresh, now=now) == "c"  # roomiest; d has no api
     stale = {"b": now - 9999.0, "c": now - 9999.0}.get
     assert retry_machine(config, prev, ["needs:gpu"], [], stale, now=now) == "a"  # none: same
+
+
+def test_auto_reassign_moves_a_run_a_machine_failed_to_another(setup: Setup) -> None:
+    setup.add_local("broken", claude_command="/nonexistent/claude")
+    setup.add_local("second", env={"FAKE_CLAUDE_SCENARIO": "ok"})
+    setup.machines[1]["workdir"] = str(setup.root / "wd-second")
+    setup.extra["concurrency"] = {"auto_reassign": True}
+    config = setup.write()
+
+    async def go() -> list[Any]:
+        import asyncio
+
+        from coordlib import Coordinator
+
+        async with Coordinator.from_path(config) as c:
+            first = await c.assign("broken", "api", 6, title="Anywhere", pipeline=False)
+            for _ in range(100):
+                await c.advance()
+                rows = c.assignments(history=True)
+                moved = [a for a in rows if a.extra.get("retry_of") == first.id]
+                if moved and moved[0].is_terminal:
+                    break
+                await asyncio.sleep(0.2)
+            return [c.get(first.id), *moved]
+
+    first, moved = arun(go())
+    assert first.failure_class == "claude_not_found"
+    assert moved.machine == "second" and moved.status == "done" and moved.attempt == 2
