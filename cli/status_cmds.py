@@ -101,6 +101,12 @@ def _summary(rows: list[Assignment], report: StatusReport) -> str:
     )
 
 
+def _overlaps(rows: list[Assignment]) -> list[dict[str, Any]]:
+    from coordlib.planner import overlaps
+
+    return [{"a": a, "b": b, "files": files} for a, b, files in overlaps(rows)]
+
+
 def _print_status(report: StatusReport, rows: list[Assignment], *, show_all: bool) -> None:
     lines = [_machine_line(m) for m in report.machines]
     refused = {a.id for a in rows if a.failure_class == "dispatch_failed"}
@@ -122,6 +128,11 @@ def _print_status(report: StatusReport, rows: list[Assignment], *, show_all: boo
     if costs:
         each = ", ".join(f"{k} ${v:.2f}" for k, v in sorted(costs.items(), key=lambda x: -x[1]))
         lines += ["", styled(f"cost by issue: {each} (total ${sum(costs.values()):.2f})"[:400])]
+    clashes = _overlaps(rows)
+    if clashes:
+        lines += ["", styled("overlaps (two live workers changing the same files):", fg="yellow")]
+        lines += [styled(f"  {x['a']} and {x['b']}: {_cut(', '.join(x['files']), 60)}")
+                  for x in clashes]  # fmt: skip
     lines += ["", styled(_summary(shown, report))]
     echo_styled("\n".join(lines))  # one write: a big board is hundreds of lines
 
@@ -190,6 +201,7 @@ def status(state: State, machine: str | None, repo: str | None, states: tuple[st
     if as_json:
         data = report.to_dict()
         keep = {a.id for a in rows}
+        data["overlaps"] = _overlaps(rows)
         data["assignments"] = sorted((x for x in data["assignments"] if x["id"] in keep),
                                      key=lambda x: -float(x.get("created_at") or 0))  # fmt: skip
         echo_json(data)

@@ -44,6 +44,8 @@ __all__ = [
     "Proposal",
     "Skipped",
     "capabilities_asked",
+    "files_of",
+    "overlaps",
     "plan",
     "retry_machine",
 ]
@@ -251,3 +253,29 @@ def retry_machine(
         if m.max_workers - busy > 0:
             room.append((busy - m.max_workers, name))
     return min(room)[1] if room else prev.machine
+
+
+def files_of(a: Assignment) -> frozenset[str]:
+    """The files an assignment changes or may: declared (or named) by its issue, touched by
+    its worker's edits, and found changed by its outcome check."""
+    files = {*(a.files_declared or a.files_in_scope), *a.files_touched}
+    files |= {f for f in (a.outcome or {}).get("files") or [] if isinstance(f, str)}
+    return frozenset(files)
+
+
+def overlaps(rows: Sequence[Assignment]) -> list[tuple[str, str, list[str]]]:
+    """Pairs of live assignments of one repo whose files clash (a path, or a directory or
+    glob covering it): (one id, the other id, the files), for `coord status` to show."""
+    live = sorted((a for a in rows if not a.is_terminal), key=lambda a: (a.created_at, a.id))
+    out = []
+    for i, a in enumerate(live):
+        mine = sorted(files_of(a))
+        for b in live[i + 1 :]:
+            if b.repo != a.repo or b.issue == a.issue:
+                continue
+            theirs = sorted(files_of(b))
+            clash = {f for f in mine if not outside([f], theirs)}
+            clash |= {f for f in theirs if not outside([f], mine)}
+            if clash:
+                out.append((a.id, b.id, sorted(clash)))
+    return out

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from .admission import load as load_admission
 from .errors import CoordError, UsageError
-from .planner import Candidate, InFlight, MachineView, PlanInput, Proposal, Skipped, plan
+from .planner import (
+    Candidate,
+    InFlight,
+    MachineView,
+    PlanInput,
+    Proposal,
+    Skipped,
+    files_of,
+    plan,
+)
 from .scope import declared_files
 
 if TYPE_CHECKING:
@@ -134,10 +143,7 @@ def _in_flight(live: Sequence[Assignment], pipelines: Sequence[Pipeline],
     out: list[InFlight] = []
     seen: set[tuple[str, int]] = set()
     for a in live:
-        files = {*(a.files_declared or a.files_in_scope), *a.files_touched}
-        if a.outcome:
-            files |= set(a.outcome.get("files") or [])
-        out.append(InFlight(a.repo, a.issue, a.id, frozenset(files)))
+        out.append(InFlight(a.repo, a.issue, a.id, files_of(a)))
         seen.add((a.repo, a.issue))
     rows = {a.id: a for a in board.assignments()}
     for p in pipelines:
@@ -147,8 +153,7 @@ def _in_flight(live: Sequence[Assignment], pipelines: Sequence[Pipeline],
         for aid in p.ids():
             row = rows.get(aid)
             if row is not None:
-                theirs |= {*(row.files_declared or row.files_in_scope), *row.files_touched}
-                theirs |= set((row.outcome or {}).get("files") or [])
+                theirs |= files_of(row)
         out.append(InFlight(p.repo, p.issue, f"{p.key} ({p.stage})", frozenset(theirs)))
     return out
 

@@ -51,7 +51,7 @@ def ok(config: Path | None, *args: str, input: str | None = None) -> Result:
 
 def status_json(config: Path, *args: str) -> dict[str, object]:
     data = json.loads(ok(config, "status", "--json", *args).stdout)
-    assert set(data) == {"machines", "assignments"}
+    assert set(data) == {"machines", "assignments", "overlaps"}
     for m in data["machines"]:
         assert set(m) == MACHINE_KEYS, m
     for a in data["assignments"]:

@@ -213,3 +213,31 @@ def test_auto_reassign_moves_a_run_a_machine_failed_to_another(setup: Setup) -> 
     first, moved = arun(go())
     assert first.failure_class == "claude_not_found"
     assert moved.machine == "second" and moved.status == "done" and moved.attempt == 2
+
+
+def test_status_shows_live_workers_changing_the_same_files(setup: Setup) -> None:
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "stall"}, max_workers=3)
+    config = setup.write()
+
+    async def go() -> list[str]:
+        from coordlib import Coordinator
+
+        async with Coordinator.from_path(config) as c:
+            forge = c.forge("api")
+            ids = []
+            for title, files in (("One", "src/app.py, docs/"), ("Two", "src/app.py"),
+                                 ("Three", "tests/t.py")):  # fmt: skip
+                n = (await forge.create_issue(title, body=f"Files: {files}")).number
+                ids.append((await c.assign("local", "api", n, pipeline=False)).id)
+            return ids
+
+    one, two, three = arun(go())
+    try:
+        data = json.loads(CliRunner().invoke(coord, ["--config", str(config), "status",
+                                                     "--json"]).stdout)  # fmt: skip
+        assert data["overlaps"] == [{"a": one, "b": two, "files": ["src/app.py"]}]
+        text = CliRunner().invoke(coord, ["--config", str(config), "status"]).stdout
+        assert f"{one} and {two}: src/app.py" in text and three not in text.split("overlaps")[1]
+    finally:
+        for aid in (one, two, three):
+            CliRunner().invoke(coord, ["--config", str(config), "stop", aid])
