@@ -56,18 +56,23 @@ def plan(state: State, as_json: bool) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Every proposal of the last plan.")
 @click.option("--dry-run", is_flag=True, help="Check each proposal again; dispatch nothing.")
+@click.option("--auto-pull", is_flag=True,
+              help="Fast-forward a checkout behind origin (git pull --ff-only).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one record per proposal as JSON.")
 @pass_state
-def approve(state: State, ids: tuple[str, ...], every: bool, dry_run: bool,
+def approve(state: State, ids: tuple[str, ...], every: bool, dry_run: bool, auto_pull: bool,
             as_json: bool) -> None:  # fmt: skip
     """Dispatch the proposals IDS (or --all), concurrency.stagger_seconds apart.  Each is
     planned again first: one whose premises changed since `coord plan` (its issue claimed,
-    its machine full or down) is refused, saying what changed.
+    its machine full or down) is refused, saying what changed.  Each machine's checkout of
+    the repo is compared with origin first: behind is a warning, or (--auto-pull) a
+    fast-forward when the checkout is clean and has nothing of its own.
 
     \b
     Examples:
       coord approve p1 p3
       coord approve --all --dry-run
+      coord approve p2 --auto-pull
     """
     if bool(ids) == every:
         raise click.UsageError("name the proposals to approve (p1 p2 …), or give --all")
@@ -76,6 +81,8 @@ def approve(state: State, ids: tuple[str, ...], every: bool, dry_run: bool,
         if as_json:
             return
         head = f"{r['id']}: {r['repo']}#{r['issue']} on {r['machine']}"
+        if r.get("checkout"):
+            echo(f"{head}: note: {r['checkout']}")
         if "refused" in r:
             echo(f"{head}: refused: {r['refused']}")
         elif r.get("would_dispatch"):
@@ -85,7 +92,7 @@ def approve(state: State, ids: tuple[str, ...], every: bool, dry_run: bool,
 
     async def go() -> list[dict[str, Any]]:
         async with state.coordinator() as c:
-            return await c.approve(list(ids), dry_run=dry_run, on_each=said)
+            return await c.approve(list(ids), dry_run=dry_run, auto_pull=auto_pull, on_each=said)
 
     done = run(go)
     if as_json:

@@ -262,18 +262,25 @@ class Coordinator:
         ids: Sequence[str] = (),
         *,
         dry_run: bool = False,
+        auto_pull: bool = False,
         on_each: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Dispatch the stored proposals `ids` (all of them when empty), in order and
-        ``concurrency.stagger_seconds`` apart.  Each is planned again first: one whose
+        ``concurrency.stagger_seconds`` apart, each machine's checkout first compared with
+        origin (`auto_pull`: fast-forwarded).  Each is planned again first: one whose
         premises changed since `plan` (the issue claimed, its machine full or down) is
         refused with what changed.  Return one record per proposal: {id, repo, issue,
         machine, model, and assignment, or refused}."""
-        from .proposals import approve_each, load_proposals
+        from .proposals import approve_each, load_proposals, sync_checkout
+
+        async def sync(machine: str, repo: str) -> dict[str, Any]:
+            return await sync_checkout(self.config, self.transport(machine), machine, repo,
+                                       pull=auto_pull and not dry_run)  # fmt: skip
 
         return await approve_each(
             load_proposals(self.board, ids), plan_now=self._plan_now, assign=self.assign,
             stagger=self.config.concurrency.stagger_seconds, dry_run=dry_run, on_each=on_each,
+            sync=sync, auto_pull=auto_pull,
         )  # fmt: skip
 
     def _pipeline_follows(self, a: Assignment) -> None:

@@ -38,9 +38,10 @@ if TYPE_CHECKING:
     from .context import Forges
     from .monitor import MachineStatus
     from .pipeline.state import Pipeline
+    from .runtime.transport import Transport
 
 __all__ = ["PROPOSALS", "Plan", "approve_each", "gather", "load_proposals", "make_plan",
-           "still_holds", "store_proposals"]  # fmt: skip
+           "still_holds", "store_proposals", "sync_checkout"]  # fmt: skip
 
 PROPOSALS = "proposals"
 READY_LABEL = "status:ready"
@@ -224,6 +225,24 @@ def load_proposals(board: Board, ids: Sequence[str] = ()) -> list[dict[str, Any]
     return [stored[i] for i in ids]
 
 
+async def _checkout(sync: Callable[[str, str], Awaitable[dict[str, Any]]], machine: str,
+                    repo: str, *, auto_pull: bool) -> str:  # fmt: skip
+    """What to say of machine's checkout of repo against origin ("" when it is even)."""
+    try:
+        got = await sync(machine, repo)
+    except CoordError as exc:
+        return f"could not compare {repo}'s checkout on {machine} with origin: {exc}"
+    base, behind = got["base"], got["behind"]
+    if got["pulled"]:
+        return f"pulled {behind} commit(s) of origin/{base} into {repo}'s checkout on {machine}"
+    if not behind:
+        return ""
+    hint = "" if auto_pull else "; `git pull --ff-only` there, or approve with --auto-pull"
+    tail = f" ({got['why']})" if got.get("why") else hint
+    return (f"{repo}'s checkout on {machine} is {behind} commit(s) behind origin/{base}"
+            f"{tail}")  # fmt: skip
+
+
 def still_holds(doc: Mapping[str, Any], proposals: Sequence[Proposal],
                 skipped: Sequence[Skipped],
                 claimed: Mapping[tuple[str, int], str] | None = None) -> str | None:  # fmt: skip
@@ -252,11 +271,21 @@ async def approve_each(
     stagger: float,
     dry_run: bool,
     on_each: Callable[[dict[str, Any]], None] | None,
+    sync: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None,
+    auto_pull: bool = False,
 ) -> list[dict[str, Any]]:
-    """Dispatch each stored proposal whose premises still hold (see `Coordinator.approve`)."""
+    """Dispatch each stored proposal whose premises still hold (see `Coordinator.approve`).
+    With `sync`, each machine's checkout of each repo is first compared with origin (once):
+    behind is a warning (`checkout`), or a fast-forward with `auto_pull`."""
     done: list[dict[str, Any]] = []
+    checked: dict[tuple[str, str], str] = {}
     for i, doc in enumerate(docs):
         said = {k: doc.get(k) for k in ("id", "repo", "issue", "machine", "model")}
+        where = (str(doc.get("machine")), str(doc.get("repo")))
+        if sync is not None and where not in checked:
+            checked[where] = await _checkout(sync, *where, auto_pull=auto_pull)
+        if checked.get(where):
+            said["checkout"] = checked[where]
         proposals, skipped, inp = await plan_now()
         why = still_holds(doc, proposals, skipped, inp.claimed)
         if why is not None:
@@ -276,3 +305,16 @@ async def approve_each(
         if on_each is not None:
             on_each(said)
     return done
+
+
+async def sync_checkout(config: Config, transport: Transport, machine: str, repo: str, *,
+                        pull: bool) -> dict[str, Any]:  # fmt: skip
+    """Compare machine's checkout of repo with origin (one remote command; `pull`: fast-
+    forward it when it is clean and has nothing of its own)."""
+    from .runtime.answers import parse_sync
+    from .runtime.builders import sync_command
+
+    m, r = config.machine(machine), config.repo(repo)
+    argv = sync_command(m.repo_path(r.name), r.default_branch, pull=pull)
+    result = await transport.run(argv, timeout=120, what="sync")
+    return parse_sync(result.stdout, machine=machine)

@@ -241,3 +241,41 @@ def test_status_shows_live_workers_changing_the_same_files(setup: Setup) -> None
     finally:
         for aid in (one, two, three):
             CliRunner().invoke(coord, ["--config", str(config), "stop", aid])
+
+
+def test_approve_warns_of_a_checkout_behind_origin_and_auto_pull_catches_it_up(
+    setup: Setup,
+) -> None:
+    from coordlib.testing.gitrepo import git
+
+    setup.add_local("local", env={"FAKE_CLAUDE_SCENARIO": "ok"}, max_workers=4)
+    config = setup.write()
+    assert setup.repo.origin is not None
+    other = setup.root / "elsewhere"
+    git("clone", "-q", str(setup.repo.origin), str(other))
+    git("commit", "-q", "--allow-empty", "-m", "moved on", cwd=other)
+    git("push", "-q", "origin", "main", cwd=other)  # origin is one commit ahead of the checkout
+
+    async def issues() -> None:
+        from coordlib import Coordinator
+
+        async with Coordinator.from_path(config) as c:
+            for title in ("First", "Second"):
+                await c.forge("api").create_issue(title, labels=["status:ready"])
+
+    arun(issues())
+    cli = CliRunner()
+
+    def approve(*flags: str) -> list[dict[str, Any]]:
+        assert cli.invoke(coord, ["--config", str(config), "plan"]).exit_code == 0
+        out = cli.invoke(coord, ["--config", str(config), "approve", *flags, "--json"])
+        assert out.exit_code == 0, out.output
+        return list(json.loads(out.stdout)["approved"])
+
+    first = approve("p1")
+    assert "is 1 commit(s) behind origin/main" in first[0]["checkout"]
+    assert "--auto-pull" in first[0]["checkout"]
+    assert setup.repo.log("main")[0] == "initial commit"  # warned, not touched
+    second = approve("p1", "--auto-pull")
+    assert "pulled 1 commit(s) of origin/main" in second[0]["checkout"]
+    assert setup.repo.log("main")[0] == "moved on"

@@ -133,7 +133,7 @@ def test_every_verb_has_one_section_in_the_verbs_scripts() -> None:
     everywhere = sections["remote.sh"] + sections["branch.sh"] + sections["await.sh"]
     assert sorted(everywhere) == sorted([*VERBS, "verbs"])  # none twice, none missing
     assert sections["remote.sh"][-1] == "verbs"
-    assert sections["branch.sh"] == ["test", "push", "stack", "land"]
+    assert sections["branch.sh"] == ["test", "push", "stack", "land", "sync"]
     assert sections["await.sh"] == ["await"]
     # What branch.sh and await.sh have before their first section holds functions only (and
     # await.sh's settings): nothing runs there.
@@ -174,6 +174,7 @@ def test_the_choices_the_scripts_take_are_the_declared_ones() -> None:
         ("tail", "file"): list(TAIL_FILES),
         ("tail", "follow"): ["0", "1"],
         ("stack", "method"): list(StackMethod),
+        ("sync", "pull"): ["0", "1"],
     }
 
 

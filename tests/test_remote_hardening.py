@@ -535,6 +535,7 @@ GOOD = {
     "tail": ["~/.coord", "api-42-1f3a", "1024", "stderr.log", "1"],
     "clean": ["/home/u/.coord", "remove", "0"],
     "await": ["~/.coord", "30", "api-42-1f3a", "b_2"],
+    "sync": ["~/src/api", "main", "1"],
 }  # fmt: skip
 
 # (verb, index, bad values) for every argument that has a shape
@@ -565,6 +566,9 @@ BAD = [
     ("clean", 2, ["", "2", "true"]),
     ("await", 1, ["", "0", "-1", "1.5", "01", "9" * 10, "1+1"]),
     ("await", 2, ["", "../x", "a b", "-a", "$(id)"]),
+    ("sync", 0, ["", "-rf"]),
+    ("sync", 1, ["", "-main", "--upload-pack=touch x", "a b"]),
+    ("sync", 2, ["", "2", "yes"]),
 ]  # fmt: skip
 
 

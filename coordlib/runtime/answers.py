@@ -48,6 +48,7 @@ __all__ = [
     "parse_stack",
     "parse_status",
     "parse_stop",
+    "parse_sync",
     "parse_test",
 ]
 
@@ -476,3 +477,24 @@ def parse_await(stdout: bytes, *, machine: str | None = None) -> str | None:
                 raise _error("await", f"bad {record.kind} line {record.text[:120]!r}", machine)
             return record.text
     return None
+
+
+def parse_sync(stdout: bytes, *, machine: str | None = None) -> dict[str, Any]:
+    """Parse a sync's answer: {base, behind, ahead, dirty, pulled, on, why}."""
+    frame = parse_frame(stdout, "sync", machine=machine)
+    synced = next((r for r in frame.records if r.kind == "synced"), None)
+    if synced is None:
+        raise _error("sync", "no synced line", machine)
+    said = _fields(synced.text)
+    out: dict[str, Any] = {"base": said.get("base", ""), "on": said.get("on", "-")}
+    for key in ("behind", "ahead", "dirty", "pulled"):
+        value = said.get(key, "")
+        if not value.isdigit():
+            raise _error("sync", f"bad synced line {synced.text[:120]!r}", machine)
+        out[key] = int(value)
+    why = next((r.text for r in frame.records if r.kind == "why"), '""')
+    try:
+        out["why"] = str(json.loads(why))
+    except ValueError:
+        out["why"] = ""
+    return out

@@ -468,3 +468,47 @@ cmd_land() {
     fi
     printf '%s land\nlanded base=%s sha=%s\nend\n' "$PROTOCOL" "$base" "$sha"
 }
+
+# ---------------------------------------------------------------- sync
+cmd_sync() { # sync REPO_PATH BASE PULL: the checkout's BASE against origin's; PULL=1: fast-forward
+    need_args sync $# 3 "REPO_PATH BASE PULL"
+    need_path sync "repo path" "$1"
+    need_shape sync "base branch" "$2" A-Za-z0-9_ A-Za-z0-9._/- 200
+    need_word sync pull "$3" 0 1
+    local repo base=$2 pull=$3 on="" counts behind=0 ahead=0 dirty pulled=0 why=""
+    home_path repo "$1"
+    command -v git >/dev/null 2>&1 || die 20 "git is not installed on this machine (apt-get install git)"
+    git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 ||
+        die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
+    git -C "$repo" remote get-url origin >/dev/null 2>&1 ||
+        die 22 "$repo has no remote origin to compare $base with (git -C $repo remote add origin URL)"
+    GIT_TERMINAL_PROMPT=0 git -C "$repo" fetch --quiet origin "$base" </dev/null >/dev/null 2>&1 ||
+        die 11 "git fetch origin $base failed in $repo (cannot reach origin?)"
+    git -C "$repo" rev-parse --verify --quiet "refs/heads/$base" >/dev/null ||
+        die 23 "branch $base does not exist in $repo (git -C $repo branch $base origin/$base)"
+    counts=$(git -C "$repo" rev-list --left-right --count "refs/remotes/origin/$base...refs/heads/$base")
+    read -r behind ahead <<<"$counts"
+    on=$(git -C "$repo" symbolic-ref --quiet --short HEAD 2>/dev/null) || on=""
+    dirty=$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+    if [ "$pull" = 1 ] && ((behind > 0)); then
+        if ((ahead > 0)); then
+            why="it has $ahead commit(s) origin does not: merge or rebase by hand"
+        elif [ "$on" = "$base" ]; then
+            if ((dirty > 0)); then
+                why="$dirty file(s) changed in it: commit or stash them, then pull"
+            elif git -C "$repo" merge --ff-only --quiet "refs/remotes/origin/$base" >/dev/null 2>&1; then
+                pulled=1
+            else
+                why="git merge --ff-only failed"
+            fi
+        elif git -C "$repo" update-ref "refs/heads/$base" "refs/remotes/origin/$base" \
+            "$(git -C "$repo" rev-parse "refs/heads/$base")" 2>/dev/null; then
+            pulled=1 # not checked out: its ref moves, no file is touched
+        else
+            why="git update-ref failed"
+        fi
+    fi
+    json_str why "$why"
+    printf '%s sync\nsynced base=%s behind=%s ahead=%s dirty=%s pulled=%s on=%s\nwhy %s\nend\n' \
+        "$PROTOCOL" "$base" "$behind" "$ahead" "$dirty" "$pulled" "${on:--}" "$why"
+}

@@ -37,6 +37,7 @@ __all__ = [
     "stack_command",
     "status_command",
     "stop_command",
+    "sync_command",
     "tail_command",
     "test_command",
 ]
@@ -195,3 +196,8 @@ def land_command(repo_path: str, base: str, sha: str, expected: str) -> list[str
 def await_command(workdir: str, seconds: float, ids: Sequence[str]) -> list[str]:
     """Build a wait, at most `seconds` (whole, at least 1), until one of the runs `ids` ends."""
     return remote_argv("await", workdir, str(max(1, math.ceil(seconds))), *ids)
+
+
+def sync_command(repo_path: str, base: str, *, pull: bool) -> list[str]:
+    """Build a comparison of the checkout's `base` with origin's (`pull`: fast-forward it)."""
+    return remote_argv("sync", repo_path, base, "1" if pull else "0")

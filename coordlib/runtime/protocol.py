@@ -4,7 +4,8 @@ the machine answers.
 Every operation is one ``bash --norc -c <script> coord-run VERB ARGS…`` on the machine (over
 SSH, or locally), where the script is ``common.sh`` + the verbs: ``remote.sh``'s (dispatch,
 status, stop, tail, clean, and the verb table), ``branch.sh``'s (test, push, stack, land)
-and ``await.sh``'s (await: until one of the runs ends); a command carries only its own
+(and sync: a checkout against origin) and ``await.sh``'s (await: until one of the runs
+ends); a command carries only its own
 verb's section of them (`remote_script`).  The launcher that tmux keeps alive is
 ``common.sh`` + ``launcher.sh``: each dispatch carries it on its stdin, and the machine
 saves it once per version as ``bin/coord-launcher-<hash>``.  Declared here:
@@ -454,6 +455,11 @@ VERBS: dict[str, Verb] = {
             stdin="per branch, in order, its commit message: SIZE\\n then SIZE bytes",
             records=frozenset({"base", "applied", "conflict", "missing", "files"}),
             payloads={"conflict": 2, "files": 2},
+        ),
+        Verb(
+            "sync",
+            (_REPO, _BASE_ARG, Arg("pull", _one_of("0", "1"))),
+            records=frozenset({"synced", "why"}),
         ),
         Verb(
             "await",

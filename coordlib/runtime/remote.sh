@@ -622,5 +622,6 @@ case $verb in
     stack) cmd_stack "$@" ;;
     land) cmd_land "$@" ;;
     await) cmd_await "$@" ;;
-    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test, push, stack, land or await)" ;;
+    sync) cmd_sync "$@" ;;
+    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test, push, stack, land, sync or await)" ;;
 esac
