@@ -27,6 +27,8 @@ PLAN: list[tuple[str, list[str]]] = [
     ("event_latency", []),
     ("dispatch", []),
     ("merge_queue", []),
+    # 10 issues from assign to merged under `coord run`'s loop: 16 runs (--quick: 8), ~2.5 min
+    ("pipeline", []),
     ("fanout_status", ["--user", C.BENCH_USER]),
     # as root every remote command costs ~0.2-0.4 s of .bashrc: fewer repetitions
     ("fanout_status", ["--user", "root", "--reps", "5"]),
@@ -128,6 +130,17 @@ def headline(r: dict[str, Any]) -> tuple[str, str]:
                 for n in sizes
                 if n in res
             ),
+        )
+    if b == "pipeline":
+        return (
+            f"run end -> stage move p50 {_v(r.get('p50_s'), ' s')}, "
+            f"p99 {_v(r.get('p99_s'), ' s')}; {_v(r.get('commands_per_move'))} remote "
+            f"commands and {_v(r.get('transactions_per_move'))} board transactions per move; "
+            f"{r.get('issues')} issues to merged in {_v(r.get('wall_s'), ' s')} "
+            f"(critical path {_v(r.get('critical_path_s'), ' s')})",
+            f"polling every {_v(r.get('baseline_interval_s'), ' s')}: "
+            f"p50 {_v(r.get('baseline_p50_s'), ' s')}, p99 {_v(r.get('baseline_p99_s'), ' s')}; "
+            f"{_v(r.get('baseline_wall_s'), ' s')}",
         )
     if b == "startup":
         return (

@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,9 @@ class RecordStore:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.history_path = self.path.with_suffix(".history.jsonl")
         self.keep_finished = keep_finished
+        # What this store did (benchmarks read it): "transactions" run to their end,
+        # "writes" of the file among them, "reads" under the shared lock.
+        self.stats: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, keep_finished={self.keep_finished})"
@@ -251,6 +255,8 @@ class RecordStore:
                     tables[_RECORDS] = txn._records
                     tables[_META] = {"1": {"schema_version": SCHEMA_VERSION}}
                     storage.write(tables)
+                    self.stats["writes"] += 1
+                self.stats["transactions"] += 1
             finally:
                 txn._open = False
 
@@ -341,6 +347,8 @@ class RecordStore:
         held.add(key)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            if not exclusive:
+                self.stats["reads"] += 1
             yield
         finally:
             held.discard(key)

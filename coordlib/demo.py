@@ -39,6 +39,7 @@ __all__ = [
     "find_cli",
     "make_demo",
     "run_demo",
+    "scripted_env",
     "scripted_model",
 ]
 
@@ -191,14 +192,7 @@ def make_demo(
             raise ValueError(f"the {mode} demo needs the Claude Code CLI")
         machine["claude_command"] = claude
     if mode == "scripted":
-        from .testing.model_server import claude_env
-
-        if not model_url:
-            raise ValueError("the scripted demo needs the scripted model's URL")
-        env = claude_env(model_url, root / "claude-home", base={})
-        env["ANTHROPIC_API_KEY"] = "${" + DEMO_API_KEY_VAR + "}"
-        machine["env"] = env
-        environ[DEMO_API_KEY_VAR] = "sk-coord-demo-offline"
+        machine["env"] = scripted_env(model_url, root, environ)
     config = {
         "repos": [
             {
@@ -230,6 +224,19 @@ def make_demo(
         + yaml.safe_dump(config, sort_keys=False)
     )
     return DemoWorkspace(root, config_path, repo.path, issues, mode, claude, environ)
+
+
+def scripted_env(model_url: str | None, root: Path, environ: dict[str, str]) -> dict[str, str]:
+    """The machine's `env:` for workers against the scripted model at `model_url` (offline,
+    their Claude config under `root`); the key the model accepts goes into `environ`."""
+    from .testing.model_server import claude_env
+
+    if not model_url:
+        raise ValueError("the scripted demo needs the scripted model's URL")
+    env = claude_env(model_url, root / "claude-home", base={})
+    env["ANTHROPIC_API_KEY"] = "${" + DEMO_API_KEY_VAR + "}"  # a secret reference, as real ones
+    environ[DEMO_API_KEY_VAR] = "sk-coord-demo-offline"
+    return env
 
 
 @contextmanager

@@ -232,7 +232,7 @@ def make_pipeline_demo(
     tmux_socket: str = "coord-demo",
 ) -> PipelineDemo:
     """Create the demo repo (with a bare origin), its briefing templates and its config."""
-    from .demo import DEMO_API_KEY_VAR
+    from .demo import scripted_env
 
     if mode not in ("scripted", "live"):
         raise ValueError(f"unknown demo mode {mode!r}")
@@ -258,14 +258,7 @@ def make_pipeline_demo(
         "board": {"path": str(root / "board.json")},
     }  # fmt: skip
     if mode == "scripted":
-        from .testing.model_server import claude_env
-
-        if not model_url:
-            raise ValueError("the scripted demo needs the scripted model's URL")
-        env = claude_env(model_url, root / "claude-home", base={})
-        env["ANTHROPIC_API_KEY"] = "${" + DEMO_API_KEY_VAR + "}"
-        machine["env"] = env
-        environ[DEMO_API_KEY_VAR] = "sk-coord-demo-offline"
+        machine["env"] = scripted_env(model_url, root, environ)
         config["briefings"] = {"dir": str(_marked_briefings(root / "briefings"))}
     config_path = root / "coordinator.yml"
     config_path.write_text(
