@@ -7,7 +7,8 @@ transports' ``stats`` (target <= 2); target wall time <= 1.3x the floor.
 
 Baseline (the floor): a bare asyncssh script in this process, also connecting fresh to the 5
 machines, then one remote command per dispatch doing the equivalent work: take the repo lock,
-``git fetch`` + ``git worktree add -b``, write the briefing from stdin, ``tmux new-session``
+``git fetch`` + ``git worktree add -b``, push the new branch to origin (the issue's claim,
+as ``concurrency.remote_claims`` does), write the briefing from stdin, ``tmux new-session``
 running the same stand-in worker.  Both fan out the same way; repetitions alternate.
 
     python3 bench/dispatch.py [--quick] [--user coordbench|root] [--reps N]
@@ -72,6 +73,8 @@ def floor_command(m: C.Machine, fake: Path, python: str, issue: int, nbytes: int
             f"git -C {q(str(m.repo))} fetch --quiet origin main",
             f"git -C {q(str(m.repo))} worktree add --quiet -b floor-{issue} {q(wt)} origin/main",
             "exec 9>&-",
+            # the claim: coordlib creates each new branch on origin first (remote_claims)
+            f"git -C {q(str(m.repo))} push --quiet origin floor-{issue}",
             f"head -c {nbytes} >{q(run)}/briefing.md",
             f"tmux -L {q(m.socket + 'f')} new-session -d -s floor-{issue} -c {q(wt)} "
             f"-e FAKE_CLAUDE_SCENARIO=stall {q(worker)}",
