@@ -45,6 +45,7 @@ from .runtime.protocol import DispatchMode, ExitCode
 from .scope import declared_files
 
 if TYPE_CHECKING:
+    from .admission import Admission
     from .board import Transaction
     from .context import Context
     from .forge.base import Issue
@@ -68,6 +69,7 @@ class Dispatcher:
         self.ctx = ctx
         self.claims = Claims(ctx)
         self._live: tuple[float, list[Assignment]] | None = None
+        self._admitted: tuple[float, Admission] | None = None  # admission control, as read
 
     def _live_rows(self) -> list[Assignment]:
         """The board's live rows, read once for a burst of assigns (see _LIVE_SHARED_S)."""
@@ -257,8 +259,12 @@ class Dispatcher:
 
         c = self.ctx.config
         where = str(c.path) if c.path else ""
-        admitted = load(self.ctx.board)
-        paused = admitted.paused(time.time())
+        now = time.time()
+        # A burst of dispatches shares one read of it (as it shares the live rows).
+        if self._admitted is None or now - self._admitted[0] > 1.0:
+            self._admitted = (now, load(self.ctx.board))
+        admitted = self._admitted[1]
+        paused = admitted.paused(now)
         if paused:
             raise DispatchError(f"{paused} (admission control; --force goes ahead)")
         fleet = admitted.fleet(c.concurrency.max_workers)

@@ -171,6 +171,8 @@ class Monitor:
         self.ctx = ctx
         # How a wait continues a rate-limited assignment once its limit is over.
         self.continue_due = continue_due
+        # Whether admission control has the fleet slowed (None: not read yet this process).
+        self._slowed: bool | None = None
 
     # ------------------------------------------------------------ status
     async def status(
@@ -242,13 +244,7 @@ class Monitor:
                  if Status(new) in TERMINAL or new == Status.QUEUED}  # fmt: skip
         if ended:
             await asyncio.gather(*(self.ctx.trail.post_ending(a) for a in rows if a.id in ended))
-        if any(a.status == Status.QUEUED or a.failure_class == "overloaded" or
-               (a.progress or {}).get("rate_limited_until") for a in rows):  # fmt: skip
-            from .admission import note
-
-            note(board, rows, conf=self.ctx.config.concurrency)  # the fleet slows down
-        else:
-            self._recover(board)
+        self._admit(board, rows)
         if history:
             ids = {a.id for a in rows}
             rows = [Assignment.from_dict(r, where=board.history_path)
@@ -259,12 +255,16 @@ class Monitor:
             rows = [a for a in rows if a.machine == machine]
         return StatusReport(machines=machines, assignments=rows, changed=changed)
 
-    def _recover(self, board: Board) -> None:
-        """A pass with no busy-API signal: let a slowed fleet grow back (see admission)."""
-        from .admission import ADMISSION, note
+    def _admit(self, board: Board, rows: Sequence[Assignment]) -> None:
+        """Fold this pass's busy-API signals into admission control, or let a slowed fleet
+        grow back; nothing is read or written while the fleet is not slowed and none came."""
+        from .admission import note, signals_of
 
-        if any(d.get("limit") is not None for d in board.docs(ADMISSION)):
-            note(board, (), conf=self.ctx.config.concurrency)
+        now = time.time()
+        if not signals_of(rows, now=now) and self._slowed is False:
+            return
+        state = note(board, rows, conf=self.ctx.config.concurrency, now=now)
+        self._slowed = state.limit is not None or state.paused_until > now
 
     def _in_flight(self, a: Assignment) -> bool:
         if a.id in self.ctx.sending and time.time() - a.created_at < DISPATCH_GRACE:
