@@ -4,6 +4,9 @@ stale machines, claims, pauses), then `coord plan` → `coord approve` end to en
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -11,6 +14,7 @@ from click.testing import CliRunner
 from coord_cli.main import coord
 from coordlib.planner import Candidate, InFlight, MachineView, PlanInput, capabilities_asked, plan
 from coordlib.testing import SSHServer
+from coordlib.testing.model_server import ModelServer
 
 from .conftest import Setup
 from .test_pipeline import arun
@@ -279,3 +283,58 @@ def test_approve_warns_of_a_checkout_behind_origin_and_auto_pull_catches_it_up(
     second = approve("p1", "--auto-pull")
     assert "pulled 1 commit(s) of origin/main" in second[0]["checkout"]
     assert setup.repo.log("main")[0] == "moved on"
+
+
+def test_plan_then_approve_on_two_sshd_machines_with_the_real_cli(
+    setup: Setup,
+    sshd_factory: Callable[..., SSHServer],
+    claude_cli: Path,
+    model_server: Callable[..., ModelServer],
+) -> None:
+    """The real `claude -p` on two sshd machines (clones of their own): the gpu issue goes
+    to the machine with the capability, the other to the roomier one; both work and commit."""
+    from coordlib.testing.gitrepo import git
+    from coordlib.testing.model_server import Scenario, Turn, text, tool
+
+    from .test_real_claude import SECRET, worker_env
+
+    commit = Scenario([
+        Turn([tool("Bash", command="echo done > work.txt && git add work.txt && "
+                                   "git commit -qm 'Do the work'", description="Work, commit")]),
+        Turn([text("STATUS: done\nDid it.")]),
+    ])  # fmt: skip
+    server = model_server({"work": commit})
+    env = worker_env(server, setup.root / "home")
+    clone = setup.root / "clone-b"
+    assert setup.repo.origin is not None
+    git("clone", "-q", str(setup.repo.origin), str(clone))
+    setup.add_ssh(sshd_factory(), "cpu", claude_command=str(claude_cli), env=env, max_workers=3)
+    setup.add_ssh(sshd_factory(), "gpu", claude_command=str(claude_cli), env=env, max_workers=1,
+                  capabilities=["gpu"], tmux_socket=setup.socket + "g",
+                  repo_paths={"api": str(clone)})  # fmt: skip
+    setup.worker.update(stall_timeout=60, result_grace=5)
+    config = setup.write()
+    config.write_text(config.read_text().replace(
+        "test_command: 'true'", f"test_command: 'true'\n  url: {setup.repo.origin}"))  # fmt: skip
+
+    async def go() -> tuple[dict[str, Any], list[Any]]:
+        from coordlib import Coordinator
+
+        async with Coordinator.from_path(config, environ={"TEST_WORKER_API_KEY": SECRET}) as c:
+            forge = c.forge("api")
+            kernel = await forge.create_issue("Kernel", body="[scenario:work]\n\nFiles: k.cu",
+                                              labels=["status:ready", "needs:gpu"])  # fmt: skip
+            docs = await forge.create_issue("Docs", body="[scenario:work]\n\nFiles: docs/a.md",
+                                            labels=["status:ready"])  # fmt: skip
+            planned = await c.plan()
+            done = await c.approve([p["id"] for p in planned.proposals])
+            rows = [await c.wait(r["assignment"], timeout=120) for r in done]
+            return {p["issue"]: p["machine"] for p in planned.proposals} | {
+                "kernel": kernel.number, "docs": docs.number}, rows  # fmt: skip
+
+    try:
+        where, rows = arun(go())
+    finally:
+        subprocess.run(["tmux", "-L", setup.socket + "g", "kill-server"], capture_output=True)
+    assert where[where["kernel"]] == "gpu" and where[where["docs"]] == "cpu"
+    assert all(a.status == "done" and a.outcome["commits"] == 1 for a in rows), rows
