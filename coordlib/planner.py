@@ -142,17 +142,21 @@ def _model(c: Candidate, inp: PlanInput) -> tuple[str, str]:
     return inp.default_model, "models.default"
 
 
+def _clash(mine: Iterable[str], theirs: Iterable[str]) -> list[str]:
+    """The paths of either side that the other's paths cover (a path, a directory, a glob)."""
+    a, b = sorted(mine), sorted(theirs)
+    return sorted({f for f in a if not outside([f], b)} | {f for f in b if not outside([f], a)})
+
+
 def _overlap(files: Sequence[str], taken: Iterable[tuple[str, frozenset[str], str]],
              repo: str) -> str | None:  # fmt: skip
     """Why `files` may not be given out: the first file some other work is changing."""
     for other_repo, theirs, who in taken:
         if other_repo != repo or not theirs or not files:
             continue
-        # A file clashes when either side's paths cover the other's (a directory, a glob).
-        clash = [f for f in files if not outside([f], sorted(theirs))]
-        clash += [f for f in theirs if not outside([f], list(files))]
+        clash = _clash(files, theirs)
         if clash:
-            return f"would change {sorted(set(clash))[0]}, which {who} is changing"
+            return f"would change {clash[0]}, which {who} is changing"
     return None
 
 
@@ -274,8 +278,7 @@ def overlaps(rows: Sequence[Assignment]) -> list[tuple[str, str, list[str]]]:
             if b.repo != a.repo or b.issue == a.issue:
                 continue
             theirs = sorted(files_of(b))
-            clash = {f for f in mine if not outside([f], theirs)}
-            clash |= {f for f in theirs if not outside([f], mine)}
+            clash = _clash(mine, theirs)
             if clash:
-                out.append((a.id, b.id, sorted(clash)))
+                out.append((a.id, b.id, clash))
     return out

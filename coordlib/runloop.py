@@ -4,8 +4,8 @@ Between passes the loop holds one ``await`` command per machine that has running
 (`next_end`): the machine answers the moment one of them ends, so the pipeline moves on
 within a fraction of a second however long `interval` is.  The interval only bounds the
 wait when nothing ends (a machine that never answers, a rate limit to sit out, work that
-waits for a person).  A pass that moved something (or a merge that landed or bounced) is
-followed by another at once.
+waits for a person).  A pass already carries each issue as far as it goes; a merge that
+landed or bounced something is followed by another pass at once (a bounced PR's fix).
 """
 
 from __future__ import annotations
