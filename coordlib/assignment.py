@@ -120,6 +120,8 @@ class Assignment:
     outcome: dict[str, Any] | None = None
     files_declared: list[str] | None = None  # the issue's own `## Files`; None: it has none
     reads_only: bool = False  # a reviewer's run: on a detached checkout, owing no commit
+    # what its branch has changed so far (committed or not), as the status pass last read it
+    files_changed: list[str] | None = None
     other: dict[str, Any] = field(default_factory=dict, repr=False)  # a newer version's keys
 
     @property
@@ -202,7 +204,7 @@ _EXTRA_KEYS = {"restored": "restored_from_forge"}
 _EXTRA_NAMES = (
     "continues", "continued_by", "retry_of", "retried_by", "not_before", "held", "restored",
     "base_sha", "argv", "files_in_scope", "cleaned", "briefing", "stage", "outcome",
-    "files_declared", "reads_only",
+    "files_declared", "reads_only", "files_changed",
 )  # fmt: skip
 _EXTRA_FIELD = {_EXTRA_KEYS.get(n, n): n for n in _EXTRA_NAMES}
 # Keys older versions kept under `extra` that now live in `progress`.

@@ -152,7 +152,7 @@ class ConcurrencyConfig:
     backoff_base: float = 2.0
     max_retries: int = 3
     auto_reassign: bool = False
-    stale_threshold: float = 600.0
+    stale_threshold: int = 3  # status passes a machine may miss before it is called stale
     # a new branch is first created on origin, which refuses it when it is there already:
     # two coordinators with boards of their own never start one issue twice
     remote_claims: bool = True

@@ -237,7 +237,7 @@ def _read_concurrency(doc: Doc, node: yaml.Node | None) -> ConcurrencyConfig:
         backoff_base=f.number("backoff_base", 0.0),
         max_retries=f.integer("max_retries", 0),
         auto_reassign=f.boolean("auto_reassign"),
-        stale_threshold=f.duration("stale_threshold"),
+        stale_threshold=f.integer("stale_threshold", 1),
         remote_claims=f.boolean("remote_claims"),
     )
 

@@ -38,28 +38,56 @@ def format_age(seconds: float) -> str:
 
 
 class Contacts:
-    """When each machine last answered: ``contacts.json`` beside the board, best effort."""
+    """When each machine last answered, and how many status passes in a row it has missed
+    since: ``contacts.json`` beside the board, best effort (a lost write loses a hint)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen: dict[str, float] | None = None
+        self._misses: dict[str, int] = {}
 
-    def seen(self, name: str) -> float | None:
+    def _read(self) -> dict[str, float]:
         if self._seen is None:
+            self._seen = {}
             try:
                 data = json.loads(self.path.read_bytes())
-                self._seen = {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
-            except (OSError, ValueError, AttributeError):
-                self._seen = {}
-        return self._seen.get(name)
+            except (OSError, ValueError):
+                data = {}
+            if isinstance(data, dict) and isinstance(data.get("seen"), dict):
+                seen, misses = data["seen"], data.get("misses")
+            else:  # the first version's: {name: when}
+                seen, misses = data if isinstance(data, dict) else {}, None
+            self._seen = {k: float(v) for k, v in seen.items()
+                          if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+            if isinstance(misses, dict):
+                self._misses = {k: v for k, v in misses.items()
+                                if type(v) is int and v > 0}  # fmt: skip
+        return self._seen
 
-    def saw(self, names: Sequence[str]) -> None:
-        """Note that these machines answered now (a lost write only loses a hint)."""
-        if not names:
+    def seen(self, name: str) -> float | None:
+        """When `name` last answered (epoch seconds), or None."""
+        return self._read().get(name)
+
+    def misses(self, name: str) -> int:
+        """How many status passes in a row `name` has not answered."""
+        self._read()
+        return self._misses.get(name, 0)
+
+    def stale(self, name: str, threshold: int) -> bool:
+        """Whether `name` has missed `threshold` passes in a row (it gets no new work)."""
+        return self.misses(name) >= threshold
+
+    def saw(self, names: Sequence[str], missed: Sequence[str] = ()) -> None:
+        """Note a pass: these machines answered now, those in `missed` did not."""
+        if not names and not missed:
             return
-        now = time.time()
-        self.seen("")  # read what is there first
-        assert self._seen is not None
-        self._seen.update(dict.fromkeys(names, now))
+        seen = self._read()
+        seen.update(dict.fromkeys(names, time.time()))
+        for name in names:
+            self._misses.pop(name, None)
+        for name in missed:
+            self._misses[name] = self._misses.get(name, 0) + 1
+        data = {"seen": seen, "misses": self._misses}
         with contextlib.suppress(OSError):
-            write_atomic(self.path, json.dumps(self._seen).encode(), durable=False)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (a first pass)
+            write_atomic(self.path, json.dumps(data).encode(), durable=False)

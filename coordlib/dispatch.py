@@ -409,9 +409,10 @@ class Dispatcher:
         from .contacts import Contacts
         from .planner import retry_machine
 
-        seen = Contacts(self.ctx.board.path.with_name("contacts.json"))
+        contacts = Contacts(self.ctx.board.path.with_name("contacts.json"))
+        passes = self.ctx.config.concurrency.stale_threshold
         return retry_machine(self.ctx.config, prev, info.labels if info is not None else (),
-                             self._live_rows(), seen.seen, now=time.time())  # fmt: skip
+                             self._live_rows(), lambda n: contacts.stale(n, passes))  # fmt: skip
 
     async def continue_session(
         self, prev: Assignment, prompt: str, *, model: str | None = None
@@ -522,7 +523,7 @@ def _in_flight_files(rows: Sequence[Assignment], repo: str, issue: int) -> list[
     for x in rows:
         if x.repo != repo or x.issue == issue or x.is_terminal:
             continue
-        for path in [*x.files_touched, *x.files_in_scope]:
+        for path in [*x.files_touched, *(x.files_changed or ()), *x.files_in_scope]:
             seen.setdefault(path, {"path": path, "branch": x.branch, "assignment": x.id})
     return [seen[k] for k in sorted(seen)]
 

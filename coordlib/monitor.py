@@ -25,7 +25,7 @@ from .errors import (
     WaitTimeout,
 )
 from .reconcile import DISPATCH_GRACE, MAX_EVENT_BYTES, dispatch_may_be_in_flight, reconcile
-from .runtime.answers import MachineProbe, parse_status
+from .runtime.answers import Disk, MachineProbe, parse_status
 from .runtime.builders import Want, status_command, stop_command, tail_command
 from .runtime.layout import RunFile
 from .runtime.protocol import ExitCode, Scope
@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 _PROBE_TIMEOUT = 30.0
+# Seconds between two readings of a running branch's files by the status pass (each costs
+# the machine two git commands): the planner's file-conflict radar needs no finer grain.
+RADAR_EVERY = 20.0
 
 
 @dataclass
@@ -64,9 +67,13 @@ class MachineStatus:
     state: str = "up"
     seen_at: float | None = None
     seconds: float | None = None  # how long the probe took (or waited)
+    disk: Disk | None = None  # coordlib's disk use there, and the room left (as last measured)
+    # it has missed concurrency.stale_threshold passes in a row: it gets no new work
+    stale: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON contract of ``coord status --json``."""
+        disk = self.disk
         return {
             "name": self.name,
             "reachable": self.reachable,
@@ -74,14 +81,17 @@ class MachineStatus:
             "running": self.running,
             "state": self.state,
             "seen_at": self.seen_at,
-        }
+            "stale": self.stale,
+            "disk": None if disk is None else
+                    {"used_kb": disk.used_kb, "free_kb": disk.free_kb, "at": disk.at},
+        }  # fmt: skip
 
 
 _PUBLIC_FIELDS = (
     "id", "machine", "repo", "issue", "branch", "model", "status", "cost_usd", "num_turns",
     "session_id", "exit_reason", "failure_class", "title", "tier", "last_status", "last_tool",
     "duration_ms", "created_at", "started_at", "finished_at", "exit_code", "error", "worktree",
-    "run_dir",
+    "run_dir", "files_changed",
 )  # fmt: skip
 
 
@@ -147,7 +157,9 @@ def _machine_status(
     if isinstance(outcome, CoordError):
         state, seen = machine_state(outcome), contacts.seen(name)
         return MachineStatus(name, False, str(outcome), state=state, seen_at=seen, seconds=seconds)
-    return MachineStatus(name, reachable=True, seen_at=time.time(), seconds=seconds)
+    return MachineStatus(
+        name, reachable=True, seen_at=time.time(), seconds=seconds, disk=outcome.disk
+    )
 
 
 def _why(exc: UnreachableError) -> str:
@@ -173,6 +185,8 @@ class Monitor:
         self.continue_due = continue_due
         # Whether admission control has the fleet slowed (None: not read yet this process).
         self._slowed: bool | None = None
+        # id -> (when, events offset) its branch's files were last read (the radar's pace)
+        self._radar: dict[str, tuple[float, int]] = {}
 
     # ------------------------------------------------------------ status
     async def status(
@@ -196,6 +210,9 @@ class Monitor:
         rows = board.assignments()
         # Queued (rate-limited) work has no run to ask about until it is continued.
         live = [a for a in rows if not a.is_terminal and a.status != Status.QUEUED]
+        if not machine:  # (the radar's pace is kept for live runs only)
+            ids = {a.id for a in live}
+            self._radar = {k: v for k, v in self._radar.items() if k in ids}
         contacts = Contacts(board.path.with_name("contacts.json"))
 
         async def ask(name: str) -> tuple[MachineProbe | CoordError, MachineStatus]:
@@ -236,7 +253,10 @@ class Monitor:
                 change = reconcile(a, outcome, in_flight=self._in_flight)
                 if change:
                     updates[a.id] = (a.events_offset, change)
-        contacts.saw([m.name for m in machines if m.reachable])
+        contacts.saw([m.name for m in machines if m.reachable],
+                     [m.name for m in machines if not m.reachable])  # fmt: skip
+        for ms in machines:
+            ms.stale = contacts.stale(ms.name, config.concurrency.stale_threshold)
         changed, written = board.settle(updates)
         if written is not None:  # the rows as our transaction left them: no second read
             rows = written
@@ -266,6 +286,18 @@ class Monitor:
         state = note(board, rows, conf=self.ctx.config.concurrency, now=now)
         self._slowed = state.limit is not None or state.paused_until > now
 
+    def _radar_due(self, a: Assignment, *, now: float | None = None) -> bool:
+        """Whether this pass lists the files a's branch has changed: a running worker's,
+        once, and then every RADAR_EVERY seconds while it has done something since."""
+        if a.status != Status.RUNNING or a.reads_only:
+            return False
+        now = time.monotonic() if now is None else now
+        last = self._radar.get(a.id)
+        if last is not None and (now - last[0] < RADAR_EVERY or last[1] == a.events_offset):
+            return False
+        self._radar[a.id] = (now, a.events_offset)
+        return True
+
     def _in_flight(self, a: Assignment) -> bool:
         if a.id in self.ctx.sending and time.time() - a.created_at < DISPATCH_GRACE:
             return True  # another task of ours is sending it right now
@@ -276,7 +308,7 @@ class Monitor:
     ) -> MachineProbe | CoordError:
         """Ask one machine about `live` (and every running run; every ended one too if `ended`)."""
         m = self.ctx.config.machine(name)
-        wants = [Want(a.id, a.events_offset, MAX_EVENT_BYTES) for a in live]
+        wants = [Want(a.id, a.events_offset, MAX_EVENT_BYTES, self._radar_due(a)) for a in live]
         scope = Scope.ALL if ended else Scope.LIVE
         try:
             result = await asyncio.wait_for(

@@ -235,23 +235,18 @@ def retry_machine(
     prev: Assignment,
     labels: Iterable[str],
     live: Sequence[Assignment],
-    seen: Callable[[str], float | None],
-    *,
-    now: float,
+    stale: Callable[[str], bool],
 ) -> str:
     """Where `coord retry` runs an ended assignment by default: another machine that serves
-    its repo, has the capabilities its issue's labels ask for, answered within
-    ``concurrency.stale_threshold`` (`seen` gives when each last did) and has a free slot
+    its repo, has the capabilities its issue's labels ask for, is not stale (`stale` tells:
+    it missed ``concurrency.stale_threshold`` status passes in a row) and has a free slot
     (the roomiest, then by name); its own machine when there is none."""
     needs = capabilities_asked(labels)
     room: list[tuple[int, str]] = []
     for name, m in config.machines.items():
         if name == prev.machine or (m.repos and prev.repo not in m.repos):
             continue
-        last = seen(name)
-        if not needs <= set(m.capabilities):
-            continue
-        if last is not None and now - last > config.concurrency.stale_threshold:
+        if not needs <= set(m.capabilities) or stale(name):
             continue
         busy = sum(1 for x in live if x.machine == name and x.status != "queued")
         if m.max_workers - busy > 0:
@@ -261,8 +256,9 @@ def retry_machine(
 
 def files_of(a: Assignment) -> frozenset[str]:
     """The files an assignment changes or may: declared (or named) by its issue, touched by
-    its worker's edits, and found changed by its outcome check."""
-    files = {*(a.files_declared or a.files_in_scope), *a.files_touched}
+    its worker's edits, found changed on its branch by the status pass, and by its outcome
+    check."""
+    files = {*(a.files_declared or a.files_in_scope), *a.files_touched, *(a.files_changed or ())}
     files |= {f for f in (a.outcome or {}).get("files") or [] if isinstance(f, str)}
     return frozenset(files)
 

@@ -173,7 +173,6 @@ def _upstream_busy(config: Config, in_flight: Sequence[InFlight]) -> dict[str, s
 def _machine_views(config: Config, machines: Sequence[MachineStatus],
                    live: Sequence[Assignment], now: float) -> list[MachineView]:  # fmt: skip
     said = {m.name: m for m in machines}
-    stale_after = config.concurrency.stale_threshold
     views = []
     for name, m in config.machines.items():
         busy = sum(1 for a in live if a.machine == name and a.status != "queued")
@@ -182,8 +181,7 @@ def _machine_views(config: Config, machines: Sequence[MachineStatus],
         if status is not None and not status.reachable:
             healthy = False
             ago = f"{int(now - status.seen_at)} s ago" if status.seen_at else "never"
-            stale = status.seen_at is None or now - status.seen_at > stale_after
-            why = (f"{'stale' if stale else 'down'} ({status.state}; last answered {ago}): "
+            why = (f"{'stale' if status.stale else 'down'} ({status.state}; last answered {ago}): "
                    f"{status.error or ''}").rstrip(": ")  # fmt: skip
         views.append(MachineView(
             name=name, repos=frozenset(m.repos or config.repos),

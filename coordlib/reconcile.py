@@ -67,6 +67,8 @@ def reconcile(
     if run.dispatching and a.status == Status.PENDING:
         return fields  # its dispatch is still running on the machine, whoever sent it
     if run.alive:
+        if run.files is not None and list(run.files) != (a.files_changed or []):
+            fields["files_changed"] = list(run.files)  # the file-conflict radar's
         if a.status == Status.PENDING:
             fields["status"] = str(Status.RUNNING)
             fields["started_at"] = a.started_at or time.time()

@@ -108,7 +108,7 @@ async def reassign(
     if not conf.auto_reassign:
         return []
     started: list[Assignment] = []
-    seen = Contacts(ctx.board.path.with_name("contacts.json"))
+    contacts = Contacts(ctx.board.path.with_name("contacts.json"))
     for aid, _, new in changed:
         if new not in (Status.FAILED, Status.LOST):
             continue
@@ -118,7 +118,8 @@ async def reassign(
             continue
         if a.failure_class not in MACHINE_FAULTS or a.retried_by or a.attempt > conf.max_retries:
             continue
-        where = retry_machine(ctx.config, a, (), ctx.board.live(), seen.seen, now=time.time())
+        where = retry_machine(ctx.config, a, (), ctx.board.live(),
+                              lambda n: contacts.stale(n, conf.stale_threshold))  # fmt: skip
         if where == a.machine:
             ctx.notify(f"{a.id} failed on {a.machine} ({a.failure_class}); no other machine "
                        f"can take it: `coord retry {a.id}` when one can")  # fmt: skip

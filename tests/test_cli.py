@@ -25,7 +25,7 @@ from coordlib.testing import make_git_repo
 from .conftest import Setup
 
 STATUSES = {"pending", "running", "done", "failed", "stopped", "lost"}
-MACHINE_KEYS = {"name", "reachable", "state", "seen_at", "error", "running"}
+MACHINE_KEYS = {"name", "reachable", "state", "seen_at", "error", "running", "stale", "disk"}
 ASSIGNMENT_KEYS = {
     "id", "machine", "repo", "issue", "branch", "model", "status", "cost_usd", "num_turns",
     "session_id", "exit_reason", "failure_class", "reachable",
@@ -117,12 +117,16 @@ def test_status_json_contract(ok_run: OkRun) -> None:
     data = status_json(ok_run.config)
     [machine] = data["machines"]
     assert isinstance(machine.pop("seen_at"), float)  # epoch seconds of the answer just received
+    # The workdir's disk use and the room left, as measured in the background (or not yet).
+    disk = machine.pop("disk")
+    assert disk is None or set(disk) == {"used_kb", "free_kb", "at"}
     assert machine == {
         "name": "local",
         "reachable": True,
         "state": "up",
         "error": None,
         "running": 0,
+        "stale": False,
     }
     a = row(ok_run.config, ok_run.id)
     assert a["status"] == "done"
@@ -141,7 +145,8 @@ def test_status_for_one_machine_and_as_text(ok_run: OkRun) -> None:
     assert [a["id"] for a in data["assignments"]] == [ok_run.id]
 
     text = ok(ok_run.config, "status").stdout
-    assert re.search(r"^local\s+up\s+0 running$", text, re.M), text
+    assert re.search(r"^local\s+up\s+0 running(; disk \S+ used by coord, \S+ free)?$", text,
+                     re.M), text  # fmt: skip
     assert re.search(rf"^{re.escape(ok_run.id)}\s+local\s+api#12\s+done\b", text, re.M), text
 
 

@@ -70,7 +70,7 @@ concurrency:
   backoff_base: 1.5
   max_retries: 5
   auto_reassign: true
-  stale_threshold: 15m
+  stale_threshold: 5
 
 models:
   default: opus
@@ -137,7 +137,7 @@ def test_full_config_reads_every_section(tmp_path: Path) -> None:
 
     c = config.concurrency
     assert (c.max_workers, c.stagger_seconds, c.backoff_base) == (12, 2.0, 1.5)
-    assert (c.max_retries, c.auto_reassign, c.stale_threshold) == (5, True, 900.0)
+    assert (c.max_retries, c.auto_reassign, c.stale_threshold) == (5, True, 5)
 
     m = config.models
     assert (m.default, m.escalation) == ("opus", ("sonnet", "opus"))

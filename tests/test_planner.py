@@ -183,12 +183,14 @@ def test_retry_machine_prefers_another_healthy_roomy_capable_one() -> None:
     prev = Assignment(id="api-1-x", machine="a", repo="api", issue=1, branch="b", model="m")
     busy = [Assignment(id=f"api-{n}-y", machine="c", repo="api", issue=n, branch="b",
                        model="m", status="running") for n in (2, 3)]  # fmt: skip
-    now = 1000.0
-    fresh = {"a": now, "b": now, "c": now, "d": now}.get
-    assert retry_machine(config, prev, ["needs:gpu"], busy, fresh, now=now) == "b"  # c is busier
-    assert retry_machine(config, prev, [], [], fresh, now=now) == "c"  # roomiest; d has no api
-    stale = {"b": now - 9999.0, "c": now - 9999.0}.get
-    assert retry_machine(config, prev, ["needs:gpu"], [], stale, now=now) == "a"  # none: same
+
+    def fresh(name: str) -> bool:
+        return False
+
+    assert retry_machine(config, prev, ["needs:gpu"], busy, fresh) == "b"  # c is busier
+    assert retry_machine(config, prev, [], [], fresh) == "c"  # roomiest; d has no api
+    stale = {"b", "c"}.__contains__
+    assert retry_machine(config, prev, ["needs:gpu"], [], stale) == "a"  # none: same
 
 
 def test_auto_reassign_moves_a_run_a_machine_failed_to_another(setup: Setup) -> None:

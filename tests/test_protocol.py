@@ -169,6 +169,7 @@ def test_the_choices_the_scripts_take_are_the_declared_ones() -> None:
     assert words == {
         ("dispatch", "mode"): list(DispatchMode),
         ("status", "scope"): list(Scope),
+        ("status", "files"): ["0", "1"],
         ("clean", "mode"): list(CleanMode),
         ("clean", "keep_runs"): ["0", "1"],
         ("tail", "file"): list(TAIL_FILES),
@@ -234,7 +235,7 @@ def test_the_layouts_names_are_the_ones_the_scripts_use() -> None:
     code = code_of(EVERYTHING)
     for name in RunFile:
         assert re.search(rf"/{re.escape(name)}\b", code), name
-    for name in (Layout.RUNS, Layout.LIVE, Layout.WORKTREES, Layout.BIN, Layout.LOCKS):
+    for name in (Layout.RUNS, Layout.LIVE, Layout.WORKTREES, Layout.BIN, Layout.LOCKS, Layout.DISK):
         assert f"/{name}" in code, name
     for prefix in (Layout.LAUNCHER_FILE, Layout.WORKTREE_LOCK, Layout.REPO_LOCK, Layout.SESSION):
         assert re.search(rf"[/\"]{prefix}(?:\$|%s)", code), prefix
@@ -307,9 +308,11 @@ def test_dispatch_command_sends_sized_parts_then_the_environment() -> None:
     assert dispatch(mode=DispatchMode.CONTINUE)[0][-1] == "continue"
 
 
-def test_status_command_sends_each_run_asked_about_as_three_words() -> None:
-    argv = status_command("~/.coord", "coord", Scope.LIVE, [Want("a-1", 0, 10), Want("b", 7, 1)])
-    assert argv[5:] == ["status", "~/.coord", "coord", "live", "a-1", "0", "10", "b", "7", "1"]
+def test_status_command_sends_each_run_asked_about_as_four_words() -> None:
+    wants = [Want("a-1", 0, 10), Want("b", 7, 1, files=True)]
+    argv = status_command("~/.coord", "coord", Scope.LIVE, wants)
+    assert argv[5:] == ["status", "~/.coord", "coord", "live", "a-1", "0", "10", "0",
+                        "b", "7", "1", "1"]  # fmt: skip
     assert status_command("~/.coord", "coord", Scope.ALL, [])[-1] == "all"
     for bad in (Want("../x", 0, 1), Want("a", -1, 1), Want("a", 0, -5), Want("a b", 0, 1)):
         with pytest.raises(UsageError, match="remote command status"):

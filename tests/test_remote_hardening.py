@@ -333,7 +333,7 @@ def valid_args(root: Path) -> dict[str, list[str]]:
     return {
         "dispatch": [wd, RUN, str(root / "repo"), f"{wd}/worktrees/api/{RUN}", "issue-1-x-r2",
                      "main", "ct-none", launcher_hash(), "10", "20", "30", "40", "new"],
-        "status": [wd, "ct-none", "live", RUN, "0", "100"],
+        "status": [wd, "ct-none", "live", RUN, "0", "100", "1"],
         "stop": [wd, RUN],
         "tail": [wd, RUN, "0", "events.jsonl", "0"],
         "clean": [wd, "check", "1"],
@@ -344,7 +344,7 @@ def valid_args(root: Path) -> dict[str, list[str]]:
 POSITIONS = [
     *(("dispatch", i, "{}") for i in range(13)),
     *((verb, 0, "{}") for verb in ("status", "stop", "tail", "clean")),  # workdirs
-    *(("status", i, "{}") for i in (1, 2, 3, 4, 5)),  # socket, scope, then id offset limit
+    *(("status", i, "{}") for i in range(1, 7)),  # socket, scope, then id offset limit files
     ("stop", 1, "{}"),
     *(("tail", i, "{}") for i in (1, 2, 3, 4)),
     ("clean", 1, "{}"),
@@ -442,7 +442,7 @@ def test_the_script_takes_every_id_the_python_check_takes(sandbox: Path, value: 
     for verb, args, code in (
         ("stop", [wd, value], ExitCode.NO_RUN),
         ("tail", [wd, value, "0", "events.jsonl", "0"], ExitCode.NO_RUN),
-        ("status", [wd, "ct-none", "live", value, "0", "10"], ExitCode.OK),
+        ("status", [wd, "ct-none", "live", value, "0", "10", "1"], ExitCode.OK),
     ):
         check_args(verb, args)
         done = coord_run(sandbox, verb, *args)
@@ -530,7 +530,8 @@ GOOD = {
     "dispatch": ["~/.coord", "api-42-1f3a", "~/src/my repo", "~/.coord/worktrees/api/api-42-1f3a",
                  "issue-42-fix-login", "main", "coord", "0123456789ab", "10", "0", "300", "9000",
                  "new"],
-    "status": ["~/.coord", "coord", "live", "api-42-1f3a", "0", "8388608", "b_2", "17", "1"],
+    "status": ["~/.coord", "coord", "live", "api-42-1f3a", "0", "8388608", "1", "b_2", "17", "1",
+               "0"],
     "stop": ["~/.coord", "api-42-1f3a"],
     "tail": ["~/.coord", "api-42-1f3a", "1024", "stderr.log", "1"],
     "clean": ["/home/u/.coord", "remove", "0"],
@@ -555,8 +556,9 @@ BAD = [
     ("dispatch", 12, ["", "old", "New", "continue "]),
     ("status", 1, ["", "-x", "a/b"]),
     ("status", 2, ["", "ALL", "Live", "api-1", "live "]),
-    *(("status", i, ["", "api-1:0:1", "../x", "a b", "-a", "a" * 101, "$(id)"]) for i in (3, 6)),
-    *(("status", i, ["", "-1", "1+1", "01", "a[$(id)]", "0:1"]) for i in (4, 5, 7, 8)),
+    *(("status", i, ["", "api-1:0:1", "../x", "a b", "-a", "a" * 101, "$(id)"]) for i in (3, 7)),
+    *(("status", i, ["", "-1", "1+1", "01", "a[$(id)]", "0:1"]) for i in (4, 5, 8, 9)),
+    *(("status", i, ["", "2", "01", "yes", "$(id)"]) for i in (6, 10)),
     ("stop", 1, ["", "../victim", ".", "a/b", "-a"]),
     ("tail", 1, ["", "..", "a/../b"]),
     ("tail", 2, ["", "-1", "1+1", "01"]),
@@ -580,8 +582,8 @@ def test_remote_argv_takes_the_arguments_each_verb_declares(verb: str) -> None:
 
 def test_remote_argv_status_takes_no_runs_or_any_number_of_them() -> None:
     assert remote_argv("status", "~/.coord", "coord", "all")[-1] == "all"
-    assert remote_argv("status", "~/.coord", "coord", "live", "api-1", "0", "10")[-3:] == [
-        "api-1", "0", "10"
+    assert remote_argv("status", "~/.coord", "coord", "live", "api-1", "0", "10", "0")[-4:] == [
+        "api-1", "0", "10", "0"
     ]  # fmt: skip
     assert remote_argv("dispatch", *GOOD["dispatch"][:4], "issue-7", *GOOD["dispatch"][5:])
     assert remote_argv("dispatch", *GOOD["dispatch"][:4], "issue-7-r3", *GOOD["dispatch"][5:])
@@ -609,8 +611,9 @@ def test_remote_argv_refuses_a_bad_argument(verb: str, index: int, values: list[
         ("clean", GOOD["clean"] + ["x"]),
         ("status", ["~/.coord"]),
         ("status", ["~/.coord", "coord"]),  # the scope is no longer optional
-        ("status", [*GOOD["status"], "api-1"]),  # a run asked about is id offset limit
+        ("status", [*GOOD["status"], "api-1"]),  # a run asked about is id offset limit files
         ("status", [*GOOD["status"], "api-1", "0"]),
+        ("status", [*GOOD["status"], "api-1", "0", "10"]),  # ... and whether to list files
     ],
 )
 def test_remote_argv_refuses_unknown_verbs_and_wrong_counts(verb: str, args: list[str]) -> None:
@@ -626,4 +629,4 @@ def test_the_python_check_takes_an_id_exactly_when_id_pattern_does(value: str) -
         args = list(GOOD[verb])
         args[index] = value
         assert python_refuses(verb, args) is not ok, (verb, value)
-    assert python_refuses("status", ["~/.coord", "coord", "live", value, "0", "1"]) is not ok
+    assert python_refuses("status", ["~/.coord", "coord", "live", value, "0", "1", "0"]) is not ok

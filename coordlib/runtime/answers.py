@@ -28,6 +28,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "Disk",
     "Frame",
     "Landed",
     "MachineProbe",
@@ -38,6 +39,7 @@ __all__ = [
     "Stacked",
     "Started",
     "Tested",
+    "changed_paths",
     "failure_reason",
     "parse_await",
     "parse_clean",
@@ -202,6 +204,17 @@ class RunProbe:
     events_offset: int | None = None
     events: bytes | None = None
     stderr: bytes | None = None  # an ended run's last words on stderr (its last 600 bytes)
+    files: tuple[str, ...] | None = None  # what its branch changed so far, when asked
+
+
+@dataclass(frozen=True)
+class Disk:
+    """The disk a machine's workdir uses, and the room left on its file system (KiB), as
+    measured `at` (the machine's clock; it is measured in the background, now and then)."""
+
+    used_kb: int
+    free_kb: int
+    at: float
 
 
 @dataclass
@@ -212,6 +225,7 @@ class MachineProbe:
     now: float = 0.0
     runs: dict[str, RunProbe] = field(default_factory=dict)
     missing: set[str] = field(default_factory=set)
+    disk: Disk | None = None
 
 
 def parse_status(data: bytes, *, machine: str | None = None) -> MachineProbe:
@@ -239,7 +253,7 @@ def parse_status(data: bytes, *, machine: str | None = None) -> MachineProbe:
                 rid, kv.get("alive") == "1", size, dispatching=kv.get("dispatching") == "1"
             )
             probe.runs[rid] = current
-        elif current is None and kind in ("exit", "events", "stderr"):
+        elif current is None and kind in ("exit", "events", "stderr", "files"):
             raise _error("status", f"{kind} line before any run line", machine)
         elif kind == "exit":
             assert current is not None
@@ -253,11 +267,36 @@ def parse_status(data: bytes, *, machine: str | None = None) -> MachineProbe:
         elif kind == "stderr":
             assert current is not None
             current.stderr = payload
+        elif kind == "files":
+            assert current is not None
+            current.files = changed_paths(payload)
+        elif kind == "disk":
+            probe.disk = _disk(text, machine)
         elif not ID_PATTERN.fullmatch(text):  # missing
             raise _error("status", f"missing line with a bad id: {text[:80]!r}", machine)
         else:
             probe.missing.add(text)
     return probe
+
+
+def changed_paths(payload: bytes | None, *, most: int = 200) -> tuple[str, ...]:
+    """The paths in a machine's list (one a line), each a plain relative path: a name git
+    quoted (unusual characters), an absolute one or one with ``..`` is left out."""
+    out: list[str] = []
+    for raw in (payload or b"").decode("utf-8", "replace").splitlines()[:most]:
+        if (not raw or len(raw) > 1000 or raw.startswith(("/", '"')) or ".." in raw.split("/")
+                or any(ord(c) < 32 for c in raw)):  # fmt: skip
+            continue
+        out.append(raw)
+    return tuple(out)
+
+
+def _disk(text: str, machine: str | None) -> Disk:
+    kv = dict(w.split("=", 1) for w in text.split(" ") if "=" in w)
+    try:
+        return Disk(int(kv["used_kb"]), int(kv["free_kb"]), float(kv["at"]))
+    except (KeyError, ValueError):
+        raise _error("status", f"bad disk line {text[:80]!r}", machine) from None
 
 
 # ------------------------------------------------------------------ stop's and clean's answers

@@ -45,11 +45,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Want:
-    """A run a status asks about: its events from byte `offset`, at most `limit` bytes."""
+    """A run a status asks about: its events from byte `offset`, at most `limit` bytes, and
+    (`files`) the files its branch has changed so far, if it still runs."""
 
     id: str
     offset: int
     limit: int
+    files: bool = False
 
 
 def dispatch_command(
@@ -86,7 +88,7 @@ def status_command(workdir: str, socket: str, scope: Scope, wants: Sequence[Want
     """Build a status of one machine's runs, with the new events of those in `wants`."""
     args = [workdir, socket, str(scope)]
     for w in wants:
-        args += [w.id, str(w.offset), str(w.limit)]
+        args += [w.id, str(w.offset), str(w.limit), "1" if w.files else "0"]
     return remote_argv("status", *args)
 
 

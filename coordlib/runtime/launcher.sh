@@ -63,6 +63,20 @@ add_path() { # add_path PATH: one more changed file, in outcome's list (capped; 
     files+=${files:+,}$q
 }
 
+radar() { # radar RUN_DIR WORKTREE START BASE: write where a status reads the branch's files
+    # The commit the branch left its base at (its start when there is no base): a status
+    # lists what the worktree changed since, so the planner sees what each worker touches.
+    local ref="" mb=$3
+    [ -n "$3" ] || return 0
+    if [ -n "$4" ]; then
+        for ref in "refs/remotes/origin/$4" "refs/heads/$4"; do
+            mb=$(git -c core.fsmonitor=false -C "$2" merge-base "$ref" "$3" 2>/dev/null) && break
+            mb=$3
+        done
+    fi
+    printf '%s\n%s\n' "$2" "$mb" >"$1/radar" 2>/dev/null
+}
+
 outcome() { # outcome WORKTREE RUN_DIR START BASE: set OUTCOME to a JSON object, or "" (no repo)
     local wt=$1 run=$2 start=$3 base=$4 head ref="" mb="" commits=null ahead=null
     local conflicts=null rescue=null line path files="" loose="" total=0 dirty=0 untracked=0 q
@@ -180,6 +194,7 @@ cmd_run() { # run RUN_DIR
     home_path wtx "$COORD_WORKTREE"
     # The commit the worker starts from: its outcome counts the commits made since.
     start=$(git -c core.fsmonitor=false -C "$wtx" rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null)
+    radar "$run" "$wtx" "$start" "${COORD_BASE-}"
     # One worker per worktree, so a session is never driven by two processes.  The
     # launcher holds the lock while its worker lives; the worker does not inherit it, so
     # a daemon the worker leaves behind cannot keep the worktree locked forever.

@@ -7,6 +7,7 @@
     runs/<id>/                           its run directory (`RunFile` names its files)
     runs/.live/<id>                      empty: the run is live
     locks/                               one worker per worktree; dispatches per clone
+    disk                                 when, and the KiB the workdir uses and has free
 
 tests/test_protocol.py checks that the scripts use these names.
 """
@@ -37,6 +38,7 @@ class RunFile(enum.StrEnum):
     STOP = "stop"  # asked to stop
     SEEN = ".seen"  # the launcher's mark of the last look at events.jsonl
     RESCUE_INDEX = "rescue.index"  # the private index the outcome check saves changes with
+    RADAR = "radar"  # its worktree and the commit its branch left the base at (status reads)
 
 
 TAIL_FILES = (RunFile.EVENTS, RunFile.STDERR, RunFile.LAUNCHER_LOG)
@@ -73,6 +75,7 @@ class Layout:
     REPO_LOCK = "repo-"  # locks/repo-<cksum>.lock, where the clone's git dir is read-only
     DISPATCH_LOCK = "coord-dispatch.lock"  # in the clone's git dir
     SESSION = "coord-"  # tmux session coord-<id>
+    DISK = "disk"  # TIME USED_KB FREE_KB: measured in the background by a status
 
     @property
     def root(self) -> str:

@@ -399,9 +399,14 @@ VERBS: dict[str, Verb] = {
                 Arg("tmux socket", _shaped(_SOCKET, "a tmux socket name")),
                 Arg("scope", _one_of(*Scope)),
             ),
-            group=(_RUN_ID, Arg("offset", _number), Arg("byte limit", _number)),
-            records=frozenset({"run", "exit", "events", "stderr", "missing"}),
-            payloads={"events": 2, "stderr": 1},
+            group=(
+                _RUN_ID,
+                Arg("offset", _number),
+                Arg("byte limit", _number),
+                Arg("files", _one_of("0", "1")),
+            ),
+            records=frozenset({"run", "exit", "events", "files", "stderr", "missing", "disk"}),
+            payloads={"events": 2, "files": 1, "stderr": 1},
         ),
         Verb("stop", (_WORKDIR, _RUN_ID), records=frozenset({"exit"})),
         Verb(

@@ -276,21 +276,62 @@ stderr_tail() { # stderr_tail FILE: set TAIL to the last 600 bytes of FILE, TAIL
     TAIL_BYTES=${#TAIL}
 }
 
-cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX]...
-    need_args status $# 3 "WORKDIR SOCKET live|all [ID OFFSET MAX]..." 3
+RADAR_MAX=200 # files listed per run by a status (the first; the planner needs no more)
+DISK_EVERY_S=60 # seconds between measurements of the disk a workdir uses (in the background)
+
+radar_files() { # radar_files RUN_DIR: set FILES to the paths its worktree changed (see radar)
+    # Committed or not, since the branch left its base, and new untracked files: one line
+    # each, quoted by git where a name is unusual, the first RADAR_MAX.  No optional lock is
+    # taken (the worker's own git commands must never meet ours), nothing of the worker's runs.
+    local wt mb
+    FILES=""
+    { IFS= read -r wt && IFS= read -r mb; } 2>/dev/null <"$1/radar" || return 0
+    [[ -d $wt && $mb =~ ^[0-9a-f]{40,64}$ ]] || return 0
+    local -a g=(git -c core.quotePath=true -c core.fsmonitor=false -c core.hooksPath=/dev/null -C "$wt")
+    FILES=$({
+        GIT_OPTIONAL_LOCKS=0 "${g[@]}" diff --no-renames --name-only "$mb" --
+        GIT_OPTIONAL_LOCKS=0 "${g[@]}" ls-files --others --exclude-standard
+    } 2>/dev/null | head -n "$RADAR_MAX")
+}
+
+disk_line() { # disk_line WORKDIR: set DISK to the disk record's words (as last measured), or ""
+    # du over every worktree can take seconds: it runs in the background at most once per
+    # DISK_EVERY_S, and a status reports what it last found (with when).
+    local wd=$1 at="" used="" free="" now=${EPOCHREALTIME%[.,]*}
+    local f="$wd/disk"
+    DISK=""
+    IFS=' ' read -r at used free 2>/dev/null <"$f"
+    if ! valid_num "$at" || ((now - at >= DISK_EVERY_S)); then
+        # Marked as begun first, so the statuses meanwhile start no other.
+        printf '%s %s %s\n' "$now" "${used:--1}" "${free:--1}" 2>/dev/null >"$f"
+        (
+            u=$(du -skx -- "$wd" 2>/dev/null | cut -f1)
+            fr=$(df -Pk -- "$wd" 2>/dev/null | awk 'NR == 2 { print $4 }')
+            printf '%s %s %s\n' "${EPOCHREALTIME%[.,]*}" "${u:--1}" "${fr:--1}" >"$f.$$" &&
+                mv -f "$f.$$" "$f"
+        ) </dev/null >/dev/null 2>&1 &
+    fi
+    [[ $used =~ ^-?[0-9]+$ && $free =~ ^-?[0-9]+$ ]] && valid_num "$at" &&
+        DISK="used_kb=$used free_kb=$free at=$at"
+}
+
+cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX FILES]...
+    need_args status $# 3 "WORKDIR SOCKET live|all [ID OFFSET MAX FILES]..." 4
     need_path status workdir "$1"
     need_shape status "tmux socket name" "$2" A-Za-z0-9 A-Za-z0-9_.- 100 # (unused: see below)
     need_word status scope "$3" live all
     local workdir mode=$3
     home_path workdir "$1"
     shift 3
-    local -A want=() maxb=() sizes=()
-    while (($#)); do # each run asked about: its id, the offset to read from, a byte limit
-        need_id status "$1"
+    local -A want=() maxb=() sizes=() radar=()
+    while (($#)); do # each run asked about: its id, the offset to read from, a byte limit,
+        need_id status "$1" # and whether to list the files its branch changed
         need_num status offset "$2"
         need_num status "byte limit" "$3"
+        need_word status files "$4" 0 1
         want[$1]=$2 maxb[$1]=$3
-        shift 3
+        [ "$4" = 1 ] && radar[$1]=1
+        shift 4
     done
     printf '%s status boot=%s now=%s\n' "$PROTOCOL" "$BOOT_ID" "${EPOCHREALTIME/,/.}"
     # (No `tmux list-sessions`: liveness is the launcher's process and exit.json, and the
@@ -374,6 +415,11 @@ cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX]...
                 tail -c +"$((off + 1))" "$workdir/runs/$id/events.jsonl" | head -c "$n"
             fi
             out+=$'\n'
+            if [ -n "${radar[$id]+x}" ] && ((alive)); then
+                radar_files "$workdir/runs/$id"
+                [ -n "$FILES" ] && FILES+=$'\n'
+                out+="files ${#FILES}"$'\n'"$FILES"$'\n'
+            fi
             if [ -n "$ex" ] && [ -s "$workdir/runs/$id/stderr.log" ]; then
                 # An ended run's last words on stderr name what went wrong (a missing
                 # command, a crash): its tail goes with its end.  (Ended runs only: rare.)
@@ -386,6 +432,8 @@ cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX]...
     for id in "${!want[@]}"; do
         out+="missing $id"$'\n'
     done
+    disk_line "$workdir"
+    [ -n "$DISK" ] && out+="disk $DISK"$'\n'
     printf '%send\n' "$out"
     if ((${#stale[@]})); then
         rm -f -- "${stale[@]}"
