@@ -10,32 +10,64 @@ from .main import State, coord, pass_state, run
 from .output import echo, echo_json
 
 if TYPE_CHECKING:
+    from coordlib.brain import Ranking
     from coordlib.proposals import Plan
 
 
 @coord.command(short_help="Propose who works on what next, and say why.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--brain",
+    is_flag=True,
+    help="Also ask Claude to rank the proposals (a read-only run on a machine).",
+)
+@click.option(
+    "--brain-machine",
+    metavar="MACHINE",
+    help="Where the ranking runs (default: the first proposal's machine).",
+)
+@click.option("--brain-model", metavar="TIER", help="Its model (default: models.default).")
 @pass_state
-def plan(state: State, as_json: bool) -> None:
+def plan(state: State, as_json: bool, brain: bool, brain_machine: str | None,
+         brain_model: str | None) -> None:  # fmt: skip
     """Propose assignments for the free capacity: each ready issue (label status:ready) on a
     machine that serves its repo, has the capabilities its needs:<capability> labels ask
     for, is up and has a free slot; never into a repo whose depends_on has work in flight;
     never two workers on one file.  Every proposal says why, every issue left out why not.
     The proposals are kept (p1, p2, …) for `coord approve`.
 
+    With --brain, Claude also ranks the proposals (what to start first), through the same
+    worker machinery: a run with read-only tools and no repo, on a machine of the fleet.  Both
+    orders are shown; the plan itself stands either way.
+
     \b
     Examples:
       coord plan
+      coord plan --brain
       coord plan --json | jq '.skipped[] | "\\(.repo)#\\(.issue): \\(.why)"'
     """
+    from coordlib.errors import BrainError
 
-    async def go() -> Plan:
+    async def go() -> tuple[Plan, Ranking | BrainError | None]:
         async with state.coordinator() as c:
-            return await c.plan()
+            got = await c.plan()
+            if not brain or not got.proposals:
+                return got, None
+            try:
+                return got, await c.rank(got, machine=brain_machine, model=brain_model)
+            except BrainError as exc:
+                return got, exc
 
-    got = run(go)
+    got, ranked = run(go)
     if as_json:
-        echo_json(got.to_dict())
+        data = got.to_dict()
+        if brain:
+            data["brain"] = (ranked.to_dict() if ranked is not None and
+                             not isinstance(ranked, BrainError) else
+                             {"error": str(ranked) if ranked else None})  # fmt: skip
+        echo_json(data)
+        if isinstance(ranked, BrainError):
+            raise SystemExit(1)
         return
     for p in got.proposals:
         echo(f"{p['id']:<4} {p['repo']}#{p['issue']:<6} on {p['machine']:<14} {p['model']:<8} "
@@ -47,9 +79,23 @@ def plan(state: State, as_json: bool) -> None:
         echo(f"  left out {s['repo']}#{s['issue']}: {s['why']}")
     for e in got.errors:
         echo(f"  error: {e}")
+    order = [p["id"] for p in got.proposals]
+    if isinstance(ranked, BrainError):
+        echo(f"\nno ranking from Claude: {ranked}")
+    elif ranked is not None and ranked.order:
+        order = ranked.order
+        cost = f", ${ranked.cost_usd:.4f}" if ranked.cost_usd is not None else ""
+        echo(f"\nthe planner's order: {' '.join(p['id'] for p in got.proposals)}")
+        echo(f"Claude's order:      {' '.join(order)}  ({ranked.model} on {ranked.machine}"
+             f"{cost})")  # fmt: skip
+        for pid in order:
+            note = ranked.why.get(pid) or ("(not ranked: kept in the planner's order)"
+                                           if pid in ranked.unranked else "")  # fmt: skip
+            echo(f"  {pid:<4} {note}")
     if got.proposals:
-        echo(f"\napprove with `coord approve {' '.join(p['id'] for p in got.proposals)}` "
-             "(or --all)")  # fmt: skip
+        echo(f"\napprove with `coord approve {' '.join(order)}` (or --all)")
+    if isinstance(ranked, BrainError):
+        raise SystemExit(1)
 
 
 @coord.command(short_help="Dispatch proposals from `coord plan`, if they still hold.")

@@ -31,6 +31,7 @@ from .monitor import MachineStatus, Monitor, ResumeReport, StatusReport
 from .trail import Trail, sort_into_sections
 
 if TYPE_CHECKING:
+    from .brain import Ranking
     from .cleanup import CleanReport
     from .forge.base import Forge, Issue
     from .markers import SkippedMarker
@@ -247,6 +248,21 @@ class Coordinator:
         proposals, skipped, inp = await self._plan_now()
         return Plan(store_proposals(self.board, proposals), [asdict(x) for x in skipped],
                     list(inp.errors))  # fmt: skip
+
+    async def rank(
+        self,
+        plan: Plan,
+        *,
+        machine: str | None = None,
+        model: str | None = None,
+        timeout: float = 300.0,
+    ) -> Ranking:
+        """Ask Claude to order `plan`'s proposals (`coord plan --brain`), on `machine` (default:
+        the first proposal's) with `model` (default: models.default); see `coordlib.brain`."""
+        from .brain import rank
+
+        return await rank(self._ctx, self._dispatcher, plan.proposals, plan.skipped,
+                          machine=machine, model=model, timeout=timeout)  # fmt: skip
 
     async def _plan_now(self) -> tuple[list[Any], list[Any], Any]:
         from .proposals import gather, make_plan

@@ -17,6 +17,7 @@
     │   │                      stdout, stderr, like subprocess.CalledProcessError)
     │   ├── CommandTimeout     a remote command ran past its timeout  (also TimeoutError)
     │   ├── DispatchError      a worker could not be started (worktree, tmux, launcher)
+    │   ├── BrainError         `coord plan --brain` got no ranking (a failed run, no answer)
     │   └── ProtocolError      a machine's answer is not in the remote protocol's format
     │                          (runtime/protocol.py)  (also ValueError)
     ├── PipelineError          a pipeline stage could not run (a test or push that did not start)
@@ -40,6 +41,7 @@ __all__ = [
     "AssignmentNotFound",
     "AuthError",
     "BoardError",
+    "BrainError",
     "ClaimError",
     "CommandError",
     "CommandTimeout",
@@ -185,6 +187,10 @@ class CommandTimeout(MachineError, TimeoutError):
 
 class DispatchError(MachineError):
     """A worker could not be started."""
+
+
+class BrainError(MachineError):
+    """`coord plan --brain` got no ranking: its run failed, or gave no answer in time."""
 
 
 class ProtocolError(MachineError, ValueError):

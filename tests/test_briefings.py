@@ -60,6 +60,8 @@ def test_every_shipped_kind_renders(kind: str) -> None:
         "review": "1. src/auth.py:3 handles no None",
         "conflicts": ["src/auth.py"],
         "merged": [{"number": 9, "title": "Fix login"}],
+        "proposals": [{"id": "p1", "repo": "api", "issue": 7, "machine": "gpu", "model": "m",
+                       "labels": ["bug"], "title": "Fix login"}],
     }  # fmt: skip
     text = render_briefing(kind, ctx)
     assert text.strip()

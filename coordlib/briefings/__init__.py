@@ -72,6 +72,7 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "pr": (("issue", "repo", "summary", "assignment"), {"tests": ""}),
     "smoke": (("repo", "ref"), {"merged": [], "commands": []}),
     "conflict": (_COMMON, {"base": "main", "conflicts": []}),
+    "rank": (("proposals",), {"skipped": []}),
 }
 _ISSUE_DEFAULTS = {"body": "", "labels": [], "comments": [], "untrusted_comments": [], "url": ""}
 

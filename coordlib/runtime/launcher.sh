@@ -193,8 +193,11 @@ cmd_run() { # run RUN_DIR
     local wtx start=""
     home_path wtx "$COORD_WORKTREE"
     # The commit the worker starts from: its outcome counts the commits made since.
-    start=$(git -c core.fsmonitor=false -C "$wtx" rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null)
-    radar "$run" "$wtx" "$start" "${COORD_BASE-}"
+    # (A scratch run has no repo: git must not find one around its dir.)
+    if [ "$wtx" != "$run/scratch" ]; then
+        start=$(git -c core.fsmonitor=false -C "$wtx" rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null)
+        radar "$run" "$wtx" "$start" "${COORD_BASE-}"
+    fi
     # One worker per worktree, so a session is never driven by two processes.  The
     # launcher holds the lock while its worker lives; the worker does not inherit it, so
     # a daemon the worker leaves behind cannot keep the worktree locked forever.
@@ -308,7 +311,7 @@ cmd_run() { # run RUN_DIR
     local more="" OUTCOME="" base=${COORD_BASE-}
     # (launch.env's base is the coordinator's word, yet checked as every ref here is)
     [[ $base =~ ^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$ && $base != *..* ]] || base=""
-    outcome "$wtx" "$run" "$start" "$base" 8>&-
+    [ "$wtx" = "$run/scratch" ] || outcome "$wtx" "$run" "$start" "$base" 8>&-
     if [ "$rc" != 0 ] && disk_full "$run"; then
         more='"disk_full":true'
     fi

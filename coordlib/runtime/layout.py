@@ -39,6 +39,7 @@ class RunFile(enum.StrEnum):
     SEEN = ".seen"  # the launcher's mark of the last look at events.jsonl
     RESCUE_INDEX = "rescue.index"  # the private index the outcome check saves changes with
     RADAR = "radar"  # its worktree and the commit its branch left the base at (status reads)
+    SCRATCH = "scratch"  # a scratch run's working dir (no repo: DispatchMode.SCRATCH)
 
 
 TAIL_FILES = (RunFile.EVENTS, RunFile.STDERR, RunFile.LAUNCHER_LOG)

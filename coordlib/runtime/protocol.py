@@ -317,6 +317,8 @@ class DispatchMode(enum.StrEnum):
     CONTINUE = "continue"  # the existing worktree, once no worker holds it
     REVIEW = "review"  # a detached worktree at the branch's head (a reviewer's): no fetch,
     # and a failed dispatch removes the worktree but never the branch, which is the worker's
+    SCRATCH = "scratch"  # no repo: the run works in runs/<id>/scratch (a planner's ranking);
+    # the repo and branch words are not used, and a clean of the run removes it
 
 
 class StackMethod(enum.StrEnum):

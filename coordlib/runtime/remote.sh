@@ -97,7 +97,7 @@ cmd_dispatch() {
     need_num dispatch "spec size" "${10}"
     need_num dispatch "launch.env size" "${11}"
     need_num dispatch "launcher size" "${12}"
-    need_word dispatch mode "${13}" new claim continue review
+    need_word dispatch mode "${13}" new claim continue review scratch
     local workdir id repo wt branch base sock hash nbrief nspec nlaunch nlauncher mode
     home_path workdir "$1" && home_path repo "$3" && home_path wt "$4"
     id=$2 branch=$5 base=$6 sock=$7 hash=$8 nbrief=$9 nspec=${10} nlaunch=${11}
@@ -110,7 +110,11 @@ cmd_dispatch() {
     # two workdirs or two coordinators that use one clone never race on git's lock files.
     # A plain clone's git dir is its .git (seen without a fork); git is asked otherwise.
     local gitdir="$repo/.git"
-    if ! [ -d "$gitdir/objects" ] || ! [ -f "$gitdir/HEAD" ]; then
+    if [ "$mode" = scratch ]; then
+        # A run with no repo of its own (a planner's ranking): its dir is in its run dir,
+        # and goes with it.  The repo and the branch are not used.
+        [ "$wt" = "$run/scratch" ] || die 2 "dispatch: a scratch run works in $run/scratch, not $wt"
+    elif ! [ -d "$gitdir/objects" ] || ! [ -f "$gitdir/HEAD" ]; then
         gitdir=$(git -C "$repo" rev-parse --git-common-dir 2>/dev/null) ||
             die 10 "$repo is not a git repository on this machine (clone it there, or set repo_paths in coordinator.yml)"
         case $gitdir in /*) ;; *) gitdir="$repo/$gitdir" ;; esac
@@ -131,10 +135,14 @@ cmd_dispatch() {
     : >"$workdir/runs/.live/$id" || die 14 "cannot write in $workdir/runs/.live (disk full?)"
 
     # Concurrent dispatches to one repo would race on git's own lock files (.git/config).
-    repo_lock "$gitdir" "$workdir" "$repo" ||
-        die 18 "another dispatch has held the lock on $repo for 120 s"
+    if [ "$mode" != scratch ]; then
+        repo_lock "$gitdir" "$workdir" "$repo" ||
+            die 18 "another dispatch has held the lock on $repo for 120 s"
+    fi
     local head="" # the worktree's commit, when known here
-    if [ "$mode" = continue ]; then
+    if [ "$mode" = scratch ]; then
+        mkdir "$wt" || die 14 "cannot create $wt (disk full?)"
+    elif [ "$mode" = continue ]; then
         [ -d "$wt" ] || die 12 "worktree $wt is gone from this machine; nothing to continue (use coord retry)"
         if command -v flock >/dev/null 2>&1; then
             local lock
@@ -262,7 +270,7 @@ cmd_dispatch() {
     # The worktree's commit, read from git's files (no fork): .git names the worktree's git
     # dir, whose HEAD names the branch, whose ref (loose: just made) is the commit.
     local wgit="" ref=""
-    if [ -z "$head" ]; then
+    if [ -z "$head" ] && [ "$mode" != scratch ]; then
         read -r _ wgit 2>/dev/null <"$wt/.git" && read -r _ ref 2>/dev/null <"$wgit/HEAD" &&
             read -r head 2>/dev/null <"$gitdir/$ref" || head=$(git -C "$wt" rev-parse HEAD 2>/dev/null)
     fi
