@@ -161,9 +161,10 @@ def test_format_duration_reads_back(seconds: float, text: str) -> None:
 
 def test_config_imports_none_of_the_modules_that_use_it() -> None:
     """The model depends on nothing that reads, loads or writes it: no import circle."""
-    source = Path(coordlib.__file__).with_name("config.py").read_text()
+    from .test_structure import parse
+
     imported: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse(Path(coordlib.__file__).with_name("config.py"))):
         if isinstance(node, ast.ImportFrom):
             imported |= {node.module or "", *(alias.name for alias in node.names)}
         elif isinstance(node, ast.Import):

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import ast
+import gc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "coordlib"
+
+
+def parse(f: Path) -> ast.Module:
+    """ast.parse, with the garbage collector held off.  Debian's Python 3.11.2 keeps the AST
+    constructor's recursion depth in one place per interpreter (CPython gh-106905, fixed in
+    3.11.5): a finalizer the collector runs while the tree is built can let another thread
+    (a test's leftover server) parse too, and the check trips "AST constructor recursion
+    depth mismatch".  With no collection, nothing runs Python code in between."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(f.read_text())
+    finally:
+        if was:
+            gc.enable()
 
 
 def _imports() -> dict[str, set[str]]:
@@ -15,7 +31,7 @@ def _imports() -> dict[str, set[str]]:
         name = ".".join(f.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
         package = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in ast.walk(parse(f)):
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
@@ -57,7 +73,7 @@ def test_the_library_never_prints_nor_imports_click() -> None:
     for f in ROOT.rglob("*.py"):
         if "testing" in f.parts:
             continue  # the test helpers' `python -m` entry points print
-        tree = ast.parse(f.read_text())
+        tree = parse(f)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                 raise AssertionError(f"{f}:{node.lineno} calls print()")
