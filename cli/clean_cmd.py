@@ -35,6 +35,14 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 @click.option("--machine", shell_complete=complete_machines, help="Only this machine.")
 @click.option("--keep-runs", is_flag=True, help="Keep run directories (events, logs).")
+@click.option(
+    "--rescue",
+    is_flag=True,
+    help="Save uncommitted work at refs/coord/rescue/ID, then remove the worktree.",
+)
+@click.option(
+    "--no-merged", is_flag=True, help="Do not ask the forge which work merged (the age rule alone)."
+)
 @click.option("--dry-run", "-n", is_flag=True, help="Check and say what would go; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_state
@@ -44,19 +52,26 @@ def clean(
     older_than: float,
     machine: str | None,
     keep_runs: bool,
+    rescue: bool,
+    no_merged: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Remove the worktrees and run directories of ended assignments (IDS, or all old ones).
+    """Remove the worktrees and run directories of ended assignments (IDS, or all old ones,
+    and those whose pull request merged, however recent: the forge says, so squash and
+    rebase merges count).
 
-    A worktree with uncommitted or untracked files is kept and listed; a main checkout
-    is never touched; branches, and so every commit, always stay.  On a terminal each
-    machine is shown as it answers.
+    A worktree with uncommitted or untracked files is kept and listed, unless --rescue
+    saves them first at refs/coord/rescue/ID in the repo (a commit of the whole tree; `git
+    checkout refs/coord/rescue/ID -- .` brings them back); a main checkout is never
+    touched; branches, and so every commit, always stay.  On a terminal each machine is
+    shown as it answers.
 
     \b
     Examples:
       coord clean -n                     # what would go
       coord clean --older-than 0         # every ended run, however recent
+      coord clean --rescue               # dirty worktrees too, their work saved first
       coord clean api-42-1f3a --keep-runs
     """
 
@@ -68,7 +83,7 @@ def clean(
         async with state.coordinator() as c:
             return await c.clean(
                 *ids, older_than=older_than, machine=machine, keep_runs=keep_runs,
-                dry_run=dry_run,
+                dry_run=dry_run, rescue=rescue, merged=not no_merged,
                 on_machine=heard if not as_json and sys.stderr.isatty() else None,
             )  # fmt: skip
 
@@ -92,9 +107,11 @@ def _print(report: CleanReport) -> None:
     gone = "would_remove" if report.dry_run else "removed"
     for r in report.runs:
         stays = r.worktree in _STAYED or r.run in _RUN_STAYED
-        if stays or report.dry_run:  # a dry run lists what would go, too
+        if stays or report.dry_run or r.rescue:  # a dry run lists what would go, too
+            why = "merged; " if r.merged else ""
+            saved = f"its work saved at {r.rescue}; " if r.rescue else ""
             echo(f"{r.id:<22} {r.machine:<12} worktree {r.worktree:<12} run {r.run:<12} "
-                 f"{r.note}".rstrip())  # fmt: skip
+                 f"{why}{saved}{r.note}".rstrip().rstrip(";"))  # fmt: skip
     for name, error in report.errors.items():
         echo(f"coord: {name}: not cleaned: {error}", err=True)
     held = report.count("worktree", "kept") + report.count("worktree", "refused")
@@ -103,6 +120,11 @@ def _print(report: CleanReport) -> None:
         f"{report.count('run', gone)} run dir(s) of {len(report.runs)} ended assignment(s)"
         + (f"; kept {held} worktree(s), listed above" if held else "")
     )
+    merged = sum(1 for r in report.runs if r.merged)
+    if merged:
+        echo(f"of which {merged} merged (its pull request, as the forge says), whatever its age")
+    for note in report.notes:
+        echo(f"coord: {note}", err=True)
     if report.younger:
         age = format_duration(report.older_than)
         echo(f"left alone: {report.younger} ended assignment(s) younger than {age} "

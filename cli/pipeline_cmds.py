@@ -285,11 +285,14 @@ def merge(state: State, dry_run: bool, repo: str | None, method: str | None, ord
         echo("nothing is ready to merge")
 
 
-@coord.command(short_help="End the session; print what it did and cost.")
+@coord.command(short_help="End the session; clean merged work; print what it did and cost.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-clean", is_flag=True, help="Leave the worktrees of merged work.")
 @pass_state
-def done(state: State, as_json: bool) -> None:
-    """End the session: run the on_session_end hooks and print what it did and cost.
+def done(state: State, as_json: bool, no_clean: bool) -> None:
+    """End the session: clean the worktrees and run dirs of work whose pull request merged
+    (anything uncommitted stays, listed), run the on_session_end hooks, and print what the
+    session did and cost.
 
     \b
     Examples:
@@ -299,7 +302,7 @@ def done(state: State, as_json: bool) -> None:
 
     async def go() -> dict[str, Any]:
         async with state.coordinator() as c:
-            return await c.done()
+            return await c.done(clean=not no_clean)
 
     s = run(go)
     if as_json:
@@ -315,6 +318,16 @@ def done(state: State, as_json: bool) -> None:
         echo(f"  {k}: ${v:.2f}")
     for k, v in s["cost_by_tier"].items():
         echo(f"  {k}: ${v:.2f}")
+    cleaned = s.get("cleaned")
+    if cleaned:
+        echo(f"cleaned {cleaned['worktrees']} worktree(s) and {cleaned['runs']} run dir(s) of "
+             "merged work")  # fmt: skip
+        for r in cleaned["kept"]:
+            echo(f"  kept {r['id']} on {r['machine']}: {r['note']}")
+        for name, error in cleaned["errors"].items():
+            echo(f"  {name}: not cleaned: {error}")
+        for note in cleaned["notes"]:
+            echo(f"  {note}")
 
 
 @coord.command(short_help="Where each issue is in the pipeline.")

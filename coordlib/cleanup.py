@@ -10,7 +10,13 @@ removes them once the work has ended, with one remote command per machine:
   branch (and so every commit) always stays.  Ignored files (build output, caches) go
   with their worktree;
 - nothing an assignment that has not ended uses (its run, or a worktree a continued
-  session shares) is sent to the machine at all.
+  session shares) is sent to the machine at all;
+- work whose pull request merged is cleaned whatever its age: the forge says so (one
+  question per branch, so squash and rebase merges count, which git's ancestry cannot see);
+- with `rescue`, a worktree with uncommitted or untracked files (or commits on a detached
+  HEAD) has them saved first as ``refs/coord/rescue/<id>`` in its repo (a commit of the
+  whole tree on its HEAD, made without touching the worktree's index), and then goes; the
+  report names the ref.
 
 Cleaned assignments are marked on the board (``extra["cleaned"]``), so the next clean
 skips them; the board keeps their outcome, and the forge keeps the trail.
@@ -50,6 +56,8 @@ class CleanedRun:
     worktree: str  # removed | would_remove | kept | refused | in_use | missing | none | unreachable
     run: str  # removed | would_remove | kept | running | missing | refused | unreachable
     note: str = ""
+    rescue: str | None = None  # the ref its worktree's work was saved at first (rescue)
+    merged: bool = False  # chosen because its pull request merged (not for its age)
 
     @property
     def done(self) -> bool:
@@ -64,6 +72,8 @@ class CleanedRun:
             "worktree": self.worktree,
             "run": self.run,
             "note": self.note,
+            "rescue": self.rescue,
+            "merged": self.merged,
         }
 
 
@@ -79,6 +89,7 @@ class CleanReport:
     younger: int = 0
     older_than: float = 0.0
     live: int = 0
+    notes: list[str] = field(default_factory=list)  # a forge that could not say what merged
 
     def count(self, part: str, state: str) -> int:
         """Count the runs whose `part` ("worktree" or "run") ended in `state`."""
@@ -92,6 +103,7 @@ class CleanReport:
             "errors": self.errors,
             "younger": self.younger,
             "live": self.live,
+            "notes": self.notes,
         }
 
 
@@ -144,9 +156,12 @@ async def clean(
     machine: str | None = None,
     keep_runs: bool = False,
     dry_run: bool = False,
+    rescue: bool = False,
+    merged: bool = True,
     on_machine: Callable[[str, list[CleanedRun] | CoordError], None] | None = None,
 ) -> CleanReport:
     """Remove the worktrees and run directories of ended assignments (see the module).
+    `merged`: also ended work younger than `older_than` whose pull request merged.
     `on_machine` hears each machine's records (or its error) as it answers."""
     if machine is not None:
         ctx.config.machine(machine)  # an unknown name: ConfigError with a suggestion
@@ -165,6 +180,13 @@ async def clean(
         if not p.ended and p.worktree:
             in_use.setdefault((p.machine, p.worktree), f"the pipeline of {p.key} ({p.stage})")
     report = CleanReport(dry_run=dry_run, older_than=older_than)
+    landed: set[str] = set()
+    if merged and not full_ids:
+        chosen_ids = {a.id for a in chosen}
+        rest = [a for a in rows if a.is_terminal and a.id not in chosen_ids
+                and not _cleaned(a, keep_runs) and machine in (None, a.machine)]  # fmt: skip
+        landed = await _merged(ctx, rest, report.notes)
+        chosen += [a for a in rest if a.id in landed]
     if not full_ids:
         chosen_ids = {a.id for a in chosen}
         mine = [a for a in rows if machine is None or a.machine == machine]
@@ -177,7 +199,7 @@ async def clean(
 
     async def one(name: str, runs: list[Assignment]) -> list[CleanedRun] | CoordError:
         done = await _clean_machine(ctx, name, runs, in_use, keep_runs=keep_runs,
-                                    dry_run=dry_run)  # fmt: skip
+                                    dry_run=dry_run, rescue=rescue)  # fmt: skip
         if on_machine is not None:
             on_machine(name, done)
         return done
@@ -189,6 +211,8 @@ async def clean(
             outcome = [
                 CleanedRun(a.id, name, "unreachable", "unreachable") for a in by_machine[name]
             ]
+        for r in outcome:
+            r.merged = r.id in landed
         report.runs.extend(outcome)
     if not dry_run:
         _mark(ctx, report.runs, keep_runs=keep_runs)
@@ -203,6 +227,7 @@ async def _clean_machine(
     *,
     keep_runs: bool,
     dry_run: bool,
+    rescue: bool,
 ) -> list[CleanedRun] | CoordError:
     """Clean one machine's runs with one remote command."""
     if name not in ctx.config.machines:
@@ -222,6 +247,7 @@ async def _clean_machine(
         CleanMode.CHECK if dry_run else CleanMode.REMOVE,
         keep_runs=keep_runs,
         runs=[(a.id, wt) for a, wt in sent],
+        rescue=rescue,
     )
     try:
         done = await ctx.machines.get(name).run(
@@ -242,7 +268,10 @@ async def _clean_machine(
             str(line.get("worktree", "unreachable")),
             str(line.get("run", "unreachable")),
             str(line.get("note") or ""),
-        )
+            # (the machine's word: only the ref this run's own rescue would name)
+            f"refs/coord/rescue/{a.id}" if line.get("rescue") == f"refs/coord/rescue/{a.id}"
+            else None,
+        )  # fmt: skip
         if not wt and a.worktree:
             if (name, a.worktree) in in_use:
                 live = in_use[(name, a.worktree)]
@@ -259,7 +288,36 @@ def _mark(ctx: Context, runs: Sequence[CleanedRun], *, keep_runs: bool) -> None:
     """Record on the board what is gone, so later cleans skip it."""
     now = time.time()
     ctx.board.mark_cleaned({
-        r.id: {"at": now, "worktree": r.worktree, "run": r.run}
+        r.id: {"at": now, "worktree": r.worktree, "run": r.run,
+               **({"rescue": r.rescue} if r.rescue else {})}
         for r in runs
         if r.worktree in GONE and (r.run in GONE or (keep_runs and r.run == "kept"))
     })  # fmt: skip
+
+
+async def _merged(ctx: Context, rows: Sequence[Assignment], notes: list[str]) -> set[str]:
+    """The ids of `rows` whose branch's pull request merged, as the forge says: the PR its
+    pipeline opened, else any PR from its branch (one question per branch, 8 at a time).  A
+    forge that does not answer is noted, and its work left to the age rule."""
+    prs = {(p.repo, p.branch): p.pr for p in ctx.board.pipelines() if p.pr and p.branch}
+    branches = sorted({(a.repo, a.branch) for a in rows if a.branch})
+    gate = asyncio.Semaphore(8)
+    failed: dict[str, str] = {}
+
+    async def ask(repo: str, branch: str) -> bool:
+        async with gate:
+            try:
+                forge = ctx.forges.get(repo)
+                number = prs.get((repo, branch))
+                if number is not None:
+                    return (await forge.get_pr(number)).merged
+                return any(pr.merged for pr in await forge.list_prs(state="closed", head=branch))
+            except CoordError as exc:
+                failed.setdefault(repo, str(exc))
+                return False
+
+    said = await asyncio.gather(*(ask(r, b) for r, b in branches))
+    done = {rb for rb, yes in zip(branches, said, strict=True) if yes}
+    notes += [f"could not ask {repo}'s forge which pull requests merged: {why}"
+              for repo, why in sorted(failed.items())]  # fmt: skip
+    return {a.id for a in rows if (a.repo, a.branch) in done}

@@ -411,11 +411,22 @@ class Coordinator:
             repo=repo, method=method, order=order, batch=batch, dry_run=dry_run
         )
 
-    async def done(self) -> dict[str, Any]:
-        """End the session: run the on_session_end hooks and return the session's summary."""
+    async def done(self, *, clean: bool = True) -> dict[str, Any]:
+        """End the session: run the on_session_end hooks and return the session's summary;
+        with `clean`, the worktrees and run dirs of work that merged go first (whatever their
+        age; anything uncommitted stays), under the summary's ``cleaned``."""
         from .pipeline import by_hand
 
         summary = by_hand.session_summary(self.engine)
+        if clean:
+            report = await self.clean(older_than=float("inf"))
+            summary["cleaned"] = {
+                "worktrees": report.count("worktree", "removed"),
+                "runs": report.count("run", "removed"),
+                "kept": [r.to_dict() for r in report.runs if r.worktree in ("kept", "refused")],
+                "errors": report.errors,
+                "notes": report.notes,
+            }
         await self.engine.hooks.fire("on_session_end", {"event": "on_session_end",
                                                          "summary": summary})  # fmt: skip
         self.engine.ledger.end_session()
@@ -500,19 +511,22 @@ class Coordinator:
         machine: str | None = None,
         keep_runs: bool = False,
         dry_run: bool = False,
+        rescue: bool = False,
+        merged: bool = True,
         on_machine: Callable[[str, Any], None] | None = None,
     ) -> CleanReport:
         """Remove the worktrees and run dirs of ended work; keep anything with changes.
 
         Without `ids`, every ended assignment that finished `older_than` seconds ago or
-        more.  A worktree with uncommitted or untracked files, a main checkout, or one a
-        live assignment still uses is never removed; branches always stay.  See
-        `coordlib.cleanup`.
+        more, and (`merged`) younger ones whose pull request merged, as the forge says.  A
+        worktree with uncommitted or untracked files is kept, or with `rescue` has them
+        saved at ``refs/coord/rescue/<id>`` first; a main checkout, or one a live assignment
+        still uses, is never removed; branches always stay.  See `coordlib.cleanup`.
         """
         from .cleanup import clean
 
         return await clean(self._ctx, older_than=older_than, ids=ids, machine=machine,
-                           keep_runs=keep_runs, dry_run=dry_run,
+                           keep_runs=keep_runs, dry_run=dry_run, rescue=rescue, merged=merged,
                            on_machine=on_machine)  # fmt: skip
 
     async def resume(

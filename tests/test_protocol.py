@@ -171,6 +171,7 @@ def test_the_choices_the_scripts_take_are_the_declared_ones() -> None:
         ("status", "scope"): list(Scope),
         ("status", "files"): ["0", "1"],
         ("clean", "mode"): list(CleanMode),
+        ("clean", "rescue"): ["0", "1"],
         ("clean", "keep_runs"): ["0", "1"],
         ("tail", "file"): list(TAIL_FILES),
         ("tail", "follow"): ["0", "1"],
@@ -329,7 +330,9 @@ def test_stop_tail_and_clean_commands() -> None:
         tail_command("w", "a-1", 0, RunFile.EXIT, follow=False)
     runs = [("a-1", "w/x"), ("b", "")]
     argv, payload = clean_command("w", CleanMode.CHECK, keep_runs=True, runs=runs)
-    assert argv[5:] == ["clean", "w", "check", "1"]
+    assert argv[5:] == ["clean", "w", "check", "1", "0"]
+    rescued = clean_command("w", CleanMode.REMOVE, keep_runs=False, runs=runs, rescue=True)[0]
+    assert rescued[5:] == ["clean", "w", "remove", "0", "1"]
     assert payload == b"a-1\0w/x\0b\0\0"
     with pytest.raises(UsageError, match="NUL"):
         clean_command("w", CleanMode.REMOVE, keep_runs=False, runs=[("a-1", "w/\0x")])
@@ -748,7 +751,7 @@ def test_an_empty_clean_and_a_bad_argument_answer_as_declared(tmp_path: Path) ->
     bad = bash([*argv[:6], str(tmp_path), "check"], tmp_path)
     assert (bad.returncode, bad.stdout) == (ExitCode.USAGE, b"")
     assert failure_reason(bad.stderr.decode()) == (
-        "clean: expected WORKDIR MODE KEEP_RUNS, got 2 arguments"
+        "clean: expected WORKDIR MODE KEEP_RUNS RESCUE, got 2 arguments"
     )
 
 

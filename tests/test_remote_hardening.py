@@ -336,7 +336,7 @@ def valid_args(root: Path) -> dict[str, list[str]]:
         "status": [wd, "ct-none", "live", RUN, "0", "100", "1"],
         "stop": [wd, RUN],
         "tail": [wd, RUN, "0", "events.jsonl", "0"],
-        "clean": [wd, "check", "1"],
+        "clean": [wd, "check", "1", "0"],
     }  # fmt: skip
 
 
@@ -349,6 +349,7 @@ POSITIONS = [
     *(("tail", i, "{}") for i in (1, 2, 3, 4)),
     ("clean", 1, "{}"),
     ("clean", 2, "{}"),
+    ("clean", 3, "{}"),
 ]
 
 
@@ -415,7 +416,7 @@ def test_every_verb_refuses_a_hostile_argument_and_touches_nothing(
         assert b"\n" not in done.stderr.rstrip(b"\n"), done.stderr  # one line, nothing raw
     # clean gets its ids on stdin: a bad one is refused by its own record.
     if not ID_PATTERN.fullmatch(value):
-        done = coord_run(sandbox, "clean", str(sandbox / "wd"), "remove", "0",
+        done = coord_run(sandbox, "clean", str(sandbox / "wd"), "remove", "0", "0",
                          stdin=value.encode() + b"\0\0")  # fmt: skip
         assert done.returncode == 0, done.stderr
         (line,) = parse_clean(done.stdout).values()
@@ -534,7 +535,7 @@ GOOD = {
                "0"],
     "stop": ["~/.coord", "api-42-1f3a"],
     "tail": ["~/.coord", "api-42-1f3a", "1024", "stderr.log", "1"],
-    "clean": ["/home/u/.coord", "remove", "0"],
+    "clean": ["/home/u/.coord", "remove", "0", "1"],
     "await": ["~/.coord", "30", "api-42-1f3a", "b_2"],
     "sync": ["~/src/api", "main", "1"],
 }  # fmt: skip
@@ -566,6 +567,7 @@ BAD = [
     ("tail", 4, ["", "2", "yes", "01"]),
     ("clean", 1, ["", "rm", "REMOVE"]),
     ("clean", 2, ["", "2", "true"]),
+    ("clean", 3, ["", "2", "yes", "01"]),
     ("await", 1, ["", "0", "-1", "1.5", "01", "9" * 10, "1+1"]),
     ("await", 2, ["", "../x", "a b", "-a", "$(id)"]),
     ("sync", 0, ["", "-rf"]),

@@ -105,15 +105,23 @@ def tail_command(
 
 
 def clean_command(
-    workdir: str, mode: CleanMode, *, keep_runs: bool, runs: Sequence[tuple[str, str]]
+    workdir: str,
+    mode: CleanMode,
+    *,
+    keep_runs: bool,
+    runs: Sequence[tuple[str, str]],
+    rescue: bool = False,
 ) -> tuple[list[str], bytes]:
-    """Build a clean of `runs` ((id, worktree or ""), each ended): its argv and its stdin."""
+    """Build a clean of `runs` ((id, worktree or ""), each ended): its argv and its stdin.
+    With `rescue`, a worktree's uncommitted work (or detached commits) is saved at
+    ``refs/coord/rescue/<id>`` before it goes, rather than keeping the worktree."""
     payload = bytearray()
     for id, worktree in runs:
         if "\0" in id or "\0" in worktree:
             raise UsageError(f"remote command clean: a NUL byte in run {id!r} or its worktree")
         payload += f"{id}\0{worktree}\0".encode()
-    return remote_argv("clean", workdir, str(mode), str(int(keep_runs))), bytes(payload)
+    argv = remote_argv("clean", workdir, str(mode), str(int(keep_runs)), str(int(rescue)))
+    return argv, bytes(payload)
 
 
 def test_command(

@@ -174,3 +174,23 @@ live_mark() { # live_mark RUN_DIR: print the marker that lists the run as live (
     printf '%s/.live/%s' "${1%/*}" "${1##*/}"
 }
 
+
+save_rescue() { # save_rescue WORKTREE REF INDEX MESSAGE: status 0 once REF holds its work
+    # Every change in WORKTREE (untracked files too, ignored ones not) becomes a commit on its
+    # HEAD, made through the private index INDEX (which must not exist): neither the worktree
+    # nor its own index is touched.  Nothing the worktree's owner wrote runs (hooks, fsmonitor).
+    local -a g=(git -c core.fsmonitor=false -c core.hooksPath=/dev/null -c core.untrackedCache=false -C "$1")
+    local head tree sha ok=1
+    head=$("${g[@]}" rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null) || return 1
+    if GIT_INDEX_FILE=$3 "${g[@]}" read-tree "$head" 2>/dev/null &&
+        GIT_INDEX_FILE=$3 timeout 120 "${g[@]}" add -A . 2>/dev/null &&
+        tree=$(GIT_INDEX_FILE=$3 "${g[@]}" write-tree 2>/dev/null) &&
+        sha=$(GIT_AUTHOR_NAME=coord GIT_AUTHOR_EMAIL=coord@localhost \
+            GIT_COMMITTER_NAME=coord GIT_COMMITTER_EMAIL=coord@localhost \
+            "${g[@]}" commit-tree "$tree" -p "$head" -m "$4" 2>/dev/null) &&
+        "${g[@]}" update-ref "$2" "$sha" 2>/dev/null; then
+        ok=0
+    fi
+    rm -f "$3"
+    return $ok
+}

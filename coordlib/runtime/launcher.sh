@@ -116,20 +116,10 @@ outcome() { # outcome WORKTREE RUN_DIR START BASE: set OUTCOME to a JSON object,
         fi
     done < <("${g[@]}" status --porcelain=v1 --untracked-files=all 2>/dev/null)
     if ((dirty > 0)); then
-        # Saved without touching the worktree or its index: a private index gets every
-        # change (untracked files too, ignored ones not) and becomes a commit on HEAD.
-        local idx="$run/rescue.index" tree sha name="refs/coord/rescue/${run##*/}"
-        if GIT_INDEX_FILE=$idx "${g[@]}" read-tree "$head" 2>/dev/null &&
-            GIT_INDEX_FILE=$idx timeout 120 "${g[@]}" add -A . 2>/dev/null &&
-            tree=$(GIT_INDEX_FILE=$idx "${g[@]}" write-tree 2>/dev/null) &&
-            sha=$(GIT_AUTHOR_NAME=coord GIT_AUTHOR_EMAIL=coord@localhost \
-                GIT_COMMITTER_NAME=coord GIT_COMMITTER_EMAIL=coord@localhost \
-                "${g[@]}" commit-tree "$tree" -p "$head" \
-                -m "coord: uncommitted work of run ${run##*/}, saved as it ended" 2>/dev/null) &&
-            "${g[@]}" update-ref "$name" "$sha" 2>/dev/null; then
-            rescue="\"$name\""
-        fi
-        rm -f "$idx"
+        # Saved without touching the worktree or its index (see save_rescue).
+        local name="refs/coord/rescue/${run##*/}"
+        save_rescue "$wt" "$name" "$run/rescue.index" \
+            "coord: uncommitted work of run ${run##*/}, saved as it ended" && rescue="\"$name\""
     fi
     local s=null m=null
     [ -n "$start" ] && s="\"$start\""

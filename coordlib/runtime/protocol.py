@@ -424,7 +424,14 @@ VERBS: dict[str, Verb] = {
         ),
         Verb(
             "clean",
-            (_WORKDIR, Arg("mode", _one_of(*CleanMode)), Arg("keep_runs", _one_of("0", "1"))),
+            (
+                _WORKDIR,
+                Arg("mode", _one_of(*CleanMode)),
+                Arg("keep_runs", _one_of("0", "1")),
+                # 1: a worktree with uncommitted files or a detached HEAD has its work saved at
+                # refs/coord/rescue/ID (a commit of the whole tree), then goes too
+                Arg("rescue", _one_of("0", "1")),
+            ),
             stdin="ID NUL WORKTREE NUL, per run",
             records=frozenset({"run"}),
         ),

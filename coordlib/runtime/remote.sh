@@ -500,19 +500,23 @@ run_busy() { # run_busy RUN_DIR WORKTREE: status 0, with BUSY saying why, while 
 }
 
 worktree_unsafe() { # worktree_unsafe WT: status 0, with CN saying why, when removing WT could lose work
+    # (UNSAFE says which: dirty and detached work a rescue saves; the others it never touches)
     local dirty n gd f
+    UNSAFE=other
     if ! dirty=$(git -C "$1" status --porcelain --untracked-files=all 2>&1); then
         CN="git status failed: ${dirty//$'\n'/ }" && return 0
     fi
     if [ -n "$dirty" ]; then
         n=${dirty//[!$'\n']/}
-        CN="$((${#n} + 1)) uncommitted or untracked file(s): commit or remove them, then clean again"
+        UNSAFE=dirty
+        CN="$((${#n} + 1)) uncommitted or untracked file(s): commit or remove them (or clean --rescue), then clean again"
         return 0
     fi
     # A detached HEAD (a review's worktree is one) loses nothing while a branch holds it.
     if ! git -C "$1" symbolic-ref -q HEAD >/dev/null 2>&1 &&
         [ -z "$(git -C "$1" for-each-ref --count=1 --contains HEAD refs/heads 2>/dev/null)" ]; then
-        CN="HEAD is detached: commits made there are on no branch (check one out, then clean)"
+        UNSAFE=detached
+        CN="HEAD is detached: commits made there are on no branch (check one out, or clean --rescue)"
         return 0
     fi
     gd=$(git -C "$1" rev-parse --absolute-git-dir 2>/dev/null) || { CN="no git dir" && return 0; }
@@ -522,9 +526,9 @@ worktree_unsafe() { # worktree_unsafe WT: status 0, with CN saying why, when rem
     return 1
 }
 
-clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE: set CW (what happened) and CN (why)
+clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE RESCUE ID: set CW (what happened), CN (why), RESCUED
     local workdir=$1 wt=$2 mode=$3 root phys lk="" out
-    CW="" CN=""
+    CW="" CN="" RESCUED=""
     [ -n "$wt" ] || { CW=none && return; }
     case $wt in
         "$workdir"/worktrees/?*) ;;
@@ -555,15 +559,15 @@ clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE: set CW (what happened
     fi
     # git (and anything it starts) must not inherit the lock.
     if [ -n "$lk" ]; then
-        remove_worktree "$wt" "$phys" "$mode" {lk}>&-
+        remove_worktree "$wt" "$phys" "$mode" "$4" "$5" "$workdir" {lk}>&-
         exec {lk}>&-
     else
-        remove_worktree "$wt" "$phys" "$mode"
+        remove_worktree "$wt" "$phys" "$mode" "$4" "$5" "$workdir"
     fi
 }
 
-remove_worktree() { # remove_worktree WT PHYSICAL_PATH MODE: set CW and CN
-    local wt=$1 pat=$2 pids out
+remove_worktree() { # remove_worktree WT PHYSICAL_PATH MODE RESCUE ID WORKDIR: set CW, CN and RESCUED
+    local wt=$1 pat=$2 mode=$3 pids out force=""
     # Any process of ours working in it (a worker that outlived its launcher, a daemon it
     # left, a continued session's worker): keep it.  One find over /proc's cwd links.
     pat=${pat//\\/\\\\} pat=${pat//\*/\\*} pat=${pat//\?/\\?} pat=${pat//\[/\\[}
@@ -572,16 +576,27 @@ remove_worktree() { # remove_worktree WT PHYSICAL_PATH MODE: set CW and CN
     if [ -n "$pids" ]; then
         pids=${pids//\/proc\//}
         CW=kept CN="processes are running in it (pid ${pids% }): stop them, then clean again"
-    elif worktree_unsafe "$wt"; then
+    elif worktree_unsafe "$wt" && { [ "$4" != 1 ] || [ "$UNSAFE" = other ]; }; then
         CW=kept
     elif [ "$mode" = check ]; then
         CW=would_remove
-    elif out=$(git -C "$wt" worktree remove "$wt" 2>&1); then
-        # Without --force, git itself refuses a worktree with changes or a lock: a last
-        # guard.  Ignored files (build output, caches) go with the worktree.
-        CW=removed
+        [ "$4" = 1 ] && [ -n "$CN" ] && CN="would save its work at refs/coord/rescue/$5 first: $CN"
     else
-        CW=kept CN="git worktree remove: ${out//$'\n'/ }"
+        if [ "$4" = 1 ] && [ -n "$CN" ]; then
+            # Its work is saved first (a commit of the whole tree on its HEAD), or it stays.
+            save_rescue "$wt" "refs/coord/rescue/$5" "$6/locks/rescue-$5.index" \
+                "coord: work left in $wt, saved as it was cleaned" ||
+                { CW=kept CN="could not save its work at refs/coord/rescue/$5: $CN" && return; }
+            RESCUED="refs/coord/rescue/$5" CN="" force=--force
+        fi
+        # Without --force, git itself refuses a worktree with changes or a lock: a last
+        # guard (given only once a rescue ref holds them).  Ignored files (build output,
+        # caches) go with the worktree.
+        if out=$(git -C "$wt" worktree remove $force "$wt" 2>&1); then
+            CW=removed
+        else
+            CW=kept CN="git worktree remove: ${out//$'\n'/ }"
+        fi
     fi
 }
 
@@ -600,12 +615,13 @@ clean_run() { # clean_run RUN_DIR MODE KEEP_RUNS: set CR (the run has ended: see
     fi
 }
 
-cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per finished run
-    need_args clean $# 3 "WORKDIR MODE KEEP_RUNS"
+cmd_clean() { # clean WORKDIR MODE KEEP_RUNS RESCUE; stdin: ID NUL WORKTREE NUL, per finished run
+    need_args clean $# 4 "WORKDIR MODE KEEP_RUNS RESCUE"
     need_path clean workdir "$1"
     need_word clean mode "$2" remove check
     need_word clean keep_runs "$3" 0 1
-    local workdir mode=$2 keep=$3 id wt line CW CN CR BUSY
+    need_word clean rescue "$4" 0 1
+    local workdir mode=$2 keep=$3 rescue=$4 id wt line saved CW CN CR BUSY RESCUED UNSAFE
     home_path workdir "$1"
     workdir=${workdir%/}
     printf '%s clean\n' "$PROTOCOL"
@@ -622,10 +638,13 @@ cmd_clean() { # clean WORKDIR MODE KEEP_RUNS; stdin: ID NUL WORKTREE NUL, per fi
                 "$id" "$([ -n "$wt" ] && echo kept || echo none)" "$line"
             continue
         fi
-        clean_worktree "$workdir" "$wt" "$mode"
+        clean_worktree "$workdir" "$wt" "$mode" "$rescue" "$id"
         clean_run "$workdir/runs/$id" "$mode" "$keep"
         json_str line "$CN"
-        printf 'run {"id":"%s","worktree":"%s","run":"%s","note":%s}\n' "$id" "$CW" "$CR" "$line"
+        saved=null
+        [ -n "$RESCUED" ] && saved="\"$RESCUED\""
+        printf 'run {"id":"%s","worktree":"%s","run":"%s","note":%s,"rescue":%s}\n' \
+            "$id" "$CW" "$CR" "$line" "$saved"
     done
     printf 'end\n'
 }
