@@ -269,22 +269,24 @@ def trust(state: State, machine: str, yes: bool, replace: bool, as_json: bool) -
     """
     import functools
 
-    from coordlib.runtime.known_hosts import trust_host_key
-    from coordlib.runtime.ssh import fetch_host_key
+    from coordlib.runtime.known_hosts import fetch_host_key, trust_host_key
 
     coordinator = state.coordinator()
     target = coordinator.ssh_target(machine)
+    # Where the connection goes (the ssh config's HostName and Port for an alias), and the
+    # name and file its key is checked under: trust records the key exactly there.
+    end = target.endpoint()
     info = run(lambda: fetch_host_key(target))
     # With --json, stdout carries the JSON alone: what people read goes to stderr.
     say = functools.partial(echo, err=as_json)
-    say(f"{machine} ({info.pattern}) presents {info.algorithm} key {info.fingerprint}")
+    say(f"{machine} ({end.where}) presents {info.algorithm} key {info.fingerprint}")
     facts: dict[str, Any] = {
-        "machine": machine, "host": target.host, "port": target.port,
+        "machine": machine, "host": end.host, "port": end.port,
         "fingerprint": info.fingerprint, "key_type": info.algorithm, "state": info.state,
-        "known_hosts": str(target.known_hosts_path), "recorded": False, "replaced": False,
+        "known_hosts": str(end.known_hosts[0]), "recorded": False, "replaced": False,
     }  # fmt: skip
     if info.state == "trusted":
-        say(f"already trusted in {target.known_hosts_path}")
+        say(f"already trusted in {end.known_hosts[0]} as {info.pattern}")
         if as_json:
             echo_json(facts)
         return
@@ -296,6 +298,6 @@ def trust(state: State, machine: str, yes: bool, replace: bool, as_json: bool) -
         fail("not trusted")
     path = trust_host_key(target, info, replace=replace)
     facts.update(known_hosts=str(path), recorded=True, replaced=info.state == "changed")
-    say(f"recorded in {path}")
+    say(f"recorded in {path} as {info.pattern}")
     if as_json:
         echo_json(facts)

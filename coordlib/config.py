@@ -100,10 +100,10 @@ class MachineConfig:
 
     name: str
     host: str
-    port: int = 22
+    port: int | None = None  # None: ~/.ssh/config's Port for the host, else 22
     user: str | None = None
     identity_file: str | None = None
-    known_hosts: str | None = None  # None means ~/.ssh/known_hosts
+    known_hosts: str | None = None  # None: ~/.ssh/config's UserKnownHostsFile or the default
     capabilities: tuple[str, ...] = ()
     repos: tuple[str, ...] = ()  # empty means every configured repo
     repo_paths: Mapping[str, str] = field(default_factory=frozen_mapping)

@@ -152,7 +152,7 @@ def render_init_config(
         "  # - name: gpu-box",
         "  #   host: gpu-box.example.com",
         "  #   user: me",
-        f"  #   port: {machine['port']}",
+        "  #   port: 22",
         "  #   identity_file: ~/.ssh/id_ed25519",
         "  #   max_workers: 4",
         "  #   capabilities: [gpu]",

@@ -208,8 +208,8 @@ class Fields:
     def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
         return cast(int, self._integer(name, minimum, maximum))
 
-    def optional_integer(self, name: str, minimum: int) -> int | None:
-        return cast("int | None", self._integer(name, minimum, None))
+    def optional_integer(self, name: str, minimum: int, maximum: int | None = None) -> int | None:
+        return cast("int | None", self._integer(name, minimum, maximum))
 
     def number(self, name: str, minimum: float) -> float:
         def ok(value: Any) -> bool:

@@ -155,7 +155,7 @@ def _read_machines(
         machines[name] = MachineConfig(
             name=name,
             host=f.required_text("host", "machine"),
-            port=f.integer("port", 1, 65535),
+            port=f.optional_integer("port", 1, 65535),
             user=f.optional_text("user"),
             identity_file=os.path.expanduser(identity) if identity else None,
             known_hosts=os.path.expanduser(known_hosts) if known_hosts else None,

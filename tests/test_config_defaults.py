@@ -55,6 +55,8 @@ OTHER: dict[str, Any] = {
     "RepoConfig.test_command": "make check",
     "RepoConfig.url": "git@example.com:acme/api.git",
     "MachineConfig.user": "me",
+    "RepoConfig.workspace": WorkspaceConfig(setup="make deps", ports=4, copy=(".env",)),
+    "MachineConfig.port": 2222,
     "MachineConfig.identity_file": "/keys/id",
     "MachineConfig.known_hosts": "/keys/known_hosts",
     "MachineConfig.workdir": "/scratch/coord",

@@ -1,4 +1,8 @@
-"""Editing a known_hosts file for `coord trust`: record a machine's key, or replace it.
+"""`coord trust`: ask a machine for its host key, then record it in known_hosts, or replace it.
+
+The key is fetched and recorded the way the connection will check it (`Endpoint`): from the
+ssh config's HostName and Port, under the name OpenSSH records (the HostKeyAlias, else the
+host, ``[host]:port`` off port 22), in the first of its known_hosts files.
 
 OpenSSH writes entries plain (``host,alias key``) or hashed (``|1|salt|hash key``, Debian's
 and Ubuntu's default, ``HashKnownHosts yes``); replacing a key must drop both, and keep
@@ -7,6 +11,7 @@ everything else as it was: other hosts, ``@cert-authority`` and ``@revoked`` lin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -17,12 +22,47 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..atomic import write_atomic
-from ..errors import HostKeyError, MachineError
+from ..errors import HostKeyError, MachineError, UnreachableError
 
 if TYPE_CHECKING:
     from .ssh import HostKeyInfo, SSHTarget
 
-__all__ = ["trust_host_key"]
+__all__ = ["fetch_host_key", "trust_host_key"]
+
+
+async def fetch_host_key(target: SSHTarget) -> HostKeyInfo:
+    """Ask the machine for its host key without authenticating, and compare with known_hosts.
+
+    The machine is reached as the connection reaches it (the ssh config's HostName, Port,
+    ProxyJump), and the key is looked up under the name the connection checks.
+    """
+    import asyncssh
+
+    from .ssh import HostKeyInfo, _describe
+
+    end = target.endpoint()
+    port = target.port if target.port is not None else ()
+    try:
+        key = await asyncio.wait_for(
+            asyncssh.get_server_host_key(target.host, port, config=target.config_paths()),
+            target.connect_timeout,
+        )
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
+        raise UnreachableError(
+            f"cannot reach {end.where}: {_describe(exc)}", machine=target.name
+        ) from exc
+    if key is None:
+        raise UnreachableError(f"{end.where} sent no host key", machine=target.name)
+    algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
+    keys = end.trusted_keys()
+    state = "trusted" if key in keys else "changed" if keys else "unknown"
+    return HostKeyInfo(
+        pattern=end.host_pattern,
+        algorithm=algorithm,
+        fingerprint=key.get_fingerprint("sha256"),
+        line=f"{end.host_pattern} {algorithm} {blob}",
+        state=state,
+    )
 
 
 def trust_host_key(target: SSHTarget, info: HostKeyInfo, *, replace: bool = False) -> Path:
@@ -44,6 +84,12 @@ def trust_host_key(target: SSHTarget, info: HostKeyInfo, *, replace: bool = Fals
         )
     # Write through a symlink (dotfiles kept elsewhere), never over it.
     real = Path(os.path.realpath(path))
+    if real.exists() and not real.is_file():  # `UserKnownHostsFile /dev/null`, say
+        raise MachineError(
+            f"{path} is not a file that can hold host keys; set known_hosts for this "
+            f"machine in coordinator.yml, then run `coord trust {target.name}` again",
+            machine=target.name,
+        )
     try:
         text = real.read_text(errors="surrogateescape") if real.is_file() else ""
     except OSError as exc:

@@ -5,6 +5,14 @@ shell on the far side (so callers batch work into few commands), sshd allows 10
 channels per connection by default (so channels are bounded below that), its
 ``MaxStartups`` drops bursts of handshakes (so handshakes are bounded
 process-wide), and asyncssh never notices a dead peer without keepalives.
+
+OpenSSH's conventions hold as they do for ``ssh HOST``: only what coordinator.yml sets is
+passed on, so ``~/.ssh/config`` fills in the rest (``HostName``, ``Port``, ``User``,
+``ProxyJump``, ``IdentityFile``, ``UserKnownHostsFile``, ``HostKeyAlias``), ssh-agent's keys
+are offered beside an ``identity_file``, and host keys are looked up and recorded under the
+name OpenSSH uses: the resolved ``HostName`` (``[host]:port`` off port 22), or the
+``HostKeyAlias``.  `SSHTarget.endpoint` resolves the config the way the connection does, so
+`coord trust`, the connection and every message agree on where a machine is.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from ..errors import AuthError, CommandTimeout, HostKeyError, MachineError, Unre
 from .command import join
 from .transport import CompletedCommand, Transport
 
-__all__ = ["HostKeyInfo", "SSHTarget", "SSHTransport", "fetch_host_key"]
+__all__ = ["Endpoint", "HostKeyInfo", "SSHTarget", "SSHTransport"]
 
 # Concurrent handshakes: at most MAX_HANDSHAKES to any one sshd (its default MaxStartups,
 # 10:30:100, starts dropping past 10 at once), and MAX_HANDSHAKES_TOTAL in all, which bounds
@@ -60,28 +68,128 @@ async def _handshake_slot(host: str, port: int) -> AsyncIterator[None]:
 
 
 @dataclass(frozen=True)
-class SSHTarget:
-    """Where and how to connect: host, port, user, key and known_hosts file."""
+class Endpoint:
+    """Where a machine's connection goes once the ssh config has filled in what coordinator.yml
+    left out, and which known_hosts entries vouch for it."""
 
-    name: str
-    host: str
-    port: int = 22
-    user: str | None = None
-    identity_file: str | None = None
-    known_hosts: str | None = None  # None: ~/.ssh/known_hosts
-    connect_timeout: float = 10.0
-    keepalive_interval: float = 5.0
-    keepalive_count_max: int = 3
+    alias: str  # the host as coordinator.yml names it
+    host: str  # the ssh config's HostName for it, else the alias
+    port: int
+    user: str
+    host_key_alias: str | None
+    known_hosts: tuple[Path, ...]  # checked together; `coord trust` writes the first
+    ssh_config: str | None  # the ssh config file read, if any
+    proxy_jump: str | None = None  # the ssh config's ProxyJump: reached through these hosts
 
     @property
-    def known_hosts_path(self) -> Path:
-        """Return the known_hosts file this machine's key is checked against."""
-        return Path(os.path.expanduser(self.known_hosts or "~/.ssh/known_hosts"))
+    def address(self) -> str:
+        """Return ``host:port`` (``[host]:port`` for an IPv6 address)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def where(self) -> str:
+        """Return the address for messages, saying which ssh config turned the alias into it."""
+        if self.alias == self.host or not self.ssh_config:
+            return self.address
+        return f"{self.address} (Host {self.alias} in {self.ssh_config})"
 
     @property
     def host_pattern(self) -> str:
-        """Return the host as known_hosts writes it (``[host]:port`` off port 22)."""
+        """Return the name known_hosts records the key under, as OpenSSH writes it."""
+        if self.host_key_alias:
+            return self.host_key_alias
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def load_known_hosts(self) -> asyncssh.SSHKnownHosts:
+        """Read the known_hosts files that exist (with none, nothing is trusted)."""
+        return asyncssh.read_known_hosts([str(p) for p in self.known_hosts if p.is_file()])
+
+    def trusted_keys(self) -> list[asyncssh.SSHKey]:
+        """Return the keys known_hosts trusts for this endpoint, matched as the connection is."""
+        name = self.host_key_alias or self.host
+        found = self.load_known_hosts().match(name, "", None if self.port == 22 else self.port)
+        return list(found[0])
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to connect, as coordinator.yml says; the ssh config fills in the rest.
+
+    None (or unset) means "not given": the ssh config's value applies, else OpenSSH's default.
+    """
+
+    name: str
+    host: str  # a name, an address, or a ``Host`` alias of the ssh config
+    port: int | None = None  # None: the ssh config's Port, else 22
+    user: str | None = None  # None: the ssh config's User, else the local user
+    identity_file: str | None = None  # offered alongside ssh-agent's keys
+    known_hosts: str | None = None  # None: UserKnownHostsFile, else ~/.ssh/known_hosts
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 5.0
+    keepalive_count_max: int = 3
+    ssh_config: str | None = None  # None: ~/.ssh/config, when there is one
+
+    def config_paths(self) -> list[str]:
+        """Return the ssh config files to read (none when ~/.ssh/config does not exist)."""
+        if self.ssh_config is not None:
+            return [os.path.expanduser(self.ssh_config)]
+        default = os.path.expanduser("~/.ssh/config")
+        return [default] if os.access(default, os.R_OK) else []
+
+    def endpoint(self) -> Endpoint:
+        """Resolve this target through the ssh config, as asyncssh's connection will."""
+        paths = self.config_paths()
+        try:
+            # The same options object `asyncssh.connect` builds, minus the keys: reading the
+            # config through it makes the answer the connection's own.
+            opts = asyncssh.SSHClientConnectionOptions(
+                config=paths,
+                host=self.host,
+                port=self.port if self.port is not None else (),
+                username=self.user or (),
+                client_keys=None,
+                known_hosts=None,
+            )
+        except (OSError, ValueError) as exc:
+            where = paths[0] if paths else "the ssh config"
+            raise MachineError(
+                f"cannot read {where}: {_describe(exc)}; fix it (`ssh -G {self.host}` shows "
+                f"how OpenSSH reads it)",
+                machine=self.name,
+            ) from exc
+        if self.known_hosts:
+            files = [self.known_hosts]
+        else:
+            # UserKnownHostsFile `none` reads as []: host keys are still checked, here.
+            files = list(_config_list(opts, "UserKnownHostsFile")) or ["~/.ssh/known_hosts"]
+            files += _config_list(opts, "GlobalKnownHostsFile")
+        return Endpoint(
+            alias=self.host,
+            host=str(opts.host),
+            port=int(opts.port),
+            user=str(opts.username),
+            host_key_alias=opts.host_key_alias or None,
+            known_hosts=tuple(Path(os.path.expanduser(f)) for f in files),
+            ssh_config=paths[0] if paths else None,
+            proxy_jump=opts.tunnel if isinstance(opts.tunnel, str) else None,
+        )
+
+    @property
+    def known_hosts_path(self) -> Path:
+        """Return the known_hosts file `coord trust` records this machine's key in."""
+        if self.known_hosts:
+            return Path(os.path.expanduser(self.known_hosts))
+        return self.endpoint().known_hosts[0]
+
+    @property
+    def host_pattern(self) -> str:
+        """Return the name known_hosts records the key under (``[host]:port`` off port 22)."""
+        return self.endpoint().host_pattern
+
+
+def _config_list(opts: asyncssh.SSHClientConnectionOptions, option: str) -> list[str]:
+    value = opts.config.get(option, [])
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 _TRANSIENT = (OSError, asyncssh.ConnectionLost, asyncio.TimeoutError)
@@ -104,6 +212,15 @@ class SSHTransport(Transport):
             if self._conn is not None and not _is_closed(self._conn):
                 return self._conn
             self._conn = None
+            # Read again for each new connection: an edited ~/.ssh/config applies next time.
+            end = self.target.endpoint()
+            key = self.target.identity_file
+            if key and not os.access(os.path.expanduser(key), os.R_OK):
+                raise AuthError(
+                    f"identity_file {key} cannot be read; fix the path in coordinator.yml, "
+                    f"or remove it to use ssh-agent and the ssh config's IdentityFile",
+                    machine=self.name,
+                )
             try:
                 async for attempt in AsyncRetrying(
                     # A refused or reset connection is worth another try; a connect that
@@ -115,14 +232,15 @@ class SSHTransport(Transport):
                     reraise=True,
                 ):
                     with attempt:
-                        conn = await self._open()
+                        conn = await self._open(end)
             except asyncssh.HostKeyNotVerifiable as exc:
-                raise self._host_key_error() from exc
+                raise self._host_key_error(end, exc) from exc
             except asyncssh.PermissionDenied as exc:
-                user = self.target.user or "the default user"
+                raise self._auth_error(end) from exc
+            except asyncssh.KeyImportError as exc:
+                what = f"identity_file {key}" if key else f"an IdentityFile of {end.ssh_config}"
                 raise AuthError(
-                    f"{self.target.host}:{self.target.port} refused the key for {user} "
-                    f"(check identity_file and the machine's authorized_keys)",
+                    f"cannot use {what}: {_describe(exc)}; point it at an OpenSSH private key",
                     machine=self.name,
                 ) from exc
             except (*_TRANSIENT, asyncssh.Error) as exc:
@@ -132,46 +250,64 @@ class SSHTransport(Transport):
                     refused = isinstance(exc, ConnectionRefusedError)
                     reason, why = ("refused" if refused else "unreachable"), _describe(exc)
                 raise UnreachableError(
-                    f"cannot connect to {self.target.host}:{self.target.port}: {why}",
-                    machine=self.name,
-                    reason=reason,
+                    f"cannot connect to {end.where}: {why}", machine=self.name, reason=reason
                 ) from exc
             self._conn = conn
             return conn
 
-    async def _open(self) -> asyncssh.SSHClientConnection:
+    async def _open(self, end: Endpoint) -> asyncssh.SSHClientConnection:
         t = self.target
+        # Only what coordinator.yml sets is passed: the ssh config (the same file `end` was
+        # read from) fills in the rest.  known_hosts is always given, so the host key is
+        # always checked, even where the ssh config says `UserKnownHostsFile none`.
         options: dict[str, Any] = {
-            "port": t.port,
-            "known_hosts": _load_known_hosts(t.known_hosts_path),
+            "config": t.config_paths(),
+            "known_hosts": end.load_known_hosts(),
             "connect_timeout": t.connect_timeout,
             "keepalive_interval": t.keepalive_interval,
             "keepalive_count_max": t.keepalive_count_max,
         }
+        if t.port is not None:
+            options["port"] = t.port
         if t.user:
             options["username"] = t.user
         if t.identity_file:
+            # ssh-agent's keys are offered too (asyncssh asks SSH_AUTH_SOCK, or the ssh
+            # config's IdentityAgent); a passphrase-protected file is skipped rather than
+            # fatal, since the agent can hold it unlocked, as `ssh -i` does.
             options["client_keys"] = [os.path.expanduser(t.identity_file)]
-        async with _handshake_slot(t.host, t.port):
+            options["ignore_encrypted"] = True
+        async with _handshake_slot(end.host, end.port):
             self.stats["connects"] += 1
             return await asyncssh.connect(t.host, **options)
 
-    def _host_key_error(self) -> HostKeyError:
-        t = self.target
-        known = _load_known_hosts(t.known_hosts_path)
-        keys, *_ = known.match(t.host, "", t.port)
-        if keys:
+    def _host_key_error(self, end: Endpoint, exc: Exception) -> HostKeyError:
+        files = ", ".join(map(str, end.known_hosts))
+        named = "" if end.host_pattern == end.address else f" (recorded as {end.host_pattern})"
+        if end.proxy_jump:  # the jump host's own key may be the one refused: say whose it was
+            named += f" or of ProxyJump {end.proxy_jump} ({_describe(exc)})"
+        if end.trusted_keys():
             return HostKeyError(
-                f"the host key of {t.host_pattern} CHANGED since it was recorded in "
-                f"{t.known_hosts_path}; if the machine was reinstalled, run "
+                f"the host key of {end.where}{named} CHANGED since it was recorded in "
+                f"{files}; if the machine was reinstalled, run "
                 f"`coord trust {self.name} --replace`, otherwise investigate",
                 machine=self.name,
             )
         return HostKeyError(
-            f"the host key of {t.host_pattern} is not in {t.known_hosts_path}; "
+            f"the host key of {end.where}{named} is not in {files}; "
             f"check its fingerprint and trust it with `coord trust {self.name}`",
             machine=self.name,
         )
+
+    def _auth_error(self, end: Endpoint) -> AuthError:
+        key = self.target.identity_file
+        text = (
+            f"{end.where} refused the key for {end.user}; check identity_file, the keys "
+            f"ssh-agent holds and the machine's authorized_keys"
+        )
+        if key and _needs_passphrase(os.path.expanduser(key)):
+            text += f" ({key} has a passphrase, which coord never asks for: `ssh-add {key}`)"
+        return AuthError(text, machine=self.name)
 
     async def close(self) -> None:
         """Close the connection; the next command opens a new one."""
@@ -335,10 +471,14 @@ def _describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _load_known_hosts(path: Path) -> asyncssh.SSHKnownHosts:
-    if path.is_file():
-        return asyncssh.read_known_hosts(str(path))
-    return asyncssh.import_known_hosts("")
+def _needs_passphrase(path: str) -> bool:
+    try:
+        asyncssh.read_private_key(path)
+    except asyncssh.KeyImportError as exc:
+        return "passphrase" in str(exc).lower()
+    except OSError:
+        return False
+    return False
 
 
 # ---------------------------------------------------------------- trust
@@ -351,31 +491,3 @@ class HostKeyInfo:
     fingerprint: str
     line: str  # the known_hosts line that trusts it
     state: str  # "unknown" | "trusted" | "changed"
-
-
-async def fetch_host_key(target: SSHTarget) -> HostKeyInfo:
-    """Ask the machine for its host key without authenticating, and compare with known_hosts."""
-    try:
-        key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(target.host, target.port), target.connect_timeout
-        )
-    except (TimeoutError, OSError, asyncssh.Error) as exc:
-        raise UnreachableError(
-            f"cannot reach {target.host}:{target.port}: {_describe(exc)}", machine=target.name
-        ) from exc
-    if key is None:
-        raise UnreachableError("the server sent no host key", machine=target.name)
-    public = key.export_public_key("openssh").decode().strip()
-    algorithm, blob = public.split()[:2]
-    known = _load_known_hosts(target.known_hosts_path)
-    keys, *_ = known.match(target.host, "", target.port)
-    state = "unknown"
-    if keys:
-        state = "trusted" if any(k == key for k in keys) else "changed"
-    return HostKeyInfo(
-        pattern=target.host_pattern,
-        algorithm=algorithm,
-        fingerprint=key.get_fingerprint("sha256"),
-        line=f"{target.host_pattern} {algorithm} {blob}",
-        state=state,
-    )
