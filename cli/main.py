@@ -75,6 +75,7 @@ _COMMAND_MODULES = {
     "resume-stuck": "run_cmds",
     "continue": "run_cmds",
     "clean": "clean_cmd",
+    "run-app": "workspace_cmd",
     "issue": "issue_cmds",
     "issues": "issue_cmds",
     "version": "setup_cmds",
@@ -97,6 +98,8 @@ _COMMAND_MODULES = {
     "plan": "plan_cmds",
     "approve": "plan_cmds",
     "completion": "complete",
+    "doctor": "machine_cmds",
+    "setup": "machine_cmds",
 }
 
 

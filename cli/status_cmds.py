@@ -306,6 +306,16 @@ def show(state: State, id: str, as_json: bool) -> None:
         from coordlib.outcomes import summary
 
         lines.append(styled(f"  left      {summary(a.outcome, branch=a.branch) or '-'}"))
+    if a.setup is not None:
+        ran = a.setup
+        how = ("ran past its timeout" if ran.get("timed_out") else
+               "ok" if ran.get("exit") == 0 else f"failed (exit {ran.get('exit')})")  # fmt: skip
+        lines.append(styled(f"  setup     {how} in {ran.get('seconds', 0):g} s   (setup.log in "
+                            "the run dir)"))  # fmt: skip
+    if a.ports:
+        held = "held" if a.is_terminal else "holds"
+        lines.append(styled(f"  ports     {held} {a.ports[0]}-{a.ports[1]} (COORD_PORT, "
+                            "COORD_PORTS)"))  # fmt: skip
     lines += ["", styled(f"  worktree  {a.worktree}   (on {a.machine})"),
               styled(f"  run dir   {a.run_dir}   (briefing, events, stderr)")]  # fmt: skip
     lines += ["", "  last STATUS lines:" if recent else (

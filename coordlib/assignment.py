@@ -122,6 +122,8 @@ class Assignment:
     reads_only: bool = False  # a reviewer's run: on a detached checkout, owing no commit
     # what its branch has changed so far (committed or not), as the status pass last read it
     files_changed: list[str] | None = None
+    ports: list[int] | None = None  # [first, last]: the worktree's port range, while it runs
+    setup: dict[str, Any] | None = None  # the workspace's setup: {exit, seconds, timed_out}
     other: dict[str, Any] = field(default_factory=dict, repr=False)  # a newer version's keys
 
     @property
@@ -204,7 +206,7 @@ _EXTRA_KEYS = {"restored": "restored_from_forge"}
 _EXTRA_NAMES = (
     "continues", "continued_by", "retry_of", "retried_by", "not_before", "held", "restored",
     "base_sha", "argv", "files_in_scope", "cleaned", "briefing", "stage", "outcome",
-    "files_declared", "reads_only", "files_changed",
+    "files_declared", "reads_only", "files_changed", "ports", "setup",
 )  # fmt: skip
 _EXTRA_FIELD = {_EXTRA_KEYS.get(n, n): n for n in _EXTRA_NAMES}
 # Keys older versions kept under `extra` that now live in `progress`.
@@ -276,6 +278,7 @@ _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     "Status": ((str,), f"{', '.join(list(Status)[:-1])} or {list(Status)[-1]}"),
     "dict[str, Any]": ((dict,), "an object"),
     "list[str]": ((list,), "a list"),
+    "list[int]": ((list,), "a list"),
 }
 
 

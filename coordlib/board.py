@@ -201,6 +201,7 @@ class Board(PipelineTransitions):
         *,
         base_sha: str | None,
         posted: Mapping[str, int | str | None] | None = None,
+        ports: list[int] | None = None,
     ) -> Assignment:
         """Record that a's worker was started: pending → running (if nothing moved it on).
 
@@ -214,6 +215,7 @@ class Board(PipelineTransitions):
                 _move(a, Status.RUNNING)
                 a.started_at = time.time()
             a.base_sha = base_sha or a.base_sha
+            a.ports = ports or a.ports
             if posted and a.trail is not None:
                 trail = dict(a.trail)
                 for stage, comment in posted.items():

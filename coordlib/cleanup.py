@@ -58,6 +58,7 @@ class CleanedRun:
     note: str = ""
     rescue: str | None = None  # the ref its worktree's work was saved at first (rescue)
     merged: bool = False  # chosen because its pull request merged (not for its age)
+    archive: int | None = None  # the exit status of the workspace's archive script, if it ran
 
     @property
     def done(self) -> bool:
@@ -74,6 +75,7 @@ class CleanedRun:
             "note": self.note,
             "rescue": self.rescue,
             "merged": self.merged,
+            "archive": self.archive,
         }
 
 
@@ -271,6 +273,7 @@ async def _clean_machine(
             # (the machine's word: only the ref this run's own rescue would name)
             f"refs/coord/rescue/{a.id}" if line.get("rescue") == f"refs/coord/rescue/{a.id}"
             else None,
+            archive=line["archive"] if type(line.get("archive")) is int else None,
         )  # fmt: skip
         if not wt and a.worktree:
             if (name, a.worktree) in in_use:

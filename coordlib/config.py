@@ -37,6 +37,7 @@ __all__ = [
     "SSHConfig",
     "SmokeTestsConfig",
     "WorkerConfig",
+    "WorkspaceConfig",
     "field_defaults",
     "find_config",
     "format_duration",
@@ -81,6 +82,19 @@ def is_valid_name(name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class WorkspaceConfig:
+    """What makes a repo's fresh worktree ready to work in (``repos[].workspace``); what is
+    not set here comes from the repo's own ``.coord/workspace.yml``."""
+
+    setup: str | None = None  # run in a new worktree before its worker starts
+    run: str | None = None  # what `coord run-app ID` starts in the worktree (a dev server)
+    archive: str | None = None  # run before `coord clean` removes the worktree
+    timeout: float | None = None  # for setup and archive; None: the repo file's, else 600 s
+    ports: int = 10  # each live worktree's private range (COORD_PORT, COORD_PORTS); 0: none
+    copy: tuple[str, ...] = ()  # untracked files carried from the main checkout (never into git)
+
+
+@dataclass(frozen=True)
 class RepoConfig:
     """A repository the coordinator hands work on."""
 
@@ -92,6 +106,7 @@ class RepoConfig:
     test_command: str | None = None
     depends_on: tuple[str, ...] = ()
     url: str | None = None
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
 
 
 @dataclass(frozen=True)
@@ -387,6 +402,8 @@ def _rebuild(cls: type[_T], data: Mapping[str, Any]) -> _T:
             value = frozen_mapping(value)
         elif kind.startswith("Path"):
             value = Path(value)
+        elif kind == "WorkspaceConfig":
+            value = _rebuild(WorkspaceConfig, value)
         kwargs[f.name] = value
     return cls(**kwargs)
 

@@ -20,7 +20,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -35,6 +35,7 @@ from .config import (
     RepoConfig,
     SSHConfig,
     WorkerConfig,
+    WorkspaceConfig,
     field_defaults,
     frozen_mapping,
     is_cleartext_url,
@@ -99,6 +100,7 @@ def _read_repos(doc: Doc, node: yaml.Node | None) -> dict[str, RepoConfig]:
             test_command=f.optional_text("test_command"),
             depends_on=tuple(dep for dep, _, _ in deps[name]),
             url=f.optional_text("url"),
+            workspace=_read_workspace(doc, f),
         )
     for refs in deps.values():
         for dep, dep_node, dep_key in refs:
@@ -106,6 +108,29 @@ def _read_repos(doc: Doc, node: yaml.Node | None) -> dict[str, RepoConfig]:
                 raise unknown_repo(doc, dep, dep_node, dep_key, repos)
     _check_cycles(doc, deps)
     return repos
+
+
+def _read_workspace(doc: Doc, repo: Fields) -> WorkspaceConfig:
+    """A repo's ``workspace:`` (setup, run and archive scripts, ports, files to carry)."""
+    node = repo.get("workspace")
+    if node is None:
+        return cast(WorkspaceConfig, repo.defaults["workspace"])
+    f = Fields(doc, node, repo.path("workspace"), field_names(WorkspaceConfig),
+               "workspace settings", field_defaults(WorkspaceConfig))  # fmt: skip
+    copy = []
+    for path, at, key in f.texts("copy", "paths relative to the repo"):
+        parts = path.split("/")
+        if not path or path.startswith(("/", "-")) or ".." in parts or "." in parts:
+            raise doc.wrong(at, key, "a plain path relative to the repo (no /, .. or leading -)")
+        copy.append(path)
+    return WorkspaceConfig(
+        setup=f.optional_text("setup"),
+        run=f.optional_text("run"),
+        archive=f.optional_text("archive"),
+        timeout=f.optional_duration("timeout"),
+        ports=f.integer("ports", 0, 1000),
+        copy=tuple(copy),
+    )
 
 
 def _check_cycles(doc: Doc, deps: Mapping[str, _Refs]) -> None:

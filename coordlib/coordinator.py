@@ -33,7 +33,9 @@ from .trail import Trail, sort_into_sections
 if TYPE_CHECKING:
     from .brain import Ranking
     from .cleanup import CleanReport
+    from .doctor import MachineHealth
     from .forge.base import Forge, Issue
+    from .machine_setup import MachineSetup, SetupReport
     from .markers import SkippedMarker
     from .merge.runner import MergeReport
     from .pipeline.engine import PassReport, Pipelines
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from .runtime.ssh import SSHTarget
     from .runtime.transport import Transport
     from .stream import Event
+    from .workspace import AppState
 
 __all__ = ["Coordinator", "MachineStatus", "ResumeReport", "StatusReport"]
 
@@ -263,6 +266,12 @@ class Coordinator:
 
         return await rank(self._ctx, self._dispatcher, plan.proposals, plan.skipped,
                           machine=machine, model=model, timeout=timeout)  # fmt: skip
+
+    async def run_app(self, id: str, *, stop: bool = False) -> AppState:
+        """Start (or stop) the workspace's run script in id's worktree (`coord run-app`)."""
+        from .workspace import run_app
+
+        return await run_app(self._ctx, self.get(id).id, stop=stop)
 
     async def _plan_now(self) -> tuple[list[Any], list[Any], Any]:
         from .proposals import gather, make_plan
@@ -502,6 +511,42 @@ class Coordinator:
     async def stop(self, id: str) -> Assignment:
         """Stop a running worker (its process group is killed) and record it."""
         return await self._monitor.stop(id)
+
+    # ------------------------------------------------------------ the machines themselves
+    async def doctor(
+        self,
+        machines: Sequence[str] = (),
+        *,
+        min_free_kb: int | None = None,
+        timeout: float | None = None,
+        on_machine: Callable[[MachineHealth], None] | None = None,
+    ) -> list[MachineHealth]:
+        """Check the health of `machines` (default: all), one remote command each, at once,
+        each within `timeout`; keep each result on the board, where every dispatch but a
+        continued session consults it (see `coordlib.doctor`)."""
+        from .doctor import MIN_FREE_KB, TIMEOUT, doctor
+
+        return await doctor(self._ctx, list(machines) or list(self.config.machines),
+                            min_free_kb=MIN_FREE_KB if min_free_kb is None else min_free_kb,
+                            timeout=timeout or TIMEOUT, on_machine=on_machine)  # fmt: skip
+
+    async def setup_machine(
+        self,
+        machines: Sequence[str],
+        *,
+        playbook: str | os.PathLike[str] | None = None,
+        dry_run: bool = False,
+        enable: Sequence[str] = (),
+        on_machine: Callable[[MachineSetup], None] | None = None,
+    ) -> SetupReport:
+        """Run a setup playbook (default: the shipped setup-machine.yml) on `machines`, one
+        remote command each, at once: its checks, and (unless `dry_run`) the steps that make
+        a failing check pass (see `coordlib.machine_setup`)."""
+        from .machine_setup import load_setup_playbook, setup_machines
+
+        return await setup_machines(self._ctx, list(machines), dry_run=dry_run, enable=enable,
+                                    playbook=load_setup_playbook(playbook),
+                                    on_machine=on_machine)  # fmt: skip
 
     # ------------------------------------------------------------ cleaning up, repairing
     async def clean(

@@ -9,6 +9,7 @@ and the start (running, with the trail's first comment).  The `Coordinator` expo
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from .admission import Admission
     from .board import Transaction
     from .context import Context
+    from .doctor import MachineHealth
     from .forge.base import Issue
 
 __all__ = ["RATE_LIMIT_GUIDANCE", "Dispatcher"]
@@ -70,6 +72,7 @@ class Dispatcher:
         self.claims = Claims(ctx)
         self._live: tuple[float, list[Assignment]] | None = None
         self._admitted: tuple[float, Admission] | None = None  # admission control, as read
+        self._doctored: tuple[float, dict[str, MachineHealth]] | None = None  # doctor's, read
 
     def _live_rows(self) -> list[Assignment]:
         """The board's live rows, read once for a burst of assigns (see _LIVE_SHARED_S)."""
@@ -88,11 +91,13 @@ class Dispatcher:
         resume: str | None = None,
         tools: str | None = None,
         repo: str | None = None,
+        fresh: bool = False,
     ) -> LaunchSpec:
         """Return what the launcher starts: the claude command line and the watchdog's limits.
 
         `tools` replaces worker.allowed_tools (a pipeline stage's own: a reviewer's read only).
-        `repo` names the base branch the run's outcome is checked against.
+        `repo` names the base branch the run's outcome is checked against, and the workspace:
+        its ports for any run, and (`fresh`: a worktree this dispatch makes) its setup.
         """
         m = self.ctx.config.machine(machine)
         w = self.ctx.config.worker
@@ -111,8 +116,21 @@ class Dispatcher:
             max_runtime_ms=int(w.max_runtime * 1000),
             grace_ms=int(w.result_grace * 1000),
             poll_seconds=w.poll_interval,
-            base=self.ctx.config.repo(repo).default_branch if repo else "",
+            **(self._workspace(m.name, repo, fresh=fresh) if repo else {}),
         )
+
+    def _workspace(self, machine: str, repo: str, *, fresh: bool) -> dict[str, Any]:
+        """The LaunchSpec fields of repo's workspace (see `WorkspaceConfig`)."""
+        r = self.ctx.config.repo(repo)
+        ws = r.workspace
+        return {
+            "base": r.default_branch, "ports": ws.ports, "setup": fresh,
+            "setup_script": (ws.setup or "") if fresh else "",
+            "archive_script": (ws.archive or "") if fresh else "",
+            "run_script": (ws.run or "") if fresh else "",
+            "setup_timeout": math.ceil(ws.timeout or 0), "copy": ws.copy if fresh else (),
+            "main": self.ctx.config.machine(machine).repo_path(repo) if fresh else "",
+        }  # fmt: skip
 
     def _new_id(self, repo: str, issue: int) -> str:
         return f"{slugify(repo, max_length=16) or 'repo'}-{issue}-{os.urandom(2).hex()}"
@@ -199,7 +217,7 @@ class Dispatcher:
                 user_dir=self._briefing_dir(),
             )
         check_briefing(briefing)
-        launch = self.launch_spec(m.name, a.worktree, model_id, repo=r.name)
+        launch = self.launch_spec(m.name, a.worktree, model_id, repo=r.name, fresh=True)
         a.argv = _worker_argv(launch)
         return a, briefing, launch
 
@@ -272,6 +290,16 @@ class Dispatcher:
             where = f"{where}; admission control allows {fleet} while the API is busy"
         return Capacity(fleet, c.machine(machine).max_workers, where)
 
+    def _refuse_unhealthy(self, machine: str, repo: str) -> None:
+        """Raise `UnhealthyMachineError` when machine's latest `coord doctor` (under a day
+        old) found it unhealthy; a burst of dispatches shares one read of the board."""
+        from .doctor import latest, refuse_unhealthy
+
+        now = time.time()
+        if self._doctored is None or now - self._doctored[0] > 1.0:
+            self._doctored = (now, latest(self.ctx.board))
+        refuse_unhealthy(self._doctored[1], machine, repo, now=now)
+
     async def _start(
         self,
         a: Assignment,
@@ -291,6 +319,8 @@ class Dispatcher:
         if a.trail_off is None:
             a.trail = {"dispatch": "posting"}  # claimed with the row: posted just below
         a.sender_host, a.sender_pid = self.ctx.host, os.getpid()
+        if not force:
+            self._refuse_unhealthy(a.machine, a.repo)
         capacity = None if force else self._capacity(a.machine)
         await self.ctx.board.claim(
             a, capacity=capacity, replaces=replaces.id if replaces else None, retried=retried,
@@ -305,10 +335,12 @@ class Dispatcher:
         finally:
             self.ctx.sending.discard(a.id)
         posted: dict[str, int | str | None] = {}
+        a.ports = list(started.ports) if started.ports else None
         if a.trail_off is None:
             labels = issue.labels if issue is not None else None
             posted["dispatch"] = await self.ctx.trail.post_dispatch(a, text, labels)
-        return await self.ctx.board.started(a.id, base_sha=started.head, posted=posted)
+        return await self.ctx.board.started(a.id, base_sha=started.head, posted=posted,
+                                            ports=a.ports)  # fmt: skip
 
     async def _send(
         self, a: Assignment, text: str, launch: LaunchSpec, *, mode: DispatchMode
@@ -474,7 +506,8 @@ class Dispatcher:
         a.reads_only = mode == DispatchMode.REVIEW
         if issue_info is not None:
             a.files_declared = declared_files(issue_info.body)
-        launch = self.launch_spec(machine, a.worktree, model_id, tools=tools, repo=repo)
+        launch = self.launch_spec(machine, a.worktree, model_id, tools=tools, repo=repo,
+                                  fresh=mode == DispatchMode.REVIEW)  # fmt: skip
         a.argv = _worker_argv(launch)
         if planned is not None:
             planned(a)

@@ -18,6 +18,8 @@
     │   ├── CommandTimeout     a remote command ran past its timeout  (also TimeoutError)
     │   ├── DispatchError      a worker could not be started (worktree, tmux, launcher)
     │   ├── BrainError         `coord plan --brain` got no ranking (a failed run, no answer)
+    │   ├── UnhealthyMachineError  the machine's latest `coord doctor` found it unhealthy: no
+    │   │                      new work starts there (`coord doctor MACHINE`; `--force`)
     │   └── ProtocolError      a machine's answer is not in the remote protocol's format
     │                          (runtime/protocol.py)  (also ValueError)
     ├── PipelineError          a pipeline stage could not run (a test or push that did not start)
@@ -57,6 +59,7 @@ __all__ = [
     "NotFoundError",
     "PipelineError",
     "ProtocolError",
+    "UnhealthyMachineError",
     "UnreachableError",
     "UsageError",
     "WaitTimeout",
@@ -191,6 +194,11 @@ class DispatchError(MachineError):
 
 class BrainError(MachineError):
     """`coord plan --brain` got no ranking: its run failed, or gave no answer in time."""
+
+
+class UnhealthyMachineError(MachineError):
+    """The machine's latest `coord doctor` (within a day) found it unhealthy: no new work
+    starts there until a doctor finds it healthy again, or `--force` is given."""
 
 
 class ProtocolError(MachineError, ValueError):

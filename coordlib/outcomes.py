@@ -44,6 +44,7 @@ class FailureClass(enum.StrEnum):
     WORKTREE_GONE = "worktree_gone"  # the worktree vanished before the worker started
     DONE_EMPTY = "done_empty"  # it said it was done, and left no commit
     UNCOMMITTED = "uncommitted"  # it said it was done, and left changes uncommitted
+    SETUP_FAILED = "setup_failed"  # the workspace's setup failed: no worker started
 
 
 FAILURE_CLASSES = frozenset(FailureClass)
@@ -76,6 +77,8 @@ def classify(
         return Status.LOST, FailureClass.LOST
     if exit_reason == ExitReason.STOPPED:
         return Status.STOPPED, FailureClass.STOPPED
+    if exit_reason == ExitReason.SETUP_FAILED:
+        return Status.FAILED, FailureClass.SETUP_FAILED
     # A successful result is the worker's own word that it finished: whatever killed the
     # process afterwards (the grace kill of a lingering CLI, a watchdog) changes nothing.
     if result is not None and not result.is_error:

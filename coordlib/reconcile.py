@@ -85,6 +85,20 @@ def reconcile(
     return fields
 
 
+def _setup(raw: object) -> dict[str, Any] | None:
+    """The workspace setup's record in an exit.json (the machine's word: checked)."""
+    if not isinstance(raw, dict):
+        return None
+    code, seconds, tail = raw.get("exit"), raw.get("seconds"), raw.get("tail")
+    if not _is_int(code) or not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return None
+    out: dict[str, Any] = {"exit": code, "seconds": round(float(seconds), 3),
+                           "timed_out": raw.get("timed_out") is True}  # fmt: skip
+    if isinstance(tail, str) and tail:
+        out["tail"] = "".join(c if c.isprintable() or c == "\n" else "?" for c in tail[-2000:])
+    return out
+
+
 def _last_words(stderr: bytes | None) -> str:
     """The last line a worker wrote on stderr that says anything, cut to one line's length."""
     lines = (stderr or b"").decode("utf-8", "replace").splitlines()
@@ -164,6 +178,14 @@ def _ended(
         fields.update(status=str(Status.QUEUED), finished_at=None, not_before=until)
     if reason == ExitReason.BUSY:
         fields["error"] = "another worker was still running in its worktree"
+    setup = _setup(exit.get("setup"))
+    if setup is not None:
+        fields["setup"] = setup
+        if fclass == FailureClass.SETUP_FAILED:
+            how = "ran past its timeout" if setup["timed_out"] else f"exited {setup['exit']}"
+            tail = setup.get("tail") or ""
+            fields["error"] = (f"the workspace's setup {how} after {setup['seconds']:g} s; no "
+                               f"worker started (setup.log ends: {tail[-300:]!r})")  # fmt: skip
     if exit.get("disk_full") and status == Status.FAILED:
         fields["error"] = (
             "the disk holding the run directory is full on the machine; free space there "

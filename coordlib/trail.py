@@ -86,6 +86,8 @@ def briefing_comment(a: Assignment, briefing: str, key: TrailKey) -> str:
         head += f" It retries `{a.retry_of}`."
     if a.continues:
         head += f" It continues `{a.continues}`, session `{a.session_id}`."
+    if a.ports:
+        head += f" Its worktree holds ports {a.ports[0]}-{a.ports[1]} (`$COORD_PORT`)."
     marker = make_marker("dispatch", a, key)
     room = MAX_COMMENT_CHARS - len(head) - len(marker) - 200
     text = _cut(neutralise(briefing.rstrip()), room, f"`{a.run_dir}/briefing.md` on `{a.machine}`")
@@ -130,6 +132,9 @@ def ending_comment(a: Assignment, key: TrailKey) -> str:
         head += f"\n\nIt left: {defang(left)}." if left else ""
         if a.outcome.get("rescue") and a.status != Status.DONE:
             head += f" Uncommitted changes saved at `{a.outcome['rescue']}` on {a.machine}."
+    setup = a.setup
+    if setup is not None and setup.get("exit") == 0:
+        head += f"\n\nThe workspace's setup took {setup['seconds']:g} s."
     marker = make_marker(str(a.status), a, key)
     room = MAX_COMMENT_CHARS - len(head) - len(marker) - 200
     body = _cut(neutralise(body.strip()), room, f"in `coord log {a.id}`")

@@ -1,9 +1,9 @@
 """The remote protocol is declared once (`coordlib.runtime.protocol`) and the scripts keep to it.
 
-1. The shell side read as text (remote.sh and branch.sh, the verbs' scripts): the verbs of
-   remote.sh's dispatcher, each verb's argument count and choices, every exit code and exit
-   reason the scripts use, the answers' header and record kinds, and the names under the
-   workdir are those the declaration gives.
+1. The shell side read as text (remote.sh, branch.sh, await.sh, machine.sh: the verbs'
+   scripts): the verbs of remote.sh's dispatcher, each verb's argument count and choices,
+   every exit code and exit reason the scripts use, the answers' header and record kinds,
+   and the names under the workdir are those the declaration gives.
 2. The typed builders: every argument checked, the stdin payloads laid out as declared.
 3. The framing: one frame parser, one parser per verb, fed literal bytes and real answers.
 4. The launcher travels in the dispatch's stdin and is installed once per version; no other
@@ -87,12 +87,14 @@ COMMON = (RUNTIME / "common.sh").read_text()
 REMOTE = (RUNTIME / "remote.sh").read_text()
 BRANCH_SH = (RUNTIME / "branch.sh").read_text()
 AWAIT_SH = (RUNTIME / "await.sh").read_text()
-LAUNCHER_SH = (RUNTIME / "launcher.sh").read_text()
+MACHINE_SH = (RUNTIME / "machine.sh").read_text()
+APP_SH = (RUNTIME / "app.sh").read_text()
+LAUNCHER_SH = (RUNTIME / "workspace.sh").read_text() + (RUNTIME / "launcher.sh").read_text()
 SCRIPTS = {
     "common.sh": COMMON, "remote.sh": REMOTE, "branch.sh": BRANCH_SH, "launcher.sh": LAUNCHER_SH,
-    "await.sh": AWAIT_SH,
+    "await.sh": AWAIT_SH, "machine.sh": MACHINE_SH,
 }  # fmt: skip
-VERBS_SH = REMOTE + BRANCH_SH + AWAIT_SH  # the verbs' own scripts
+VERBS_SH = REMOTE + BRANCH_SH + AWAIT_SH + MACHINE_SH + APP_SH  # the verbs' own scripts
 EVERYTHING = COMMON + VERBS_SH + LAUNCHER_SH
 
 
@@ -121,23 +123,27 @@ def test_the_dispatcher_of_remote_sh_knows_exactly_the_declared_verbs() -> None:
     # The launcher is not a verb of remote.sh: it is a script of its own, run by tmux.
     assert "cmd_run" not in REMOTE and LAUNCHER.name not in VERBS
     assert LAUNCHER_SH.rstrip().endswith('cmd_run "$@"')
-    assert "case $verb in" not in BRANCH_SH  # one table, remote.sh's, for every verb
+    for text in (BRANCH_SH, AWAIT_SH, MACHINE_SH):
+        assert "case $verb in" not in text  # one table, remote.sh's, for every verb
 
 
 def test_every_verb_has_one_section_in_the_verbs_scripts() -> None:
     sections = {
         name: re.findall(r"^# -{10,} (\w+)$", text, re.M)
         for name, text in (("remote.sh", REMOTE), ("branch.sh", BRANCH_SH),
-                           ("await.sh", AWAIT_SH))
+                           ("await.sh", AWAIT_SH), ("machine.sh", MACHINE_SH),
+                           ("app.sh", APP_SH))
     }  # fmt: skip
-    everywhere = sections["remote.sh"] + sections["branch.sh"] + sections["await.sh"]
+    everywhere = [s for found in sections.values() for s in found]
     assert sorted(everywhere) == sorted([*VERBS, "verbs"])  # none twice, none missing
     assert sections["remote.sh"][-1] == "verbs"
     assert sections["branch.sh"] == ["test", "push", "stack", "land", "sync"]
     assert sections["await.sh"] == ["await"]
-    # What branch.sh and await.sh have before their first section holds functions only (and
-    # await.sh's settings): nothing runs there.
-    for text in (BRANCH_SH, AWAIT_SH):
+    assert sections["machine.sh"] == ["doctor", "setup"]
+    assert sections["app.sh"] == ["app"]
+    # What branch.sh, await.sh and machine.sh have before their first section holds
+    # functions only (and await.sh's settings): nothing runs there.
+    for text in (BRANCH_SH, AWAIT_SH, MACHINE_SH):
         shared = code_of(text[: text.index("# -----")])
         outside = re.sub(r"^\w+\(\) \{.*?^\}$", "", shared, flags=re.M | re.S)
         assert not outside.strip(), outside
@@ -172,11 +178,13 @@ def test_the_choices_the_scripts_take_are_the_declared_ones() -> None:
         ("status", "files"): ["0", "1"],
         ("clean", "mode"): list(CleanMode),
         ("clean", "rescue"): ["0", "1"],
+        ("app", "action"): ["start", "stop"],
         ("clean", "keep_runs"): ["0", "1"],
         ("tail", "file"): list(TAIL_FILES),
         ("tail", "follow"): ["0", "1"],
         ("stack", "method"): list(StackMethod),
         ("sync", "pull"): ["0", "1"],
+        ("setup", "dry_run"): ["0", "1"],
     }
 
 

@@ -112,7 +112,7 @@ class Actions:
             if stage.briefing and stage.briefing != "work":
                 text = self._briefing(p, stage, a.branch, a.model, info, a.machine)
             launch = self.dispatcher.launch_spec(
-                a.machine, a.worktree, a.model, tools=tools, repo=a.repo
+                a.machine, a.worktree, a.model, tools=tools, repo=a.repo, fresh=True
             )
             planned(a)
             return await self.dispatcher._start(a, text, launch, issue=info, force=False)

@@ -150,6 +150,10 @@ class Started:
 
     launcher_pid: int | None = None
     head: str | None = None
+    ports: tuple[int, int] | None = None  # the worktree's port range (first, last), if any
+
+
+_PORTS = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 
 
 def parse_dispatch(data: bytes, *, machine: str | None = None) -> Started:
@@ -159,9 +163,12 @@ def parse_dispatch(data: bytes, *, machine: str | None = None) -> Started:
         raise _error("dispatch", f"{len(records)} started lines, not 1", machine)
     said = dict(w.split("=", 1) for w in records[0].text.split(" ") if "=" in w)
     pid, head = said.get("launcher_pid", ""), said.get("head", "")
+    ports = _PORTS.fullmatch(said.get("ports", ""))
+    first, last = (int(ports[1]), int(ports[2])) if ports else (0, -1)
     return Started(
         launcher_pid=int(pid) if NUMBER.fullmatch(pid) else None,
         head=head if _HEAD.fullmatch(head) else None,
+        ports=(first, last) if 0 < first <= last <= 65535 else None,
     )
 
 

@@ -32,8 +32,10 @@ __all__ = [
     "await_command",
     "clean_command",
     "dispatch_command",
+    "doctor_command",
     "land_command",
     "push_command",
+    "setup_command",
     "stack_command",
     "status_command",
     "stop_command",
@@ -211,3 +213,43 @@ def await_command(workdir: str, seconds: float, ids: Sequence[str]) -> list[str]
 def sync_command(repo_path: str, base: str, *, pull: bool) -> list[str]:
     """Build a comparison of the checkout's `base` with origin's (`pull`: fast-forward it)."""
     return remote_argv("sync", repo_path, base, "1" if pull else "0")
+
+
+def doctor_command(
+    workdir: str,
+    min_free_kb: int,
+    repo_paths: Sequence[str],
+    claude: Sequence[str],
+    env: Mapping[str, str],
+) -> tuple[list[str], bytes]:
+    """Build a doctor of one machine: its argv, and its stdin (the claude command, the env).
+
+    The env (the API key among it) goes on stdin as a dispatch's does, never on the command
+    line; so does the claude command, word by word, as the launcher would run it.
+    """
+    if not claude or any(not w or "\0" in w for w in claude):
+        raise UsageError(f"remote command doctor: claude command {list(claude)!r} is not words")
+    payload = b"".join(w.encode() + b"\0" for w in claude) + b"\0" + encode_env(env)
+    return remote_argv("doctor", workdir, str(int(min_free_kb)), *repo_paths), payload
+
+
+def setup_command(
+    steps: Sequence[tuple[str, str | None, float]], *, dry_run: bool
+) -> tuple[list[str], bytes]:
+    """Build a setup of `steps` ((check, run or None, timeout seconds), in order).
+
+    Each step's check runs as shell in the home dir; a failing one gets its run (unless
+    `dry_run`) and its check again, each within the step's timeout (rounded up).  The
+    commands travel on stdin, sized; their values were quoted when the playbook was rendered.
+    """
+    args: list[str] = []
+    payload = bytearray()
+    for i, (check, run, timeout) in enumerate(steps):
+        parts = [check.encode(), (run or "").encode()]
+        if not check.strip() or any(b"\0" in p for p in parts):
+            raise UsageError(f"remote command setup: step {i} has no check, or a NUL byte")
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise UsageError(f"remote command setup: timeout {timeout!r} is not a positive number")
+        args += [str(len(parts[0])), str(len(parts[1])), str(math.ceil(timeout))]
+        payload += b"".join(parts)
+    return remote_argv("setup", "1" if dry_run else "0", *args), bytes(payload)

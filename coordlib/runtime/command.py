@@ -58,6 +58,16 @@ class LaunchSpec:
     grace_ms: int
     poll_seconds: float
     base: str = ""  # the repo's base branch: the run's outcome counts its commits against it
+    # The workspace (a fresh worktree's): the setup script, its timeout (s), the files carried
+    # from the main checkout `main`; and the ports any worktree's run gets (0: none).
+    setup: bool = False  # prepare the worktree before the worker starts (copy, setup)
+    setup_script: str = ""  # the config's; "" leaves it to the repo's .coord/workspace.yml
+    archive_script: str = ""  # the same, for what `coord clean` runs before removing it
+    run_script: str = ""  # and for what `coord run-app` starts in it
+    setup_timeout: int = 0  # 0: the config's or the repo file's, else 600
+    copy: Sequence[str] = ()
+    main: str = ""
+    ports: int = 0
 
     def render(self) -> str:
         """Return the launch.env text, every value quoted here."""
@@ -74,6 +84,14 @@ class LaunchSpec:
             f"COORD_GRACE_MS={int(self.grace_ms)}\n"
             f"COORD_POLL={quote(format(self.poll_seconds, 'g'))}\n"
             f"COORD_BASE={quote(self.base)}\n"
+            f"COORD_WS={int(self.setup)}\n"
+            f"COORD_WS_SETUP={quote(self.setup_script)}\n"
+            f"COORD_WS_ARCHIVE={quote(self.archive_script)}\n"
+            f"COORD_WS_RUN={quote(self.run_script)}\n"
+            f"COORD_WS_TIMEOUT={int(self.setup_timeout) or ''}\n"
+            f"COORD_WS_COPY={array(self.copy)}\n"
+            f"COORD_WS_MAIN={quote(self.main)}\n"
+            f"COORD_WS_PORTS={int(self.ports)}\n"
             "COORD_END=1\n"  # the last line: a file cut short is refused by the launcher
         )
 

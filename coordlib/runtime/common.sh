@@ -194,3 +194,51 @@ save_rescue() { # save_rescue WORKTREE REF INDEX MESSAGE: status 0 once REF hold
     rm -f "$3"
     return $ok
 }
+
+# The pool of ports each machine hands out to its live worktrees (dispatch) and apps (app), in
+# ranges.
+PORT_BASE=20000
+PORT_MAX=29999
+
+port_holder_live() { # port_holder_live WORKDIR ID: status 0 while the run (or its app) holding a range lives
+    local d="$1/runs/$2"
+    pid_file_alive "$d/app.pid" && return 0
+    [ -f "$d/exit.json" ] && return 1
+    pid_file_alive "$d/launcher.pid" || pid_file_alive "$d/dispatch.pid"
+}
+
+alloc_ports() { # alloc_ports WORKDIR ID N: set PORTS to "FIRST LAST", a range no live run holds
+    # Under the machine's ports lock; a range is a file ports/FIRST holding "LAST ID", and one
+    # whose run has ended (or died unrecorded) is free again, whether or not it was released.
+    local wd=$1 id=$2 n=$3 f first last holder base clash r lk=""
+    local -a held=()
+    PORTS=""
+    mkdir -p "$wd/ports" "$wd/locks" 2>/dev/null || return 1
+    if command -v flock >/dev/null 2>&1; then
+        { exec {lk}>"$wd/locks/ports.lock"; } 2>/dev/null && flock -w 30 "$lk" || return 1
+    fi
+    for f in "$wd"/ports/*; do
+        [ -f "$f" ] || continue
+        first=${f##*/} last="" holder=""
+        read -r last holder 2>/dev/null <"$f"
+        if valid_num "$first" && valid_num "$last" && valid_id "$holder" &&
+            port_holder_live "$wd" "$holder"; then
+            held+=("$first $last")
+        else
+            rm -f -- "$f"
+        fi
+    done
+    for ((base = PORT_BASE; base + n - 1 <= PORT_MAX; base += n)); do
+        clash=0
+        for r in "${held[@]}"; do
+            if ((base <= ${r#* } && ${r% *} <= base + n - 1)); then clash=1 && break; fi
+        done
+        if ((!clash)); then
+            printf '%s %s\n' "$((base + n - 1))" "$id" >"$wd/ports/$base" &&
+                PORTS="$base $((base + n - 1))"
+            break
+        fi
+    done
+    [ -n "$lk" ] && exec {lk}>&-
+    [ -n "$PORTS" ]
+}

@@ -44,6 +44,25 @@ write_exit() { # write_exit RUN CODE REASON STARTED [EXTRA_JSON_FIELDS]
     rm -f "$(live_mark "$1")" # recorded: no longer live
 }
 
+worker_env() { # worker_env: make this (sub)shell's environment the worker's, and go on
+    # A clean, stated environment: a few basics kept, then the machine's env (wenv), then
+    # the worktree's ports.
+    local v kv
+    local -a keep=()
+    for v in HOME USER LOGNAME PATH SHELL LANG LC_ALL TZ TMPDIR; do
+        [ -n "${!v+x}" ] && keep+=("$v=${!v}")
+    done
+    while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
+    for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
+    if [ -n "$PORT_FIRST" ]; then
+        export COORD_PORT=$PORT_FIRST COORD_PORTS="$PORT_FIRST-$PORT_LAST"
+    fi
+}
+
+release_ports() { # release_ports WORKDIR: give the run's ports back to the machine's pool
+    [ -n "$PORT_FIRST" ] && rm -f "$1/ports/$PORT_FIRST"
+}
+
 disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
     local avail
     avail=$(df -P -k "$1" 2>/dev/null | awk 'NR == 2 { print $4 }')
@@ -202,7 +221,18 @@ cmd_run() { # run RUN_DIR
             exit 124
         fi
     fi
-
+    # The worktree's ports, if its dispatch gave it some (ports: FIRST LAST): the worker, its
+    # setup and `coord run-app` see them as COORD_PORT and COORD_PORTS.
+    PORT_FIRST="" PORT_LAST=""
+    read -r PORT_FIRST PORT_LAST 2>/dev/null <"$run/ports"
+    valid_num "$PORT_FIRST" && valid_num "$PORT_LAST" || PORT_FIRST="" PORT_LAST=""
+    local WS_JSON=""
+    if [ "${COORD_WS-}" = 1 ] && ! ws_prepare "$run" "$wtx" 8>&-; then
+        echo "coord-run: the workspace's setup failed (see setup.log); the worker was not started" >&2
+        write_exit "$run" 121 setup_failed "$started" "$WS_JSON"
+        release_ports "${run%/runs/*}"
+        exit 121
+    fi
 
     # Has events.jsonl changed since the last look?  Its mtime against .seen's takes no fork
     # (a poll used to fork a `stat`).  .seen holds one byte, rewritten in place at each look
@@ -214,13 +244,7 @@ cmd_run() { # run RUN_DIR
     printf x >"$seen" 2>/dev/null || by_mtime=0
 
     (
-        # A clean, stated environment: a few basics kept, then the machine's env.
-        keep=()
-        for v in HOME USER LOGNAME PATH SHELL LANG LC_ALL TZ TMPDIR; do
-            [ -n "${!v+x}" ] && keep+=("$v=${!v}")
-        done
-        while IFS= read -r v; do unset "$v" 2>/dev/null; done < <(compgen -e)
-        for kv in "${keep[@]}" "${wenv[@]}"; do export "${kv?}"; done
+        worker_env
         exec 2>>"$run/stderr.log" # what goes wrong from here is the run's to report
         cd "$wtx" || { echo "coord-run: the worktree $wtx is gone; the worker cannot start" >&2 && exit 122; }
         # The prompt on stdin, from its file: as an argument it would be read as an option
@@ -305,6 +329,8 @@ cmd_run() { # run RUN_DIR
     if [ "$rc" != 0 ] && disk_full "$run"; then
         more='"disk_full":true'
     fi
+    more+=${WS_JSON:+${more:+,}$WS_JSON}
+    release_ports "${run%/runs/*}"
     # The end is recorded with its outcome, or (no room for that) without it.
     write_exit "$run" "$rc" "$reason" "$started" "$more${OUTCOME:+${more:+,}\"outcome\":$OUTCOME}" ||
         write_exit "$run" "$rc" "$reason" "$started" "$more" ||

@@ -8,6 +8,7 @@
     runs/.live/<id>                      empty: the run is live
     locks/                               one worker per worktree; dispatches per clone
     disk                                 when, and the KiB the workdir uses and has free
+    ports/<first>                        "<last> <id>": the port range a live run holds
 
 tests/test_protocol.py checks that the scripts use these names.
 """
@@ -40,6 +41,15 @@ class RunFile(enum.StrEnum):
     RESCUE_INDEX = "rescue.index"  # the private index the outcome check saves changes with
     RADAR = "radar"  # its worktree and the commit its branch left the base at (status reads)
     SCRATCH = "scratch"  # a scratch run's working dir (no repo: DispatchMode.SCRATCH)
+    PORTS = "ports"  # FIRST LAST: the ports its dispatch gave it (COORD_PORT, COORD_PORTS)
+    SETUP_LOG = "setup.log"  # the workspace's setup (and copy) output
+    ARCHIVE = "archive.sh"  # what clean runs in the worktree before removing it
+    ARCHIVE_TIMEOUT = "archive.timeout"  # its timeout, in seconds
+    ARCHIVE_LOG = "archive.log"  # its output
+    APP = "app.sh"  # what `coord run-app` starts in the worktree (the workspace's run)
+    APP_PID = "app.pid"  # pid, boot id, start time of the app's process, while it runs
+    APP_PORTS = "app.ports"  # FIRST LAST: the app's own port range
+    APP_LOG = "app.log"  # its output
 
 
 TAIL_FILES = (RunFile.EVENTS, RunFile.STDERR, RunFile.LAUNCHER_LOG)
@@ -77,6 +87,7 @@ class Layout:
     DISPATCH_LOCK = "coord-dispatch.lock"  # in the clone's git dir
     SESSION = "coord-"  # tmux session coord-<id>
     DISK = "disk"  # TIME USED_KB FREE_KB: measured in the background by a status
+    PORTS = "ports"  # ports/FIRST holds "LAST ID": a range a live run holds (locks/ports.lock)
 
     @property
     def root(self) -> str:

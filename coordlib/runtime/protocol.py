@@ -4,8 +4,9 @@ the machine answers.
 Every operation is one ``bash --norc -c <script> coord-run VERB ARGS…`` on the machine (over
 SSH, or locally), where the script is ``common.sh`` + the verbs: ``remote.sh``'s (dispatch,
 status, stop, tail, clean, and the verb table), ``branch.sh``'s (test, push, stack, land)
-(and sync: a checkout against origin) and ``await.sh``'s (await: until one of the runs
-ends); a command carries only its own
+(and sync: a checkout against origin), ``await.sh``'s (await: until one of the runs
+ends) and ``machine.sh``'s (doctor: the machine's health; setup: a playbook's steps); a
+command carries only its own
 verb's section of them (`remote_script`).  The launcher that tmux keeps alive is
 ``common.sh`` + ``launcher.sh``: each dispatch carries it on its stdin, and the machine
 saves it once per version as ``bin/coord-launcher-<hash>``.  Declared here:
@@ -69,6 +70,18 @@ just ``end`` once SECONDS pass::
     ended api-42-1f3a
     end
 
+A doctor looks and changes nothing; a setup runs its steps' checks (and, unless a dry run,
+their runs), each step answered with the end of its output::
+
+    coord-run 2 doctor
+    check NAME ok|warn|fail DETAIL            one a check (`DOCTOR_CHECKS`, repo.<i>)
+    end
+
+    coord-run 2 setup
+    step INDEX state=STATE N                  STATE one of `SETUP_STATES`
+    <N raw bytes: the last (at most 2000) bytes of its output>\\n
+    end
+
 The scripts implement this declaration; tests/test_protocol.py reads them and checks that
 they agree with it.
 """
@@ -86,9 +99,13 @@ from ..errors import UsageError
 from .layout import TAIL_FILES
 
 __all__ = [
+    "DOCTOR_CHECKS",
+    "DOCTOR_LEVELS",
     "HEADER",
     "LAUNCHER",
     "PROTOCOL_VERSION",
+    "SETUP_STATES",
+    "SETUP_TAIL",
     "STACKS",
     "STACK_WORKTREE",
     "TESTS",
@@ -128,6 +145,16 @@ TEST_WORKTREE = "wt"  # the commit's detached worktree, removed once the command
 # go once it is made (its commits stay in the repo's object store, for test and land).
 STACKS = "stacks"
 STACK_WORKTREE = "wt"
+# A doctor's checks, in the order it answers them (then repo.<i>: the i-th repo path given),
+# each ok, warn (healthy, but worth a look) or fail.  A setup's steps end in one of
+# SETUP_STATES, each answered with the last SETUP_TAIL bytes of its output.
+DOCTOR_CHECKS = (
+    "bash", "git", "tmux", "flock", "workdir", "disk", "worktrees", "stale_runs",
+    "worker_user", "claude", "claude_login",
+)  # fmt: skip
+DOCTOR_LEVELS = ("ok", "warn", "fail")
+SETUP_STATES = ("ok", "changed", "would_change", "failed", "manual")
+SETUP_TAIL = 2000
 
 
 class ExitCode(enum.IntEnum):
@@ -163,6 +190,7 @@ class ExitCode(enum.IntEnum):
     # the launcher's own, when no worker ran (or could not start), recorded in exit.json
     # (with reason "exited", 126 and 127 are the worker's own: setsid could not run its
     # command, see outcomes.classify)
+    SETUP_FAILED = 121  # the workspace's setup failed: no worker started (reason setup_failed)
     WORKTREE_GONE = 122  # the worktree vanished before the worker could start in it
     LAUNCH_BUSY = 124  # another worker holds the worktree (reason busy)
     LAUNCH_NO_ENV = 125  # the environment stream was incomplete (reason crashed)
@@ -179,6 +207,7 @@ class ExitReason(enum.StrEnum):
     STOPPED = "stopped"  # `coord stop`
     RESULT_GRACE_KILL = "result_grace_kill"  # lingered past result_grace after its result
     BUSY = "busy"  # another worker held the worktree: never started
+    SETUP_FAILED = "setup_failed"  # the workspace's setup script failed: the worker never started
     CRASHED = "crashed"  # the launcher could not start the worker
     DISPATCH_FAILED = "dispatch_failed"  # recorded by a failed dispatch, with its error
     ENDED = "ended"  # status: a run not asked about has ended (its record is not sent)
@@ -201,7 +230,7 @@ def _text(name: str) -> str:
 # The verbs' scripts, split into sections by "# ---…--- NAME" lines, one a verb; remote.sh's
 # last, "verbs", is the verb table.  What a file has before its first section is its own
 # common part, sent with each of its verbs (remote.sh's is only comments).
-_VERB_SCRIPTS = ("remote.sh", "branch.sh", "await.sh")
+_VERB_SCRIPTS = ("remote.sh", "branch.sh", "await.sh", "machine.sh", "app.sh")
 _SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
 _SENT: dict[str, str] = {}
 
@@ -243,8 +272,9 @@ def remote_script(verb: str | None = None) -> str:
 
 
 def launcher_script() -> str:
-    """Return the text of the launcher that dispatch installs: the common part, then its own."""
-    return _text("common.sh") + _text("launcher.sh")
+    """Return the text of the launcher that dispatch installs: the common part, the
+    workspace's (setup before the worker), then its own."""
+    return _text("common.sh") + _text("workspace.sh") + _text("launcher.sh")
 
 
 def launcher_hash() -> str:
@@ -490,6 +520,37 @@ VERBS: dict[str, Verb] = {
                 Arg("expected sha", _shaped(SHA, _SHA_SHOULD)),
             ),
             records=frozenset({"landed"}),
+        ),
+        Verb(
+            "doctor",
+            (_WORKDIR, Arg("minimum free KiB", _number)),
+            group=(_REPO,),
+            stdin="the claude command's words, each NUL-ended, then an empty one; then the env "
+            "records",
+            records=frozenset({"check"}),
+        ),
+        Verb(
+            "setup",
+            (Arg("dry run", _one_of("0", "1")),),
+            group=(
+                Arg("check size", _number),
+                Arg("run size", _number),
+                Arg("timeout", _shaped(_SECONDS, "a whole number of seconds, 1 to 999999999")),
+            ),
+            stdin="per step, its check command then its run command (sized; 0: no run)",
+            records=frozenset({"step"}),
+            payloads={"step": 3},
+        ),
+        Verb(
+            "app",
+            (
+                _WORKDIR,
+                _RUN_ID,
+                Arg("worktree", _path),
+                Arg("tmux socket", _shaped(_SOCKET, "a tmux socket name")),
+                Arg("action", _one_of("start", "stop")),
+            ),
+            records=frozenset({"app"}),
         ),
     )
 }

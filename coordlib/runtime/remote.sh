@@ -20,6 +20,7 @@
 #            run dir (unless KEEP_RUNS=1); a record per run
 #   test, push, stack, land           on a repo's commits and branches: see branch.sh
 #   await                             until one of the runs ends: see await.sh
+#   doctor, setup                     the machine's health, a playbook's steps: see machine.sh
 #
 # Every answer but tail's is framed: "$PROTOCOL VERB [KEY=VALUE...]", records, "end".
 # A failure is an exit status (protocol.ExitCode) and one "coord-run: ..." line on stderr.
@@ -219,6 +220,18 @@ cmd_dispatch() {
     # A prompt cut short would be obeyed as it is: check it.  (A cut launch.env or
     # environment stream is refused by the launcher, which checks both.)
     [ "$(wc -c <"$run/briefing.md")" -eq "$nbrief" ] || die 15 "briefing arrived truncated"
+    # The worktree's ports, when the launch asks for some (COORD_WS_PORTS=N): a range from the
+    # machine's pool, which the launcher gives back as the run ends.
+    local line want=0 ports=""
+    while IFS= read -r line; do
+        [[ $line == COORD_WS_PORTS=* ]] && want=${line#*=} && break
+    done <"$run/launch.env"
+    if valid_num "$want" && ((want > 0 && want <= 1000)); then
+        alloc_ports "$workdir" "$id" "$want" ||
+            die 14 "no free range of $want ports in $PORT_BASE-$PORT_MAX on this machine (workspace.ports)"
+        printf '%s\n' "$PORTS" >"$run/ports" || die 15 "cannot write in $run (disk full?)"
+        ports=${PORTS/ /-}
+    fi
 
     # The launcher travels with every dispatch (a few KB), and is saved once per version:
     # its name carries the hash of its text, checked here so a bad copy is never kept.
@@ -274,7 +287,8 @@ cmd_dispatch() {
         read -r _ wgit 2>/dev/null <"$wt/.git" && read -r _ ref 2>/dev/null <"$wgit/HEAD" &&
             read -r head 2>/dev/null <"$gitdir/$ref" || head=$(git -C "$wt" rev-parse HEAD 2>/dev/null)
     fi
-    printf '%s dispatch\nstarted launcher_pid=%s head=%s\nend\n' "$PROTOCOL" "$pid" "$head"
+    printf '%s dispatch\nstarted launcher_pid=%s head=%s%s\nend\n' "$PROTOCOL" "$pid" "$head" \
+        "${ports:+ ports=$ports}"
 }
 
 # ---------------------------------------------------------------- status
@@ -566,6 +580,17 @@ clean_worktree() { # clean_worktree WORKDIR WORKTREE MODE RESCUE ID: set CW (wha
     fi
 }
 
+archive() { # archive WT RUN_DIR: run the workspace's archive script in WT (best effort)
+    # (The script was kept with the run when its worktree was made: see workspace.sh.)
+    local t=600 rc=0
+    [ -f "$2/archive.sh" ] || return 0
+    read -r t 2>/dev/null <"$2/archive.timeout"
+    valid_num "$t" && ((t > 0)) || t=600
+    (cd "$1" && COORD_WORKTREE=$1 exec timeout --kill-after=10 "$t" bash "$2/archive.sh") \
+        </dev/null >>"$2/archive.log" 2>&1 || rc=$?
+    ARCHIVED=$rc
+}
+
 remove_worktree() { # remove_worktree WT PHYSICAL_PATH MODE RESCUE ID WORKDIR: set CW, CN and RESCUED
     local wt=$1 pat=$2 mode=$3 pids out force=""
     # Any process of ours working in it (a worker that outlived its launcher, a daemon it
@@ -589,6 +614,7 @@ remove_worktree() { # remove_worktree WT PHYSICAL_PATH MODE RESCUE ID WORKDIR: s
                 { CW=kept CN="could not save its work at refs/coord/rescue/$5: $CN" && return; }
             RESCUED="refs/coord/rescue/$5" CN="" force=--force
         fi
+        archive "$wt" "$6/runs/$5"
         # Without --force, git itself refuses a worktree with changes or a lock: a last
         # guard (given only once a rescue ref holds them).  Ignored files (build output,
         # caches) go with the worktree.
@@ -621,7 +647,7 @@ cmd_clean() { # clean WORKDIR MODE KEEP_RUNS RESCUE; stdin: ID NUL WORKTREE NUL,
     need_word clean mode "$2" remove check
     need_word clean keep_runs "$3" 0 1
     need_word clean rescue "$4" 0 1
-    local workdir mode=$2 keep=$3 rescue=$4 id wt line saved CW CN CR BUSY RESCUED UNSAFE
+    local workdir mode=$2 keep=$3 rescue=$4 id wt line saved CW CN CR BUSY RESCUED UNSAFE ARCHIVED
     home_path workdir "$1"
     workdir=${workdir%/}
     printf '%s clean\n' "$PROTOCOL"
@@ -638,13 +664,14 @@ cmd_clean() { # clean WORKDIR MODE KEEP_RUNS RESCUE; stdin: ID NUL WORKTREE NUL,
                 "$id" "$([ -n "$wt" ] && echo kept || echo none)" "$line"
             continue
         fi
+        ARCHIVED=""
         clean_worktree "$workdir" "$wt" "$mode" "$rescue" "$id"
         clean_run "$workdir/runs/$id" "$mode" "$keep"
         json_str line "$CN"
         saved=null
         [ -n "$RESCUED" ] && saved="\"$RESCUED\""
-        printf 'run {"id":"%s","worktree":"%s","run":"%s","note":%s,"rescue":%s}\n' \
-            "$id" "$CW" "$CR" "$line" "$saved"
+        printf 'run {"id":"%s","worktree":"%s","run":"%s","note":%s,"rescue":%s,"archive":%s}\n' \
+            "$id" "$CW" "$CR" "$line" "$saved" "${ARCHIVED:-null}"
     done
     printf 'end\n'
 }
@@ -698,5 +725,8 @@ case $verb in
     land) cmd_land "$@" ;;
     await) cmd_await "$@" ;;
     sync) cmd_sync "$@" ;;
-    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test, push, stack, land, sync or await)" ;;
+    doctor) cmd_doctor "$@" ;;
+    setup) cmd_setup "$@" ;;
+    app) cmd_app "$@" ;;
+    *) shown verb "$verb" && die 2 "unknown verb '$verb' (expected dispatch, status, stop, tail, clean, test, push, stack, land, sync, await, doctor, setup or app)" ;;
 esac

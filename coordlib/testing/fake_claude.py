@@ -419,6 +419,35 @@ def env(session: Session) -> int:
     return 0
 
 
+def sees(session: Session) -> int:
+    """Read the file ARG names (in the worktree: what a workspace's setup made) and commit
+    what it says, with the worktree's ports, in fake_claude_output.txt."""
+    name = session.arg or ".coord-setup-marker"
+    try:
+        with open(os.path.join(os.getcwd(), name), encoding="utf-8") as f:
+            said = f.read().strip()
+    except OSError as exc:
+        said = f"nothing ({exc.strerror})"
+    ports = os.environ.get("COORD_PORTS", "none")
+    work(session, content=f"saw {name}: {said}\nports: {ports}\n")
+    return 0
+
+
+def serve(session: Session) -> int:
+    """Listen on $COORD_PORT for FAKE_CLAUDE_DELAY seconds (a dev server), then do the work:
+    a port another live worktree holds fails the run."""
+    import socket
+
+    port = int(os.environ["COORD_PORT"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        session.status(f"serving on {port}")
+        time.sleep(float(os.environ.get("FAKE_CLAUDE_DELAY", "2")))
+    work(session, content=f"served on {port}\n")
+    return 0
+
+
 def review(session: Session, text: str) -> int:
     """Read the branch's history (for real), change nothing, and give text as the result."""
     session.tool(
@@ -461,6 +490,8 @@ SCENARIOS = {
     "error_result": error_result,
     "slow": slow,
     "env": env,
+    "sees": sees,
+    "serve": serve,
     "approve": approve,
     "request_changes": request_changes,
     "no_verdict": no_verdict,
