@@ -89,12 +89,13 @@ BRANCH_SH = (RUNTIME / "branch.sh").read_text()
 AWAIT_SH = (RUNTIME / "await.sh").read_text()
 MACHINE_SH = (RUNTIME / "machine.sh").read_text()
 APP_SH = (RUNTIME / "app.sh").read_text()
+CLEAN_SH = (RUNTIME / "clean.sh").read_text()
 LAUNCHER_SH = (RUNTIME / "workspace.sh").read_text() + (RUNTIME / "launcher.sh").read_text()
 SCRIPTS = {
     "common.sh": COMMON, "remote.sh": REMOTE, "branch.sh": BRANCH_SH, "launcher.sh": LAUNCHER_SH,
-    "await.sh": AWAIT_SH, "machine.sh": MACHINE_SH,
+    "await.sh": AWAIT_SH, "machine.sh": MACHINE_SH, "app.sh": APP_SH, "clean.sh": CLEAN_SH,
 }  # fmt: skip
-VERBS_SH = REMOTE + BRANCH_SH + AWAIT_SH + MACHINE_SH + APP_SH  # the verbs' own scripts
+VERBS_SH = REMOTE + CLEAN_SH + BRANCH_SH + AWAIT_SH + MACHINE_SH + APP_SH  # the verbs' scripts
 EVERYTHING = COMMON + VERBS_SH + LAUNCHER_SH
 
 
@@ -132,7 +133,7 @@ def test_every_verb_has_one_section_in_the_verbs_scripts() -> None:
         name: re.findall(r"^# -{10,} (\w+)$", text, re.M)
         for name, text in (("remote.sh", REMOTE), ("branch.sh", BRANCH_SH),
                            ("await.sh", AWAIT_SH), ("machine.sh", MACHINE_SH),
-                           ("app.sh", APP_SH))
+                           ("app.sh", APP_SH), ("clean.sh", CLEAN_SH))
     }  # fmt: skip
     everywhere = [s for found in sections.values() for s in found]
     assert sorted(everywhere) == sorted([*VERBS, "verbs"])  # none twice, none missing
@@ -141,6 +142,7 @@ def test_every_verb_has_one_section_in_the_verbs_scripts() -> None:
     assert sections["await.sh"] == ["await"]
     assert sections["machine.sh"] == ["doctor", "setup"]
     assert sections["app.sh"] == ["app"]
+    assert sections["clean.sh"] == ["clean"]
     # What branch.sh, await.sh and machine.sh have before their first section holds
     # functions only (and await.sh's settings): nothing runs there.
     for text in (BRANCH_SH, AWAIT_SH, MACHINE_SH):

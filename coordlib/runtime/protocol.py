@@ -230,7 +230,7 @@ def _text(name: str) -> str:
 # The verbs' scripts, split into sections by "# ---…--- NAME" lines, one a verb; remote.sh's
 # last, "verbs", is the verb table.  What a file has before its first section is its own
 # common part, sent with each of its verbs (remote.sh's is only comments).
-_VERB_SCRIPTS = ("remote.sh", "branch.sh", "await.sh", "machine.sh", "app.sh")
+_VERB_SCRIPTS = ("remote.sh", "clean.sh", "branch.sh", "await.sh", "machine.sh", "app.sh")
 _SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
 _SENT: dict[str, str] = {}
 
