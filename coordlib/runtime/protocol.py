@@ -92,11 +92,11 @@ import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..assignment import check_id
 from ..errors import UsageError
 from .layout import TAIL_FILES
+from .scripts import launcher_hash, launcher_script, remote_script
 
 __all__ = [
     "DOCTOR_CHECKS",
@@ -212,76 +212,6 @@ class ExitReason(enum.StrEnum):
     DISPATCH_FAILED = "dispatch_failed"  # recorded by a failed dispatch, with its error
     ENDED = "ended"  # status: a run not asked about has ended (its record is not sent)
     UNREADABLE = "unreadable"  # coordlib's: the exit record is not JSON
-
-
-# ------------------------------------------------------------------ the scripts
-
-_TEXTS: dict[str, str] = {}
-
-
-def _text(name: str) -> str:
-    text = _TEXTS.get(name)
-    if text is None:
-        # A plain file read: importlib.resources costs more to import than this whole read.
-        text = _TEXTS[name] = Path(__file__).with_name(name).read_text("utf-8")
-    return text
-
-
-# The verbs' scripts, split into sections by "# ---…--- NAME" lines, one a verb; remote.sh's
-# last, "verbs", is the verb table.  What a file has before its first section is its own
-# common part, sent with each of its verbs (remote.sh's is only comments).
-_VERB_SCRIPTS = ("remote.sh", "clean.sh", "branch.sh", "await.sh", "machine.sh", "app.sh")
-_SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
-_SENT: dict[str, str] = {}
-
-
-def _sections() -> dict[str, tuple[str, str]]:
-    """Return each section of the verbs' scripts by name: (its file's common part, its text)."""
-    found: dict[str, tuple[str, str]] = {}
-    for name in _VERB_SCRIPTS:
-        shared, *parts = _SECTION.split(_text(name))
-        for section, text in zip(parts[::2], parts[1::2], strict=True):
-            found[section] = (shared, text)
-    return found
-
-
-def remote_script(verb: str | None = None) -> str:
-    """Return the text a remote command runs: the common part, then the verbs.
-
-    With `verb`, only what that verb needs: the common part, its own section (and its file's
-    common part) and the verb table, without comment lines.  Every command carries its
-    script as an argument, to every machine: a status sends about 7 KB rather than all the
-    verbs' 40 KB.
-    """
-    if verb is None:
-        remote = _text("remote.sh")
-        table = next(m.start() for m in _SECTION.finditer(remote) if m.group(1) == "verbs")
-        # The other files' functions must be defined before the table runs one of them.
-        others = "".join(_text(name) for name in _VERB_SCRIPTS[1:])
-        return _text("common.sh") + remote[:table] + others + remote[table:]
-    text = _SENT.get(verb)
-    if text is None:
-        sections = _sections()
-        shared, own = sections[verb]
-        whole = _text("common.sh") + shared + own + sections["verbs"][1]
-        text = _SENT[verb] = "".join(
-            line for line in whole.splitlines(keepends=True)
-            if line.strip() and not line.lstrip().startswith("#")
-        )  # fmt: skip
-    return text
-
-
-def launcher_script() -> str:
-    """Return the text of the launcher that dispatch installs: the common part, the
-    workspace's (setup before the worker), then its own."""
-    return _text("common.sh") + _text("workspace.sh") + _text("launcher.sh")
-
-
-def launcher_hash() -> str:
-    """Return a short hash of the launcher's text, which versions its installed copy."""
-    import hashlib  # only dispatches need it: not imported by every `coord status`
-
-    return hashlib.sha256(launcher_script().encode()).hexdigest()[:12]
 
 
 # ------------------------------------------------------------------ the verbs' arguments
