@@ -353,7 +353,9 @@ def test_calls_on_one_forge_run_concurrently_without_blocking_the_loop(
     fake_github: FakeGitHub, case: ForgeCase, loop: Any
 ) -> None:
     forge = case.forge
-    numbers = [run(loop, forge.create_issue(f"n{i}")).number for i in range(6)]
+    # Enough requests in flight that a loop left free ticks many times meanwhile, even on a
+    # loaded machine (with 6, a fast answer left room for only 2 or 3 ticks: a flaky test).
+    numbers = [run(loop, forge.create_issue(f"n{i}")).number for i in range(6)] * 4
     ticks = 0
 
     async def ticker() -> None:
