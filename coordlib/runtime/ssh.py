@@ -141,14 +141,15 @@ class SSHTarget:
         paths = self.config_paths()
         try:
             # The same options object `asyncssh.connect` builds, minus the keys: reading the
-            # config through it makes the answer the connection's own.
+            # config through it makes the answer the connection's own.  (It never connects:
+            # its empty known_hosts trusts nothing; the connection reads the real ones.)
             opts = asyncssh.SSHClientConnectionOptions(
                 config=paths,
                 host=self.host,
                 port=self.port if self.port is not None else (),
                 username=self.user or (),
                 client_keys=None,
-                known_hosts=None,
+                known_hosts=(),
             )
         except (OSError, ValueError) as exc:
             where = paths[0] if paths else "the ssh config"
