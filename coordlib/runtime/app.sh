@@ -24,8 +24,7 @@ cmd_app() { # app WORKDIR ID WORKTREE SOCKET start|stop
     if [ "$5" = stop ]; then
         said="state=not_running"
         tmux -L "$sock" kill-session -t "=$session" 2>/dev/null && said="state=stopped"
-        read -r first last 2>/dev/null <"$run/app.ports" && valid_num "$first" &&
-            rm -f -- "$workdir/ports/$first"
+        read -r first last 2>/dev/null <"$run/app.ports" && release_range "$workdir" "$first" "$last"
         rm -f -- "$run/app.pid" "$run/app.ports"
     elif pid_file_alive "$run/app.pid"; then # once is enough: say where it is
         read -r first last 2>/dev/null <"$run/app.ports"
@@ -52,7 +51,7 @@ app_start() { # app_start (cmd_app's): start the run script in its session; set 
     sq qrun "$run"
     pid=$(tmux -L "$sock" new-session -d -P -F '#{pane_pid}' -s "$session" -c "$wt" \
         "exec env COORD_PORT=$first COORD_PORTS=$first-$last COORD_WORKTREE=$qwt bash $qrun/app.sh >>$qrun/app.log 2>&1" 2>&1) ||
-        { rm -f -- "$workdir/ports/$first" "$run/app.ports"; die 16 "tmux could not start session $session: ${pid//$'\n'/ }"; }
+        { release_range "$workdir" "$first" "$last"; rm -f -- "$run/app.ports"; die 16 "tmux could not start session $session: ${pid//$'\n'/ }"; }
     if valid_num "$pid" && proc_start "$pid"; then
         printf '%s %s %s\n' "$pid" "$BOOT_ID" "$PSTART" >"$run/app.pid"
     fi

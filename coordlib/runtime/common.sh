@@ -195,50 +195,66 @@ save_rescue() { # save_rescue WORKTREE REF INDEX MESSAGE: status 0 once REF hold
     return $ok
 }
 
-# The pool of ports each machine hands out to its live worktrees (dispatch) and apps (app), in
-# ranges.
+# The pool of ports each machine hands out to its live worktrees (dispatch) and apps (app):
+# each port taken is a file ports/PORT holding the id of the run that has it, made with
+# O_EXCL (noclobber), so two dispatches never take one port, with no lock and no fork.
 PORT_BASE=20000
 PORT_MAX=29999
 
-port_holder_live() { # port_holder_live WORKDIR ID: status 0 while the run (or its app) holding a range lives
+port_holder_live() { # port_holder_live WORKDIR ID: status 0 while the run (or its app) holding a port lives
     local d="$1/runs/$2"
     pid_file_alive "$d/app.pid" && return 0
     [ -f "$d/exit.json" ] && return 1
     pid_file_alive "$d/launcher.pid" || pid_file_alive "$d/dispatch.pid"
 }
 
-alloc_ports() { # alloc_ports WORKDIR ID N: set PORTS to "FIRST LAST", a range no live run holds
-    # Under the machine's ports lock; a range is a file ports/FIRST holding "LAST ID", and one
-    # whose run has ended (or died unrecorded) is free again, whether or not it was released.
-    local wd=$1 id=$2 n=$3 f first last holder base clash r lk=""
-    local -a held=()
+port_claim() { # port_claim WORKDIR PORT ID: status 0 once ports/PORT is ID's
+    local f="$1/ports/$2" holder="" rc
+    set -C
+    { printf '%s\n' "$3" >"$f"; } 2>/dev/null
+    rc=$?
+    set +C
+    ((rc == 0)) && return 0
+    # Taken: by a run that lives (it stays), or by one that ended or died (it is free again).
+    read -r holder 2>/dev/null <"$f"
+    # (Empty: another dispatch made it a moment ago and is writing its id: taken.)
+    [ -n "$holder" ] || return 1
+    valid_id "$holder" && port_holder_live "$1" "$holder" && return 1
+    rm -f -- "$f"
+    set -C
+    { printf '%s\n' "$3" >"$f"; } 2>/dev/null
+    rc=$?
+    set +C
+    return $rc
+}
+
+alloc_ports() { # alloc_ports WORKDIR ID N: set PORTS to "FIRST LAST", N ports no live run holds
+    local wd=$1 id=$2 n=$3 base p got
+    local -a back=()
     PORTS=""
-    mkdir -p "$wd/ports" "$wd/locks" 2>/dev/null || return 1
-    if command -v flock >/dev/null 2>&1; then
-        { exec {lk}>"$wd/locks/ports.lock"; } 2>/dev/null && flock -w 30 "$lk" || return 1
-    fi
-    for f in "$wd"/ports/*; do
-        [ -f "$f" ] || continue
-        first=${f##*/} last="" holder=""
-        read -r last holder 2>/dev/null <"$f"
-        if valid_num "$first" && valid_num "$last" && valid_id "$holder" &&
-            port_holder_live "$wd" "$holder"; then
-            held+=("$first $last")
-        else
-            rm -f -- "$f"
-        fi
-    done
+    [ -d "$wd/ports" ] || mkdir -p "$wd/ports" 2>/dev/null || return 1
     for ((base = PORT_BASE; base + n - 1 <= PORT_MAX; base += n)); do
-        clash=0
-        for r in "${held[@]}"; do
-            if ((base <= ${r#* } && ${r% *} <= base + n - 1)); then clash=1 && break; fi
+        got=0
+        for ((p = base; p < base + n; p++)); do
+            port_claim "$wd" "$p" "$id" || break
+            got=$((got + 1))
         done
-        if ((!clash)); then
-            printf '%s %s\n' "$((base + n - 1))" "$id" >"$wd/ports/$base" &&
-                PORTS="$base $((base + n - 1))"
-            break
+        if ((got == n)); then
+            PORTS="$base $((base + n - 1))"
+            return 0
         fi
+        # Some of this range is another's: give back what this try took, try the next.
+        back=()
+        for ((p = base; p < base + got; p++)); do back+=("$wd/ports/$p"); done
+        ((${#back[@]})) && rm -f -- "${back[@]}"
     done
-    [ -n "$lk" ] && exec {lk}>&-
-    [ -n "$PORTS" ]
+    return 1
+}
+
+release_range() { # release_range WORKDIR FIRST LAST: give ports FIRST..LAST back to the pool
+    local -a files=()
+    local p
+    valid_num "$2" && valid_num "$3" && (($3 - $2 < 1000)) || return 0
+    for ((p = $2; p <= $3; p++)); do files+=("$1/ports/$p"); done
+    rm -f -- "${files[@]}"
 }

@@ -60,7 +60,7 @@ worker_env() { # worker_env: make this (sub)shell's environment the worker's, an
 }
 
 release_ports() { # release_ports WORKDIR: give the run's ports back to the machine's pool
-    [ -n "$PORT_FIRST" ] && rm -f "$1/ports/$PORT_FIRST"
+    [ -n "$PORT_FIRST" ] && release_range "$1" "$PORT_FIRST" "$PORT_LAST"
 }
 
 disk_full() { # disk_full DIR: status 0 when DIR's file system has no room left
@@ -83,17 +83,10 @@ add_path() { # add_path PATH: one more changed file, in outcome's list (capped; 
 }
 
 radar() { # radar RUN_DIR WORKTREE START BASE: write where a status reads the branch's files
-    # The commit the branch left its base at (its start when there is no base): a status
-    # lists what the worktree changed since, so the planner sees what each worker touches.
-    local ref="" mb=$3
+    # (the worktree, the commit the worker starts from, and its base branch: the first
+    # status that asks works out where the branch left its base; no fork here)
     [ -n "$3" ] || return 0
-    if [ -n "$4" ]; then
-        for ref in "refs/remotes/origin/$4" "refs/heads/$4"; do
-            mb=$(git -c core.fsmonitor=false -C "$2" merge-base "$ref" "$3" 2>/dev/null) && break
-            mb=$3
-        done
-    fi
-    printf '%s\n%s\n' "$2" "$mb" >"$1/radar" 2>/dev/null
+    printf '%s\n%s\n%s\n' "$2" "$3" "$4" >"$1/radar" 2>/dev/null
 }
 
 outcome() { # outcome WORKTREE RUN_DIR START BASE: set OUTCOME to a JSON object, or "" (no repo)

@@ -8,7 +8,7 @@
     runs/.live/<id>                      empty: the run is live
     locks/                               one worker per worktree; dispatches per clone
     disk                                 when, and the KiB the workdir uses and has free
-    ports/<first>                        "<last> <id>": the port range a live run holds
+    ports/<port>                         "<id>": the live run (or app) that has the port
 
 tests/test_protocol.py checks that the scripts use these names.
 """
@@ -87,7 +87,7 @@ class Layout:
     DISPATCH_LOCK = "coord-dispatch.lock"  # in the clone's git dir
     SESSION = "coord-"  # tmux session coord-<id>
     DISK = "disk"  # TIME USED_KB FREE_KB: measured in the background by a status
-    PORTS = "ports"  # ports/FIRST holds "LAST ID": a range a live run holds (locks/ports.lock)
+    PORTS = "ports"  # ports/PORT holds the ID of the live run (or app) that has the port
 
     @property
     def root(self) -> str:

@@ -304,11 +304,23 @@ radar_files() { # radar_files RUN_DIR: set FILES to the paths its worktree chang
     # Committed or not, since the branch left its base, and new untracked files: one line
     # each, quoted by git where a name is unusual, the first RADAR_MAX.  No optional lock is
     # taken (the worker's own git commands must never meet ours), nothing of the worker's runs.
-    local wt mb
+    # Where the branch left its base is worked out once, and kept as the file's 4th line.
+    local wt start base mb="" ref
     FILES=""
-    { IFS= read -r wt && IFS= read -r mb; } 2>/dev/null <"$1/radar" || return 0
-    [[ -d $wt && $mb =~ ^[0-9a-f]{40,64}$ ]] || return 0
+    { IFS= read -r wt && IFS= read -r start && IFS= read -r base && { IFS= read -r mb || :; }; } \
+        2>/dev/null <"$1/radar" || return 0
+    [[ -d $wt && $start =~ ^[0-9a-f]{40,64}$ ]] || return 0
     local -a g=(git -c core.quotePath=true -c core.fsmonitor=false -c core.hooksPath=/dev/null -C "$wt")
+    if ! [[ $mb =~ ^[0-9a-f]{40,64}$ ]]; then
+        mb=$start
+        if [[ $base =~ ^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$ && $base != *..* ]]; then
+            for ref in "refs/remotes/origin/$base" "refs/heads/$base"; do
+                mb=$(GIT_OPTIONAL_LOCKS=0 "${g[@]}" merge-base "$ref" "$start" 2>/dev/null) && break
+                mb=$start
+            done
+        fi
+        printf '%s\n' "$mb" >>"$1/radar" 2>/dev/null
+    fi
     FILES=$({
         GIT_OPTIONAL_LOCKS=0 "${g[@]}" diff --no-renames --name-only "$mb" --
         GIT_OPTIONAL_LOCKS=0 "${g[@]}" ls-files --others --exclude-standard
