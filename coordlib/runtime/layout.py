@@ -39,7 +39,8 @@ class RunFile(enum.StrEnum):
     STOP = "stop"  # asked to stop
     SEEN = ".seen"  # the launcher's mark of the last look at events.jsonl
     RESCUE_INDEX = "rescue.index"  # the private index the outcome check saves changes with
-    RADAR = "radar"  # its worktree and the commit its branch left the base at (status reads)
+    RADAR = "radar"  # its worktree, start commit and base, and where its branch left that base
+    RADAR_FILES = "radar.files"  # the last reading of its branch's files (SIZE TIME, paths)
     SCRATCH = "scratch"  # a scratch run's working dir (no repo: DispatchMode.SCRATCH)
     PORTS = "ports"  # FIRST LAST: the ports its dispatch gave it (COORD_PORT, COORD_PORTS)
     SETUP_LOG = "setup.log"  # the workspace's setup (and copy) output

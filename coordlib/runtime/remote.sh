@@ -298,6 +298,7 @@ stderr_tail() { # stderr_tail FILE: set TAIL to the last 600 bytes of FILE, TAIL
 }
 
 RADAR_MAX=200 # files listed per run by a status (the first; the planner needs no more)
+RADAR_EVERY_S=20 # seconds between two readings of one run's files (when its worker wrote since)
 DISK_EVERY_S=60 # seconds between measurements of the disk a workdir uses (in the background)
 
 radar_files() { # radar_files RUN_DIR: set FILES to the paths its worktree changed (see radar)
@@ -325,6 +326,27 @@ radar_files() { # radar_files RUN_DIR: set FILES to the paths its worktree chang
         GIT_OPTIONAL_LOCKS=0 "${g[@]}" diff --no-renames --name-only "$mb" --
         GIT_OPTIONAL_LOCKS=0 "${g[@]}" ls-files --others --exclude-standard
     } 2>/dev/null | head -n "$RADAR_MAX")
+}
+
+radar_cached() { # radar_cached RUN_DIR EVENTS_SIZE: set FILES, read again only when it is due
+    # The last reading is kept in radar.files ("SIZE TIME", then the paths), and read again
+    # when the worker has written events since and RADAR_EVERY_S have passed: however many
+    # coordinators ask (a `coord status` from a shell has no memory of the last), the git
+    # commands run at most that often per run.
+    local f="$1/radar.files" at="" was="" now=${EPOCHREALTIME%[.,]*}
+    local -a kept=()
+    if [ -f "$f" ] && mapfile -t kept <"$f" && ((${#kept[@]})); then
+        read -r was at <<<"${kept[0]}"
+        if valid_num "$at" && { [ "$was" = "$2" ] || ((now - at < RADAR_EVERY_S)); }; then
+            FILES=""
+            local IFS=$'\n'
+            FILES="${kept[*]:1}"
+            return 0
+        fi
+    fi
+    radar_files "$1"
+    printf '%s %s\n%s%s' "$2" "$now" "$FILES" "${FILES:+$'\n'}" >"$f.$$" 2>/dev/null &&
+        mv -f "$f.$$" "$f" 2>/dev/null
 }
 
 disk_line() { # disk_line WORKDIR: set DISK to the disk record's words (as last measured), or ""
@@ -449,7 +471,7 @@ cmd_status() { # status WORKDIR SOCKET SCOPE [ID OFFSET MAX FILES]...
             fi
             out+=$'\n'
             if [ -n "${radar[$id]+x}" ] && ((alive)); then
-                radar_files "$workdir/runs/$id"
+                radar_cached "$workdir/runs/$id" "$size"
                 [ -n "$FILES" ] && FILES+=$'\n'
                 out+="files ${#FILES}"$'\n'"$FILES"$'\n'
             fi
