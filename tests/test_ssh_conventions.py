@@ -160,6 +160,8 @@ def test_trust_and_status_agree_on_an_alias_in_the_users_ssh_config(
         del machine[key]  # coordinator.yml names the alias, nothing more
     machine["host"] = "box"
     coordinator_yml = setup.write()
+    coordinator_yml.write_text(coordinator_yml.read_text().replace(
+        "test_command: 'true'", f"test_command: 'true'\n  url: {setup.repo.origin}"))  # fmt: skip
     env = {"HOME": str(home)}
 
     before = run_coord("status", "--json", config=coordinator_yml, env=env)
@@ -184,6 +186,13 @@ def test_trust_and_status_agree_on_an_alias_in_the_users_ssh_config(
     assert row["reachable"], row
     again = run_coord("trust", "box", "--json", config=coordinator_yml, env=env)
     assert json.loads(again.stdout)["state"] == "trusted", again.stderr
+    # And work goes there through the alias: a dispatch, then its end.
+    assigned = run_coord("assign", "box", "api", "1", "--title", "Over the alias", "--json",
+                         config=coordinator_yml, env=env)  # fmt: skip
+    assert assigned.returncode == 0, assigned.stderr
+    waited = run_coord("wait", json.loads(assigned.stdout)["id"], config=coordinator_yml,
+                       env=env, timeout=120)  # fmt: skip
+    assert waited.returncode == 0, waited.stdout + waited.stderr
 
 
 def test_trust_records_under_the_host_key_alias(sshd: SSHServer, tmp_path: Path) -> None:
