@@ -119,7 +119,7 @@ async def gather(
         claimed[(f.repo, f.issue)] = f"{f.who} is working on it"
     return PlanInput(
         candidates=candidates,
-        machines=_machine_views(config, machines, live, now),
+        machines=_machine_views(config, machines, live, now, board),
         in_flight=in_flight,
         claimed=claimed,
         upstream_busy=_upstream_busy(config, in_flight),
@@ -170,9 +170,12 @@ def _upstream_busy(config: Config, in_flight: Sequence[InFlight]) -> dict[str, s
     return busy
 
 
-def _machine_views(config: Config, machines: Sequence[MachineStatus],
-                   live: Sequence[Assignment], now: float) -> list[MachineView]:  # fmt: skip
+def _machine_views(config: Config, machines: Sequence[MachineStatus], live: Sequence[Assignment],
+                   now: float, board: Board) -> list[MachineView]:  # fmt: skip
+    from .doctor import latest, refusal
+
     said = {m.name: m for m in machines}
+    doctored = latest(board)  # a machine `coord doctor` found unhealthy gets no proposal
     views = []
     for name, m in config.machines.items():
         busy = sum(1 for a in live if a.machine == name and a.status != "queued")
@@ -183,6 +186,8 @@ def _machine_views(config: Config, machines: Sequence[MachineStatus],
             ago = f"{int(now - status.seen_at)} s ago" if status.seen_at else "never"
             why = (f"{'stale' if status.stale else 'down'} ({status.state}; last answered {ago}): "
                    f"{status.error or ''}").rstrip(": ")  # fmt: skip
+        elif (sick := refusal(doctored.get(name), repo=None, now=now)) is not None:
+            healthy, why = False, sick
         views.append(MachineView(
             name=name, repos=frozenset(m.repos or config.repos),
             capabilities=frozenset(m.capabilities), free=max(0, m.max_workers - busy),

@@ -414,6 +414,13 @@ def test_every_start_but_a_continued_session_consults_the_latest_result(setup: S
                     mode=DispatchMode.REVIEW,
                 )  # fmt: skip
             assert len(c.assignments()) == 2  # nothing refused was claimed
+            # And `coord plan` proposes nothing there, saying why.
+            for title in ("One", "Two", "Three"):  # (#1 and #2 have branches: claimed)
+                await c.forge("api").create_issue(title, labels=["status:ready"])
+            planned = await c.plan()
+            assert not planned.proposals, planned.proposals
+            why = {s["issue"]: s["why"] for s in planned.skipped}
+            assert "disk" in why[3], planned.skipped
             return done
 
     assert [a.status for a in arun(go())] == [Status.DONE, Status.DONE]
