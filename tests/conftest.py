@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -157,3 +158,20 @@ def run_coord() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+T = TypeVar("T")
+Run = Callable[[Awaitable[T]], T]
+
+
+@pytest.fixture
+def arun() -> Iterator[Run[Any]]:
+    """Run coroutines on one event loop kept for the whole test (a forge's clients stay
+    bound to the loop that made them)."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop.run_until_complete
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()

@@ -7,12 +7,11 @@ looking at the remote's history with git, not by trusting what the forge says.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -21,10 +20,8 @@ from coordlib.forge import Forge, LocalForge, MergeMethod
 from coordlib.testing import make_git_repo
 from coordlib.testing.gitrepo import git
 
+from .conftest import Run
 from .forge_case import ForgeCase
-
-T = TypeVar("T")
-Run = Callable[[Awaitable[T]], T]
 
 NASTY = [
     "plain words",
@@ -35,18 +32,6 @@ NASTY = [
     "$(rm -rf /) `rm -rf /` ; | && > /tmp/x 'single' \"double\" \\back\\slash $HOME ${X}",
     "---\nnot: front matter\n---\n",
 ]
-
-
-@pytest.fixture
-def arun() -> Iterator[Run[Any]]:
-    """Run coroutines on one event loop kept for the whole test."""
-    loop = asyncio.new_event_loop()
-    try:
-        yield loop.run_until_complete
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
 
 
 @pytest.fixture

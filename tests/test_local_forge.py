@@ -7,9 +7,9 @@ import asyncio
 import multiprocessing
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,21 +21,10 @@ from coordlib.forge import LocalForge, open_forge
 from coordlib.testing import GitRepo, make_git_repo
 from coordlib.testing.gitrepo import git
 
+from .conftest import Run
 from .forge_case import ForgeCase
 
-T = TypeVar("T")
-Run = Callable[[Awaitable[T]], T]
 SPAWN = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture
-def arun() -> Iterator[Run[Any]]:
-    loop = asyncio.new_event_loop()
-    try:
-        yield loop.run_until_complete
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -34,10 +34,7 @@ from coordlib.split import (
     subissues_of,
 )
 
-from .conftest import Setup
-
-T = TypeVar("T")
-Run = Callable[[Awaitable[T]], T]
+from .conftest import Run, Setup
 
 BODY = """\
 The login flow is too large for one worker.
@@ -51,16 +48,6 @@ The login flow is too large for one worker.
 - README.md
 - setup.cfg
 """
-
-
-@pytest.fixture
-def arun() -> Iterator[Run[Any]]:
-    loop = asyncio.new_event_loop()
-    try:
-        yield loop.run_until_complete
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
 
 
 @pytest.fixture
