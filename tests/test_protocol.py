@@ -96,7 +96,8 @@ SCRIPTS = {
     "await.sh": AWAIT_SH, "machine.sh": MACHINE_SH, "app.sh": APP_SH, "clean.sh": CLEAN_SH,
 }  # fmt: skip
 VERBS_SH = REMOTE + CLEAN_SH + BRANCH_SH + AWAIT_SH + MACHINE_SH + APP_SH  # the verbs' scripts
-EVERYTHING = COMMON + VERBS_SH + LAUNCHER_SH
+SHARED_SH = (RUNTIME / "shared.sh").read_text()  # sections some verbs and the launcher call
+EVERYTHING = COMMON + SHARED_SH + VERBS_SH + LAUNCHER_SH
 
 
 def code_of(text: str) -> str:

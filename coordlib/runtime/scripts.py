@@ -2,8 +2,9 @@
 
 ``common.sh`` and the verbs' scripts (``remote.sh`` and the others in `_VERB_SCRIPTS`), split
 into one section a verb; every remote command carries the common part and its own verb's
-section (`remote_script`).  The launcher is ``common.sh`` + ``workspace.sh`` + ``launcher.sh``
-(`launcher_script`), saved on each machine under its hash (`launcher_hash`).
+section (`remote_script`), with the sections of ``shared.sh`` it calls.  The launcher is
+``common.sh`` + ``shared.sh`` + ``workspace.sh`` + ``launcher.sh`` (`launcher_script`), saved
+on each machine under its hash (`launcher_hash`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ def _text(name: str) -> str:
 _VERB_SCRIPTS = ("remote.sh", "clean.sh", "branch.sh", "await.sh", "machine.sh", "app.sh")
 _SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
 _SENT: dict[str, str] = {}
+# shared.sh's sections (functions some verbs share), and the verbs that need each; the
+# launcher carries all of shared.sh.
+_HELPERS = {"dispatch": ("ports",), "app": ("ports",), "clean": ("rescue",)}
+
+
+def _helpers() -> dict[str, str]:
+    _, *parts = _SECTION.split(_text("shared.sh"))
+    return dict(zip(parts[::2], parts[1::2], strict=True))
 
 
 def _sections() -> dict[str, tuple[str, str]]:
@@ -47,20 +56,22 @@ def remote_script(verb: str | None = None) -> str:
 
     With `verb`, only what that verb needs: the common part, its own section (and its file's
     common part) and the verb table, without comment lines.  Every command carries its
-    script as an argument, to every machine: a status sends about 7 KB rather than all the
-    verbs' 40 KB.
+    script as an argument, to every machine: a status sends about 12 KB rather than all the
+    verbs' 60 KB.
     """
     if verb is None:
         remote = _text("remote.sh")
         table = next(m.start() for m in _SECTION.finditer(remote) if m.group(1) == "verbs")
         # The other files' functions must be defined before the table runs one of them.
         others = "".join(_text(name) for name in _VERB_SCRIPTS[1:])
-        return _text("common.sh") + remote[:table] + others + remote[table:]
+        return (_text("common.sh") + _text("shared.sh") + remote[:table] + others
+                + remote[table:])  # fmt: skip
     text = _SENT.get(verb)
     if text is None:
         sections = _sections()
         shared, own = sections[verb]
-        whole = _text("common.sh") + shared + own + sections["verbs"][1]
+        helpers = "".join(_helpers()[h] for h in _HELPERS.get(verb, ()))
+        whole = _text("common.sh") + helpers + shared + own + sections["verbs"][1]
         text = _SENT[verb] = "".join(
             line for line in whole.splitlines(keepends=True)
             if line.strip() and not line.lstrip().startswith("#")
@@ -71,7 +82,8 @@ def remote_script(verb: str | None = None) -> str:
 def launcher_script() -> str:
     """Return the text of the launcher that dispatch installs: the common part, the
     workspace's (setup before the worker), then its own."""
-    return _text("common.sh") + _text("workspace.sh") + _text("launcher.sh")
+    return (_text("common.sh") + _text("shared.sh") + _text("workspace.sh")
+            + _text("launcher.sh"))  # fmt: skip
 
 
 def launcher_hash() -> str:
