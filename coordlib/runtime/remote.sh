@@ -9,9 +9,12 @@
 #            reuses the existing worktree (a session resumed with guidance, or after a
 #            rate limit), and refuses while another worker still holds it; "review" makes
 #            it detached at BRANCH's commit (a reviewer's: it neither fetches nor touches
-#            the branch, which is the worker's).
-#   status   WORKDIR SOCKET live|all [ID OFFSET MAX]...   state of every run (live: only
-#            the running ones and those asked about), with the new events of those asked
+#            the branch, which is the worker's); "claim" is "new" with the branch pushed to
+#            origin first; "scratch" has no repo: the run works in its run dir.  A launch.env
+#            asking for ports (COORD_WS_PORTS=N) gets a range from the machine's pool.
+#   status   WORKDIR SOCKET live|all [ID OFFSET MAX FILES]...   state of every run (live:
+#            only the running ones and those asked about), with the new events of those
+#            asked, the files their branches changed (FILES=1), and the workdir's disk
 #   stop     WORKDIR ID               ask a run to stop and wait for its exit record
 #   tail     WORKDIR ID OFFSET FILE FOLLOW  print FILE from byte OFFSET; FOLLOW=1 keeps
 #            streaming until the run's launcher exits (raw bytes: no framing)
