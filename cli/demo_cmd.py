@@ -118,6 +118,7 @@ def _pipeline_demo(root: str | None, mode: str, claude: str, tmux_socket: str) -
         ws = make_pipeline_demo(Path(root) if root else None, mode=mode, claude=claude,
                                 model_url=url, tmux_socket=tmux_socket)  # fmt: skip
         click.echo(_SAYS_PIPELINE[mode].format(claude=claude))
+        _say_confined()
         click.echo(f"workspace {ws.root}\n")
         for n, story in enumerate(STORIES, 1):
             click.echo(f"  #{n}  {story.title:<24} {story.shows}")
@@ -144,6 +145,16 @@ _SAYS_PIPELINE = {
 }
 
 
+def _say_confined() -> None:
+    from coordlib.demo import can_confine
+
+    if can_confine():
+        click.echo("each worker is confined in Claude Code's sandbox (worker.confine)")
+    else:
+        fix = "apt-get install bubblewrap socat, or ./scripts/bootstrap as root"
+        click.echo(f"workers run UNCONFINED here: bubblewrap and socat are missing ({fix})")
+
+
 def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmux_socket: str,
               model_url: str | None) -> None:  # fmt: skip
     from coordlib.demo import make_demo, run_demo
@@ -152,6 +163,7 @@ def _run_demo(workers: int, root: str | None, mode: str, claude: str | None, tmu
     ws = make_demo(Path(root) if root else None, mode=mode, workers=workers,
                    tmux_socket=tmux_socket, claude=claude, model_url=model_url)  # fmt: skip
     click.echo(_SAYS[mode].format(claude=claude))
+    _say_confined()
     click.echo(f"workspace {ws.root}\n")
 
     def label(i: int, a: Assignment) -> str:

@@ -110,6 +110,9 @@ class RepoConfig:
     depends_on: tuple[str, ...] = ()
     url: str | None = None
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    # What a confined worker's Bash may reach on this repo's behalf (its package registries),
+    # besides worker.allowed_domains.
+    allowed_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,11 @@ class WorkerConfig:
     allowed_tools: str = "Read,Edit,Write,Bash"
     extra_args: tuple[str, ...] = ()
     max_turns: int | None = None  # passed as --max-turns when set
+    # Claude Code's own sandbox around every worker's Bash, its file tools held to the
+    # worktree, the worker's secrets unreadable, the API key out of Bash's environment
+    confine: bool = True
+    deny_read: tuple[str, ...] = ()  # more paths no worker may read (besides the defaults)
+    allowed_domains: tuple[str, ...] = ()  # what Bash may reach through the sandbox's proxy
 
 
 @dataclass(frozen=True)

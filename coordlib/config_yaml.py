@@ -101,6 +101,7 @@ def _read_repos(doc: Doc, node: yaml.Node | None) -> dict[str, RepoConfig]:
             depends_on=tuple(dep for dep, _, _ in deps[name]),
             url=f.optional_text("url"),
             workspace=_read_workspace(doc, f),
+            allowed_domains=_domains(doc, f),
         )
     for refs in deps.values():
         for dep, dep_node, dep_key in refs:
@@ -281,7 +282,25 @@ def _read_worker(doc: Doc, node: yaml.Node | None) -> WorkerConfig:
         allowed_tools=tools,
         extra_args=tuple(a for a, _, _ in f.texts("extra_args", "command-line arguments")),
         max_turns=f.optional_integer("max_turns", 0) or None,  # 0 also means no limit
+        confine=f.boolean("confine"),
+        deny_read=tuple(p for p, _, _ in f.texts("deny_read", "paths")),
+        allowed_domains=_domains(doc, f),
     )
+
+
+# A domain the sandbox's proxy lets Bash reach: a host name, or *.name for its subdomains.
+_DOMAIN = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
+)
+
+
+def _domains(doc: Doc, f: Fields) -> tuple[str, ...]:
+    out = []
+    for name, node, key in f.texts("allowed_domains", "domain names"):
+        if len(name) > 253 or not _DOMAIN.fullmatch(name):
+            raise doc.wrong(node, key, "a domain name", "e.g. pypi.org, or *.npmjs.org")
+        out.append(name.lower())
+    return tuple(out)
 
 
 def _read_ssh(doc: Doc, node: yaml.Node | None) -> SSHConfig:

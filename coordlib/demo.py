@@ -36,6 +36,7 @@ __all__ = [
     "DEMO_ISSUES",
     "DemoIssue",
     "DemoWorkspace",
+    "can_confine",
     "find_cli",
     "make_demo",
     "run_demo",
@@ -109,6 +110,14 @@ def find_cli() -> str | None:
 
     pinned = find_claude()
     return str(pinned) if pinned is not None else shutil.which("claude")
+
+
+def can_confine() -> bool:
+    """Can this machine confine the demo's workers (bubblewrap and socat, worker.confine)?
+
+    Without them the demo runs its workers unconfined (and says so) rather than not at all.
+    """
+    return shutil.which("bwrap") is not None and shutil.which("socat") is not None
 
 
 def demo_issues(workers: int) -> tuple[DemoIssue, ...]:
@@ -209,6 +218,7 @@ def make_demo(
             "max_runtime": "20m",
             "result_grace": 10,
             "poll_interval": 0.5,
+            "confine": can_confine(),
         },
         "board": {"path": str(root / "board.json")},
     }

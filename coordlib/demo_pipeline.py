@@ -232,7 +232,7 @@ def make_pipeline_demo(
     tmux_socket: str = "coord-demo",
 ) -> PipelineDemo:
     """Create the demo repo (with a bare origin), its briefing templates and its config."""
-    from .demo import scripted_env
+    from .demo import can_confine, scripted_env
 
     if mode not in ("scripted", "live"):
         raise ValueError(f"unknown demo mode {mode!r}")
@@ -253,7 +253,7 @@ def make_pipeline_demo(
         "models": {"default": "haiku"},
         "concurrency": {"max_workers": len(STORIES)},
         "worker": {"stall_timeout": "5m", "max_runtime": "20m", "result_grace": 5,
-                   "poll_interval": 0.2},
+                   "poll_interval": 0.2, "confine": can_confine()},
         "merge": {"batch_size": len(STORIES), "batch_wait": True},
         "board": {"path": str(root / "board.json")},
     }  # fmt: skip

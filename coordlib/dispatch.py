@@ -28,6 +28,7 @@ from .briefings import (
 )
 from .claims import Claims
 from .config import is_secret_name, resolve_env
+from .confine import confined_tool_args
 from .errors import (
     ClaimError,
     CommandError,
@@ -92,17 +93,24 @@ class Dispatcher:
         tools: str | None = None,
         repo: str | None = None,
         fresh: bool = False,
+        reads_only: bool = False,
     ) -> LaunchSpec:
         """Return what the launcher starts: the claude command line and the watchdog's limits.
 
         `tools` replaces worker.allowed_tools (a pipeline stage's own: a reviewer's read only).
         `repo` names the base branch the run's outcome is checked against, and the workspace:
         its ports for any run, and (`fresh`: a worktree this dispatch makes) its setup.
+        Confined (worker.confine), the file tools are held to the worktree, and a worker that
+        only reads (`reads_only`: a review) gets none.
         """
         m = self.ctx.config.machine(machine)
         w = self.ctx.config.worker
         args = ["--output-format", "stream-json", "--verbose", "--model", model_id]
-        args += ["--allowedTools", tools or w.allowed_tools]
+        tools = tools or w.allowed_tools
+        if w.confine:
+            args += confined_tool_args(tools, reads_only=reads_only)
+        else:
+            args += ["--allowedTools", tools]
         if w.max_turns:
             args += ["--max-turns", str(w.max_turns)]
         if resume:
@@ -116,6 +124,11 @@ class Dispatcher:
             max_runtime_ms=int(w.max_runtime * 1000),
             grace_ms=int(w.result_grace * 1000),
             poll_seconds=w.poll_interval,
+            confine=w.confine,
+            deny_read=w.deny_read,
+            domains=_domains(
+                w.allowed_domains, self.ctx.config.repo(repo).allowed_domains if repo else ()
+            ),
             **(self._workspace(m.name, repo, fresh=fresh) if repo else {}),
         )
 
@@ -507,7 +520,7 @@ class Dispatcher:
         if issue_info is not None:
             a.files_declared = declared_files(issue_info.body)
         launch = self.launch_spec(machine, a.worktree, model_id, tools=tools, repo=repo,
-                                  fresh=mode == DispatchMode.REVIEW)  # fmt: skip
+                                  fresh=a.reads_only, reads_only=a.reads_only)  # fmt: skip
         a.argv = _worker_argv(launch)
         if planned is not None:
             planned(a)
@@ -569,3 +582,8 @@ def _no_attempt(a: Assignment) -> bool:
     would fail again.
     """
     return a.failure_class == "dispatch_failed" and "already exists" not in (a.error or "")
+
+
+def _domains(*lists: Sequence[str]) -> tuple[str, ...]:
+    """The domains of lists, each once, in order."""
+    return tuple(dict.fromkeys(d for names in lists for d in names))

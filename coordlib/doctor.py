@@ -180,7 +180,24 @@ async def examine(
     except CoordError as exc:
         checks.insert(0, Check("reachable", "fail", _own(exc, name)))
         return _health(m, at, checks)
-    return _health(m, at, [_reached(m, time.monotonic() - t0), *checks, *found])
+    return _health(m, at, [_reached(m, time.monotonic() - t0), *checks,
+                           *_confinement(ctx.config.worker.confine, found)])  # fmt: skip
+
+
+def _confinement(confine: bool, found: Sequence[Check]) -> list[Check]:
+    """A missing sandbox fails a machine whose workers are confined; with worker.confine off,
+    it is only worth a look, and so is running workers unconfined at all."""
+    if confine:
+        return list(found)
+    out = [dataclasses.replace(c, level="warn") if c.name == "sandbox" and not c.ok else c
+           for c in found]  # fmt: skip
+    said = (
+        "worker.confine is false: workers run with no sandbox, file tools anywhere, and "
+        "the API key in Bash's environment"
+    )
+    fix = "set worker.confine: true (the default) once the sandbox runs here"
+    out.append(Check("confine", "warn", said, fix=fix))
+    return out
 
 
 def _own(exc: CoordError, name: str) -> str:
@@ -238,6 +255,8 @@ _FIXES = {
     "git": "install git on {machine} (Debian/Ubuntu: apt-get install git)",
     "tmux": "install tmux on {machine} (Debian/Ubuntu: apt-get install tmux)",
     "flock": "install util-linux on {machine}, which has flock",
+    "sandbox": "install bubblewrap and socat on {machine} (apt-get install bubblewrap socat, or "
+    "`coord setup {machine}`), or set worker.confine: false to run workers unconfined",
     "workdir": "let the login user write it (chown), or set {where}.workdir",
     "disk": "free some space: `coord clean` removes the worktrees and run dirs of ended work",
     "stale_runs": "`coord status` settles them (as lost) and `coord clean` removes them",

@@ -108,11 +108,13 @@ class StatusReport:
     machines: list[MachineStatus]
     assignments: list[Assignment]
     changed: list[tuple[str, str, str]] = field(default_factory=list)  # (id, old, new status)
+    confined: bool = True  # worker.confine: false has every worker run unconfined
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON contract of ``coord status --json``."""
         down = {m.name for m in self.machines if not m.reachable}
         return {
+            "confined": self.confined,
             "machines": [m.to_dict() for m in self.machines],
             "assignments": [
                 _public(a) | {"reachable": a.machine not in down} for a in self.assignments
@@ -273,7 +275,8 @@ class Monitor:
             ms.running = sum(1 for a in rows if a.machine == ms.name and a.status == Status.RUNNING)
         if machine:
             rows = [a for a in rows if a.machine == machine]
-        return StatusReport(machines=machines, assignments=rows, changed=changed)
+        return StatusReport(machines=machines, assignments=rows, changed=changed,
+                            confined=config.worker.confine)  # fmt: skip
 
     def _admit(self, board: Board, rows: Sequence[Assignment]) -> None:
         """Fold this pass's busy-API signals into admission control, or let a slowed fleet

@@ -305,7 +305,7 @@ def test_a_command_cut_short_is_never_run(tmp_path: Path, repo: GitRepo) -> None
     marker = tmp_path / "ran"
     command = f"touch {marker}".encode()
     done = coord_run("test", wd, "t-cut", str(repo.path), BRANCH, "0",
-                     str(len(command) + 5), "5", stdin=command)  # fmt: skip
+                     str(len(command) + 5), "5", "0", stdin=command)  # fmt: skip
     assert done.returncode == ExitCode.WRITE_FAILED, done.err
     assert "arrived truncated" in failure_reason(done.err)
     assert not marker.exists() and not (tmp_path / "wd" / "tests" / "t-cut").exists()

@@ -576,7 +576,33 @@ BAD = [
         ["expected a string", "got a list"],
         id="hooks-command-not-string",
     ),
+    pytest.param(
+        "worker:\n  allowed_domains: [pypi.org, 'evil.org; rm -rf ~']\n",
+        2,
+        "worker.allowed_domains[1]",
+        ["a domain name", "*.npmjs.org"],
+        id="domain-not-a-name",
+    ),
+    pytest.param(
+        "repos:\n  - name: api\n    allowed_domains: [https://pypi.org]\n",
+        3,
+        "repos[0].allowed_domains[0]",
+        ["a domain name"],
+        id="repo-domain-is-a-url",
+    ),
 ]
+
+
+def test_confinement_settings_are_read(tmp_path: Path) -> None:
+    text = ("worker:\n  confine: false\n  deny_read: [~/secrets, /srv/keys]\n"
+            "  allowed_domains: [PyPI.org, '*.npmjs.org']\n"
+            "repos:\n  - name: api\n    allowed_domains: [files.pythonhosted.org]\n")  # fmt: skip
+    config = load_config(write(tmp_path, text))
+    assert config.worker.confine is False
+    assert config.worker.deny_read == ("~/secrets", "/srv/keys")
+    assert config.worker.allowed_domains == ("pypi.org", "*.npmjs.org")
+    assert config.repo("api").allowed_domains == ("files.pythonhosted.org",)
+    assert load_config(write(tmp_path, "")).worker.confine is True  # on by default
 
 
 @pytest.mark.parametrize(("text", "line", "key", "fragments"), BAD)

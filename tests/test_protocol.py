@@ -65,6 +65,7 @@ from coordlib.runtime.protocol import (
     TEST_LOG,
     TEST_RESULT,
     TEST_TAIL,
+    TEST_TMP,
     TEST_WORKTREE,
     TESTS,
     VERBS,
@@ -90,7 +91,9 @@ AWAIT_SH = (RUNTIME / "await.sh").read_text()
 MACHINE_SH = (RUNTIME / "machine.sh").read_text()
 APP_SH = (RUNTIME / "app.sh").read_text()
 CLEAN_SH = (RUNTIME / "clean.sh").read_text()
-LAUNCHER_SH = (RUNTIME / "workspace.sh").read_text() + (RUNTIME / "launcher.sh").read_text()
+LAUNCHER_SH = "".join(
+    (RUNTIME / f).read_text() for f in ("workspace.sh", "confine.sh", "launcher.sh")
+)
 SCRIPTS = {
     "common.sh": COMMON, "remote.sh": REMOTE, "branch.sh": BRANCH_SH, "launcher.sh": LAUNCHER_SH,
     "await.sh": AWAIT_SH, "machine.sh": MACHINE_SH, "app.sh": APP_SH, "clean.sh": CLEAN_SH,
@@ -247,7 +250,8 @@ def test_the_layouts_names_are_the_ones_the_scripts_use() -> None:
     code = code_of(EVERYTHING)
     for name in RunFile:
         assert re.search(rf"/{re.escape(name)}\b", code), name
-    for name in (Layout.RUNS, Layout.LIVE, Layout.WORKTREES, Layout.BIN, Layout.LOCKS, Layout.DISK):
+    for name in (Layout.RUNS, Layout.LIVE, Layout.WORKTREES, Layout.BIN, Layout.LOCKS,
+                 Layout.DISK, Layout.ARCHIVES):  # fmt: skip
         assert f"/{name}" in code, name
     for prefix in (Layout.LAUNCHER_FILE, Layout.WORKTREE_LOCK, Layout.REPO_LOCK, Layout.SESSION):
         assert re.search(rf"[/\"]{prefix}(?:\$|%s)", code), prefix
@@ -259,7 +263,8 @@ def test_the_layouts_names_are_the_ones_the_scripts_use() -> None:
     # A test's: its dir and files, and the end of its log that the answer carries.
     test = code_of(functions(BRANCH_SH)["cmd_test"])
     assert f'dir="$workdir/{TESTS}/$id"' in test
-    assert set(re.findall(r'"\$dir/([\w.]+)"', test)) == {TEST_LOG, TEST_RESULT, TEST_WORKTREE}
+    assert set(re.findall(r'"\$dir/([\w.]+)"', test)) == {TEST_LOG, TEST_RESULT, TEST_WORKTREE,
+                                                          TEST_TMP}  # fmt: skip
     assert re.findall(r"^TEST_TAIL=(\d+)", BRANCH_SH, re.M) == [str(TEST_TAIL)]
     # A stack's: its dir, and its worktree there.
     stack = code_of(functions(BRANCH_SH)["cmd_stack"])
@@ -359,13 +364,15 @@ def test_test_command_sends_both_commands_sized_on_stdin() -> None:
     )  # fmt: skip
     assert argv[:6] == ["bash", "--norc", "-c", remote_script("test"), HEADER, "test"]
     assert argv[6:] == ["~/.coord", "api-42-1f3a-t2", "~/src/api", "issue-42-fix-login",
-                        "8", "15", "3"]  # fmt: skip
+                        "8", "15", "3", "0"]  # fmt: skip
     assert payload == b"make -j2pytest -q 'a b'"
+    assert test_command("w", "t-1", "r", SHA, build=None, test="x", timeout=1,
+                        confine=True)[0][-1] == "1"  # fmt: skip
     # No command (None, empty or blank) is none: size 0, nothing on stdin for it.
     argv, payload = test_command("w", "t-1", "r", SHA, build=None, test="  ", timeout=1)
-    assert argv[-3:] == ["0", "0", "1"] and payload == b""
+    assert argv[-4:] == ["0", "0", "1", "0"] and payload == b""
     argv, payload = test_command("w", "t-1", "r", SHA, build="", test="é", timeout=60)
-    assert argv[-3:] == ["0", "2", "60"] and payload == "é".encode()
+    assert argv[-4:] == ["0", "2", "60", "0"] and payload == "é".encode()
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ def test_setup_runs_before_the_worker_with_ports_and_copied_files(
     setup.add_ssh(sshd, "box", env={"FAKE_CLAUDE_SCENARIO": "ok"})
     config = _repo_config(setup, {
         "setup": 'echo "installed on $COORD_PORT" > .setup-marker',
-        "copy": [".env"], "ports": 5, "archive": "cp .setup-marker ../archived-$(basename $PWD)",
+        "copy": [".env"], "ports": 5, "archive": "cp .setup-marker $COORD_ARCHIVE_DIR/archived",
         "run": 'echo "serving $COORD_PORTS"; exec python3 -m http.server "$COORD_PORT" '
                "--bind 127.0.0.1",
     })  # fmt: skip
@@ -98,7 +98,7 @@ def test_setup_runs_before_the_worker_with_ports_and_copied_files(
 
     (r,) = asyncio.run(clean()).runs
     assert (r.worktree, r.archive) == ("removed", 0)
-    archived = wt.parent / f"archived-{wt.name}"
+    archived = setup.root / "wd-box" / "archives" / a.id / "archived"  # $COORD_ARCHIVE_DIR
     assert archived.read_text() == f"installed on {first}\n"
 
 

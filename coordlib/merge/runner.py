@@ -295,7 +295,7 @@ class Merger:
             timeout = config.pipeline.test_timeout
             argv, stdin = test_command(m.workdir, tid, m.repo_path(repo), sha,
                                        build=r.build_command, test=r.test_command,
-                                       timeout=timeout)  # fmt: skip
+                                       timeout=timeout, confine=config.worker.confine)  # fmt: skip
             try:
                 result = await transport.run(argv, input=stdin, timeout=timeout + 150, what="test")
             except CommandError as exc:
@@ -401,7 +401,8 @@ class Merger:
         limit = float(rule.get("timeout_seconds") or smoke.timeout)
         tid = f"{slugify(repo, max_length=16) or 'repo'}-smoke-{os.urandom(3).hex()}"
         argv, stdin = test_command(where.workdir, tid, where.repo_path(repo), sha, build=None,
-                                   test=command, timeout=limit)  # fmt: skip
+                                   test=command, timeout=limit,
+                                   confine=self.ctx.config.worker.confine)  # fmt: skip
         result = await self.ctx.machines.get(where.name).run(
             argv, input=stdin, timeout=limit + 150, what="smoke test"
         )

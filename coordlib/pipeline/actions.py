@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..assignment import Assignment
 from ..briefings import DEFAULT_TRUSTED_AUTHORS, issue_context, render_briefing
+from ..confine import editing
 from ..errors import (
     AssignmentNotFound,
     CommandError,
@@ -41,11 +42,10 @@ if TYPE_CHECKING:
     from .ledger import Ledger
     from .report import PassReport
 
-__all__ = ["EDITING_TOOLS", "Actions", "stage_label"]
+__all__ = ["Actions", "stage_label"]
 
 # A worker stage whose tools include none of these reads only: it gets a worktree of its own,
 # detached at the branch's head (a reviewer); one that edits works in the author's.
-EDITING_TOOLS = frozenset({"Edit", "Write", "MultiEdit", "NotebookEdit"})
 _TAIL_KEPT = 3000  # of a failed test's output, on the board and in the fix briefing
 # An outbox entry claimed by a process on another host is taken over after this long (a
 # forge's rate limit may hold a live poster for up to an hour); on this host, once its
@@ -116,7 +116,7 @@ class Actions:
             )
             planned(a)
             return await self.dispatcher._start(a, text, launch, issue=info, force=False)
-        reads_only = stage.verdict or not (EDITING_TOOLS & {t.split("(")[0] for t in stage.tools})
+        reads_only = stage.verdict or not any(editing(t) for t in stage.tools)
         text = self._briefing(p, stage, p.branch, config.models.resolve(model)[1], info, p.machine)
         return await self.dispatcher.start_stage(
             stage=stage.name, machine=p.machine, repo=p.repo, issue=p.issue,
@@ -179,7 +179,7 @@ class Actions:
         timeout = config.pipeline.test_timeout
         argv, stdin = test_command(m.workdir, test_id, m.repo_path(r.name), ref or p.branch,
                                    build=r.build_command, test=r.test_command,
-                                   timeout=timeout)  # fmt: skip
+                                   timeout=timeout, confine=config.worker.confine)  # fmt: skip
         try:
             result = await self.ctx.machines.get(m.name).run(
                 argv, input=stdin, timeout=timeout + 120, what="test"

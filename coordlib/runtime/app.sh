@@ -41,6 +41,15 @@ app_start() { # app_start (cmd_app's): start the run script in its session; set 
         die 2 "app: the workspace has no run script (set repos[].workspace.run in coordinator.yml, or run: in the repo's .coord/workspace.yml; it applies to worktrees made after)"
     [ -d "$wt" ] || die 12 "app: worktree $wt is gone from this machine"
     command -v tmux >/dev/null 2>&1 || die 20 "tmux is not installed on this machine (apt-get install tmux)"
+    # A confined run's script (its settings.json says so) runs in the kernel sandbox, as its
+    # tests do, or not at all.
+    local confined=0 qsb="" q e tmpenv="" qscript
+    [ -f "$run/settings.json" ] && confined=1
+    sandbox_for_run "$confined" "$run" "$wt" ||
+        die 29 "app: worker.confine is on but this machine cannot sandbox the run script: install bubblewrap (apt-get install bubblewrap socat, or coord setup MACHINE)"
+    for e in "${SANDBOX[@]}"; do sq q "$e" && qsb+="$q "; done
+    [ -z "$SANDBOX_TMP" ] || { sq q "$SANDBOX_TMP" && tmpenv="TMPDIR=$q"; }
+    sq qscript "$(<"$run/app.sh")"
     # As many ports as the run had (its range is the workspace's size), else ten.
     read -r first last 2>/dev/null <"$run/ports" && valid_num "$first" && valid_num "$last" &&
         n=$((last - first + 1))
@@ -50,7 +59,7 @@ app_start() { # app_start (cmd_app's): start the run script in its session; set 
     sq qwt "$wt"
     sq qrun "$run"
     pid=$(tmux -L "$sock" new-session -d -P -F '#{pane_pid}' -s "$session" -c "$wt" \
-        "exec env COORD_PORT=$first COORD_PORTS=$first-$last COORD_WORKTREE=$qwt bash $qrun/app.sh >>$qrun/app.log 2>&1" 2>&1) ||
+        "exec env $tmpenv COORD_PORT=$first COORD_PORTS=$first-$last COORD_WORKTREE=$qwt $qsb bash -c $qscript >>$qrun/app.log 2>&1" 2>&1) ||
         { release_range "$workdir" "$first" "$last"; rm -f -- "$run/app.ports"; die 16 "tmux could not start session $session: ${pid//$'\n'/ }"; }
     if valid_num "$pid" && proc_start "$pid"; then
         printf '%s %s %s\n' "$pid" "$BOOT_ID" "$PSTART" >"$run/app.pid"

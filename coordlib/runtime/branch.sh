@@ -88,6 +88,7 @@ test_worktree_gone() { # remove the test's worktree, whatever its commands left 
     [ -n "${T_WT:-}" ] || return 0
     git -C "$T_REPO" worktree remove --force "$T_WT" >/dev/null 2>&1 || rm -rf -- "$T_WT"
     git -C "$T_REPO" worktree prune >/dev/null 2>&1
+    [ -z "${T_TMP:-}" ] || rm -rf -- "$T_TMP"
     T_WT=""
 }
 
@@ -106,7 +107,9 @@ test_stopped() { # test_stopped STATUS: a signal ends the verb: end the commands
 }
 
 run_part() { # run_part COMMAND SECONDS: run COMMAND as shell in the worktree; status: its own
-    (cd "$T_WT" && CI=true COORD_TEST=1 exec timeout -k 10 "$2" bash -c "$1") \
+    # (confined: in SANDBOX, with a temp dir of its own)
+    (cd "$T_WT" && { [ -z "$T_TMP" ] || export TMPDIR=$T_TMP; } &&
+        CI=true COORD_TEST=1 exec timeout -k 10 "$2" "${SANDBOX[@]}" bash -c "$1") \
         >>"$T_DIR/output.log" 2>&1 </dev/null &
     T_PID=$!
     wait "$T_PID" # (a trapped signal interrupts the wait, not a command in the foreground)
@@ -116,7 +119,7 @@ run_part() { # run_part COMMAND SECONDS: run COMMAND as shell in the worktree; s
 }
 
 cmd_test() {
-    need_args test $# 7 "WORKDIR ID REPO_PATH REF N_BUILD N_TEST TIMEOUT"
+    need_args test $# 8 "WORKDIR ID REPO_PATH REF N_BUILD N_TEST TIMEOUT CONFINE"
     need_path test workdir "$1"
     need_id test "$2"
     need_path test "repo path" "$3"
@@ -126,6 +129,7 @@ cmd_test() {
     need_num test timeout "$7"
     # (timeout 0 would be no limit; ten digits could overflow the microseconds below)
     [ "$7" != 0 ] && ((${#7} <= 9)) || die 2 "test: timeout '$7' is not a number of seconds from 1 to 999999999"
+    [ "$8" = 0 ] || [ "$8" = 1 ] || die 2 "test: CONFINE '$8' is not 0 or 1"
     local workdir repo id=$2 ref=$4 budget=$7 build="" check="" gitdir spec sha dir
     home_path workdir "$1" && home_path repo "$3"
     dir="$workdir/tests/$id"
@@ -146,8 +150,17 @@ cmd_test() {
         die 14 "cannot create the directories under $workdir (disk full?)"
     [ -e "$dir" ] && die 13 "test directory $dir already exists (each test needs an id of its own)"
     mkdir "$dir" 2>/dev/null || die 13 "cannot create the test directory $dir (disk full, or it exists)"
-    T_DIR=$dir T_REPO=$repo T_WT="" T_PID="" ON_DIE=test_failed
+    T_DIR=$dir T_REPO=$repo T_WT="" T_PID="" T_TMP="" ON_DIE=test_failed SANDBOX=()
     : >"$dir/output.log" || die 14 "cannot write in $dir (disk full?)"
+    # Confined (worker.confine): the branch's commands are the worker's, so they run as it
+    # does, held by the kernel: only the test's worktree and a temp dir of its own writable,
+    # the home's secrets and coordlib's runs out of sight.
+    if [ "$8" = 1 ]; then
+        command -v bwrap >/dev/null 2>&1 ||
+            die 29 "worker.confine is on but this machine cannot sandbox the tests: install bubblewrap (apt-get install bubblewrap socat, or coord setup MACHINE), or set worker.confine: false"
+        T_TMP="$dir/tmp"
+        mkdir "$T_TMP" || die 14 "cannot create $T_TMP (disk full?)"
+    fi
     trap 'test_stopped 129' HUP
     trap 'test_stopped 130' INT
     trap 'test_stopped 143' TERM
@@ -158,6 +171,7 @@ cmd_test() {
     git -C "$repo" worktree add --quiet --detach "$T_WT" "$sha" >&2 ||
         die 12 "git worktree add --detach $T_WT at $sha failed in $repo"
     exec 9>&-
+    [ -n "$T_TMP" ] && sandbox_argv "$HOME" "$workdir/runs" "$T_WT" "$T_TMP"
     ON_DIE="" # from here the test runs: whatever happens, its output stays
 
     # One budget for both commands: the tests get what the build left of it.

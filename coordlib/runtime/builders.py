@@ -135,11 +135,13 @@ def test_command(
     build: str | None,
     test: str | None,
     timeout: float,
+    confine: bool = False,
 ) -> tuple[list[str], bytes]:
     """Build a test of `ref` (a commit's sha or a coord branch): its argv and its stdin.
 
     `build` then `test` run as shell in a detached worktree of the commit, within `timeout`
-    seconds in all (rounded up); an empty or missing command is none.
+    seconds in all (rounded up); an empty or missing command is none.  `confine`: they run
+    in a bubblewrap sandbox, as a confined worker's commands do (worker.confine).
     """
     parts = [c.encode() if c and c.strip() else b"" for c in (build, test)]
     if any(b"\0" in p for p in parts):
@@ -147,7 +149,9 @@ def test_command(
     if not math.isfinite(timeout) or timeout <= 0:
         raise UsageError(f"remote command test: timeout {timeout!r} is not a positive number")
     sizes = [str(len(p)) for p in parts]
-    argv = remote_argv("test", workdir, id, repo_path, ref, *sizes, str(math.ceil(timeout)))
+    argv = remote_argv(
+        "test", workdir, id, repo_path, ref, *sizes, str(math.ceil(timeout)), str(int(confine))
+    )
     return argv, b"".join(parts)
 
 

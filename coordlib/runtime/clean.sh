@@ -109,7 +109,20 @@ archive() { # archive WT RUN_DIR: run the workspace's archive script in WT (best
     [ -f "$2/archive.sh" ] || return 0
     read -r t 2>/dev/null <"$2/archive.timeout"
     valid_num "$t" && ((t > 0)) || t=600
-    (cd "$1" && COORD_WORKTREE=$1 exec timeout --kill-after=10 "$t" bash "$2/archive.sh") \
+    # A confined run's (its settings.json says so) runs in the kernel sandbox, or not at all.
+    # What it keeps goes to COORD_ARCHIVE_DIR (archives/ID in the workdir), which outlives
+    # the worktree; confined, that and the worktree are all it may write.
+    local confined=0 script dest="${2%/runs/*}/archives/${2##*/}"
+    [ -f "$2/settings.json" ] && confined=1
+    mkdir -p "$dest" 2>/dev/null || dest=""
+    if ! sandbox_for_run "$confined" "$2" "$1" ${dest:+"$dest"}; then
+        echo "coord: worker.confine is on but bubblewrap is missing: archive not run" >>"$2/archive.log"
+        ARCHIVED=29
+        return 0
+    fi
+    script=$(<"$2/archive.sh") || script=""
+    (cd "$1" && { [ -z "$SANDBOX_TMP" ] || export TMPDIR=$SANDBOX_TMP; } &&
+        COORD_WORKTREE=$1 COORD_ARCHIVE_DIR=$dest exec timeout --kill-after=10 "$t" "${SANDBOX[@]}" bash -c "$script") \
         </dev/null >>"$2/archive.log" 2>&1 || rc=$?
     ARCHIVED=$rc
 }

@@ -68,6 +68,10 @@ class LaunchSpec:
     copy: Sequence[str] = ()
     main: str = ""
     ports: int = 0
+    # Confinement (worker.confine): the launcher writes the sandbox settings from these.
+    confine: bool = False
+    deny_read: Sequence[str] = ()  # more paths no worker reads ("~/" is the worker's home)
+    domains: Sequence[str] = ()  # what its Bash may reach through the sandbox's proxy
 
     def render(self) -> str:
         """Return the launch.env text, every value quoted here."""
@@ -92,6 +96,9 @@ class LaunchSpec:
             f"COORD_WS_COPY={array(self.copy)}\n"
             f"COORD_WS_MAIN={quote(self.main)}\n"
             f"COORD_WS_PORTS={int(self.ports)}\n"
+            f"COORD_CONFINE={int(self.confine)}\n"
+            f"COORD_DENY_READ={array(self.deny_read)}\n"
+            f"COORD_DOMAINS={array(self.domains)}\n"
             "COORD_END=1\n"  # the last line: a file cut short is refused by the launcher
         )
 

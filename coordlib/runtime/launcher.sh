@@ -57,6 +57,9 @@ worker_env() { # worker_env: make this (sub)shell's environment the worker's, an
     if [ -n "$PORT_FIRST" ]; then
         export COORD_PORT=$PORT_FIRST COORD_PORTS="$PORT_FIRST-$PORT_LAST"
     fi
+    # Confined: the API key stays with the CLI, out of every Bash command's environment.
+    [ "${COORD_CONFINE-}" = 1 ] && export CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1
+    return 0
 }
 
 release_ports() { # release_ports WORKDIR: give the run's ports back to the machine's pool
@@ -127,6 +130,12 @@ outcome() { # outcome WORKTREE RUN_DIR START BASE: set OUTCOME to a JSON object,
             loose+=${loose:+,}$q
         fi
     done < <("${g[@]}" status --porcelain=v1 --untracked-files=all 2>/dev/null)
+    for path in "${CONFINE_HIDDEN[@]}"; do # (confined: made under a name the sandbox takes)
+        dirty=$((dirty + 1)) untracked=$((untracked + 1))
+        add_path "$path"
+        json_str q "$path"
+        ((dirty <= OUTCOME_FILES)) && loose+=${loose:+,}$q
+    done
     if ((dirty > 0)); then
         # Saved without touching the worktree or its index (see save_rescue).
         local name="refs/coord/rescue/${run##*/}"
@@ -226,6 +235,15 @@ cmd_run() { # run RUN_DIR
         release_ports "${run%/runs/*}"
         exit 121
     fi
+    if [ "${COORD_CONFINE-}" = 1 ]; then
+        if ! confine_prepare "$run" "$wtx" 8>&-; then
+            echo "cannot write the worker's sandbox settings in $run (disk full?); not starting" >&2
+            write_exit "$run" 125 crashed "$started"
+            release_ports "${run%/runs/*}"
+            exit 125
+        fi
+        COORD_ARGS+=(--settings "$run/settings.json")
+    fi
 
     # Has events.jsonl changed since the last look?  Its mtime against .seen's takes no fork
     # (a poll used to fork a `stat`).  .seen holds one byte, rewritten in place at each look
@@ -315,6 +333,8 @@ cmd_run() { # run RUN_DIR
         wait "$wpid"
         rc=$?
     fi
+    CONFINE_HIDDEN=()
+    [ "${COORD_CONFINE-}" = 1 ] && confine_tidy "$wtx" && confine_hidden "$wtx"
     local more="" OUTCOME="" base=${COORD_BASE-}
     # (launch.env's base is the coordinator's word, yet checked as every ref here is)
     [[ $base =~ ^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$ && $base != *..* ]] || base=""

@@ -44,6 +44,7 @@ class RunFile(enum.StrEnum):
     SCRATCH = "scratch"  # a scratch run's working dir (no repo: DispatchMode.SCRATCH)
     PORTS = "ports"  # FIRST LAST: the ports its dispatch gave it (COORD_PORT, COORD_PORTS)
     SETUP_LOG = "setup.log"  # the workspace's setup (and copy) output
+    SETTINGS = "settings.json"  # the worker's sandbox settings (worker.confine), --settings
     ARCHIVE = "archive.sh"  # what clean runs in the worktree before removing it
     ARCHIVE_TIMEOUT = "archive.timeout"  # its timeout, in seconds
     ARCHIVE_LOG = "archive.log"  # its output
@@ -88,6 +89,7 @@ class Layout:
     DISPATCH_LOCK = "coord-dispatch.lock"  # in the clone's git dir
     SESSION = "coord-"  # tmux session coord-<id>
     DISK = "disk"  # TIME USED_KB FREE_KB: measured in the background by a status
+    ARCHIVES = "archives"  # archives/<id>/: what a run's archive script kept ($COORD_ARCHIVE_DIR)
     PORTS = "ports"  # ports/PORT holds the ID of the live run (or app) that has the port
 
     @property

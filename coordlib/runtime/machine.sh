@@ -108,6 +108,20 @@ doctor_tool() { # doctor_tool NAME COMMAND...: NAME's version (COMMAND's first l
     doctor_says "$name" ok "${out%%$'\n'*}"
 }
 
+doctor_sandbox() { # doctor_sandbox: can Claude Code's sandbox run a command here (no tokens)
+    local out
+    if ! command -v bwrap >/dev/null 2>&1 || ! command -v socat >/dev/null 2>&1; then
+        doctor_says sandbox fail "bubblewrap or socat is not installed: a confined worker cannot start here"
+        return 0
+    fi
+    # What the CLI's sandbox does at its heart: a read-only view of the system, no network.
+    if out=$(timeout 10 bwrap --ro-bind / / --dev /dev --proc /proc --unshare-net true 2>&1 </dev/null); then
+        doctor_says sandbox ok "bubblewrap runs a sandboxed command ($(bwrap --version 2>/dev/null))"
+    else
+        doctor_says sandbox fail "bubblewrap cannot make a sandbox here: ${out:0:200}"
+    fi
+}
+
 doctor_disk() { # doctor_disk WORKDIR MIN_FREE_KB: the workdir's own, and the room on its file system
     local workdir=$1 at=$1 avail="" mount="" free need
     if [ -d "$workdir" ]; then
@@ -280,6 +294,7 @@ cmd_doctor() {
     doctor_tool git git --version
     doctor_tool tmux tmux -V
     doctor_tool flock flock --version
+    doctor_sandbox
     doctor_disk "$workdir" "$min_kb"
     doctor_runs "$workdir"
     doctor_user

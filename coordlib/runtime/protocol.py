@@ -30,8 +30,9 @@ saves it once per version as ``bin/coord-launcher-<hash>``.  Declared here:
   failure is an exit status (`ExitCode`) and a ``coord-run: …`` line on stderr;
 - the reasons a run's ``exit.json`` gives (`ExitReason`);
 - the names under a machine's workdir are `coordlib.runtime.layout`'s, but for a test's
-  (`TESTS`, `TEST_LOG`, `TEST_RESULT`, `TEST_WORKTREE`): ``tests/<id>/`` holds its
-  ``output.log`` and ``result.json``, and its detached worktree ``wt/`` while it runs; a
+  (`TESTS`, `TEST_LOG`, `TEST_RESULT`, `TEST_WORKTREE`, `TEST_TMP`): ``tests/<id>/`` holds
+  its ``output.log`` and ``result.json``, and its detached worktree ``wt/`` (and, confined,
+  its commands' temp dir ``tmp/``) while it runs; a
   stack's (`STACKS`, `STACK_WORKTREE`) ``stacks/<id>/wt/``, only while it is made.
 
 A test whose build or tests fail is an answer, not a failure of the verb::
@@ -113,6 +114,7 @@ __all__ = [
     "TEST_PHASES",
     "TEST_RESULT",
     "TEST_TAIL",
+    "TEST_TMP",
     "TEST_WORKTREE",
     "VERBS",
     "Arg",
@@ -141,6 +143,7 @@ TEST_RESULT = "result.json"  # {sha, exit_code, phase, timed_out, seconds}
 TEST_PHASES = ("build", "test", "none")  # what ran last (none: no command was configured)
 TEST_TAIL = 4000  # the bytes of output.log's end that the answer carries
 TEST_WORKTREE = "wt"  # the commit's detached worktree, removed once the commands have run
+TEST_TMP = "tmp"  # confined, its commands' TMPDIR (the rest is read-only), removed with wt
 # A stack's: stacks/<id>/ holds its detached worktree while the branches are applied; both
 # go once it is made (its commits stay in the repo's object store, for test and land).
 STACKS = "stacks"
@@ -149,7 +152,7 @@ STACK_WORKTREE = "wt"
 # each ok, warn (healthy, but worth a look) or fail.  A setup's steps end in one of
 # SETUP_STATES, each answered with the last SETUP_TAIL bytes of its output.
 DOCTOR_CHECKS = (
-    "bash", "git", "tmux", "flock", "workdir", "disk", "worktrees", "stale_runs",
+    "bash", "git", "tmux", "flock", "sandbox", "workdir", "disk", "worktrees", "stale_runs",
     "worker_user", "claude", "claude_login",
 )  # fmt: skip
 DOCTOR_LEVELS = ("ok", "warn", "fail")
@@ -187,6 +190,7 @@ class ExitCode(enum.IntEnum):
     BASE_MOVED = 26  # land: origin's base is no longer the expected commit: nothing landed
     NOT_FAST_FORWARD = 27  # land: the commit does not descend from the expected base
     CLAIMED = 28  # dispatch (claim): the branch is on origin already: another claimed the issue
+    NO_SANDBOX = 29  # dispatch: the worker is to be confined, and bubblewrap or socat is missing
     # the launcher's own, when no worker ran (or could not start), recorded in exit.json
     # (with reason "exited", 126 and 127 are the worker's own: setsid could not run its
     # command, see outcomes.classify)
@@ -405,6 +409,7 @@ VERBS: dict[str, Verb] = {
                 Arg("build command size", _number),
                 Arg("test command size", _number),
                 Arg("timeout", _shaped(_SECONDS, "a whole number of seconds, 1 to 999999999")),
+                Arg("confine", _one_of("0", "1")),
             ),
             stdin="the build command, then the test command (sized; 0: none)",
             records=frozenset({"tested", "tail"}),

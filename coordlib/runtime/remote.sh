@@ -224,10 +224,18 @@ cmd_dispatch() {
     [ "$(wc -c <"$run/briefing.md")" -eq "$nbrief" ] || die 15 "briefing arrived truncated"
     # The worktree's ports, when the launch asks for some (COORD_WS_PORTS=N): a range from the
     # machine's pool, which the launcher gives back as the run ends.
-    local line want=0 ports=""
+    local line want=0 ports="" confine=0
     while IFS= read -r line; do
-        [[ $line == COORD_WS_PORTS=* ]] && want=${line#*=} && break
+        case $line in
+            COORD_WS_PORTS=*) want=${line#*=} ;;
+            COORD_CONFINE=1) confine=1 ;;
+        esac
     done <"$run/launch.env"
+    # A confined worker needs Claude Code's sandbox, which needs bubblewrap and socat: never
+    # a silent run without it.
+    if ((confine)) && ! { command -v bwrap && command -v socat; } >/dev/null 2>&1; then
+        die 29 "worker.confine is on but this machine cannot sandbox a worker: install bubblewrap and socat (apt-get install bubblewrap socat, or coord setup MACHINE), or set worker.confine: false to run workers unconfined"
+    fi
     if valid_num "$want" && ((want > 0 && want <= 1000)); then
         alloc_ports "$workdir" "$id" "$want" ||
             die 14 "no free range of $want ports in $PORT_BASE-$PORT_MAX on this machine (workspace.ports)"

@@ -33,7 +33,12 @@ _SECTION = re.compile(r"^# -{10,} (\w+)\n", re.MULTILINE)
 _SENT: dict[str, str] = {}
 # shared.sh's sections (functions some verbs share), and the verbs that need each; the
 # launcher carries all of shared.sh.
-_HELPERS = {"dispatch": ("ports",), "app": ("ports",), "clean": ("rescue",)}
+_HELPERS = {
+    "dispatch": ("ports",),
+    "app": ("ports", "sandbox"),
+    "clean": ("rescue", "sandbox"),
+    "test": ("sandbox",),
+}
 
 
 def _helpers() -> dict[str, str]:
@@ -81,9 +86,9 @@ def remote_script(verb: str | None = None) -> str:
 
 def launcher_script() -> str:
     """Return the text of the launcher that dispatch installs: the common part, the
-    workspace's (setup before the worker), then its own."""
+    workspace's (setup before the worker), the confinement's (its sandbox), then its own."""
     return (_text("common.sh") + _text("shared.sh") + _text("workspace.sh")
-            + _text("launcher.sh"))  # fmt: skip
+            + _text("confine.sh") + _text("launcher.sh"))  # fmt: skip
 
 
 def launcher_hash() -> str:

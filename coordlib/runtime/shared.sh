@@ -1,6 +1,6 @@
 # Shell that some verbs share and others never need: each section goes with the verbs that
 # call it (scripts.py's _HELPERS), and all of it with the launcher, so a status (sent to every
-# machine, every pass) carries none of it.  Functions only: nothing runs here.
+# machine, every pass) carries none of it.  Functions and their constants only.
 
 # ---------------------------------------------------------------- rescue
 save_rescue() { # save_rescue WORKTREE REF INDEX MESSAGE: status 0 once REF holds its work
@@ -86,4 +86,40 @@ release_range() { # release_range WORKDIR FIRST LAST: give ports FIRST..LAST bac
     valid_num "$2" && valid_num "$3" && (($3 - $2 < 1000)) || return 0
     for ((p = $2; p <= $3; p++)); do files+=("$1/ports/$p"); done
     rm -f -- "${files[@]}"
+}
+
+# ---------------------------------------------------------------- sandbox
+# Relative to a home: what no confined worker, and no command of its branch, reads.
+SECRETS=(.ssh .gnupg .aws .azure .kube .docker/config.json .config/gh .config/gcloud
+    .config/hub .git-credentials .netrc .npmrc .pypirc .cargo/credentials
+    .cargo/credentials.toml .claude/.credentials.json .claude.json .vault-token)
+
+sandbox_argv() { # sandbox_argv HOME HIDE WRITABLE...: set SANDBOX to a bubblewrap command line
+    # that runs a command confined by the kernel: the whole system read-only, but WRITABLE
+    # (dirs), HOME's secrets and HIDE (a dir, e.g. coordlib's runs) out of sight; the network
+    # as it is.  Where the commands of a worker's branch run (its tests, its workspace's
+    # scripts) when worker.confine is on.
+    local home=${1%/} hide=$2 p
+    shift 2
+    SANDBOX=(bwrap --die-with-parent --new-session --ro-bind / / --dev /dev --proc /proc)
+    for p in "${SECRETS[@]/#/$home/}" "$hide"; do
+        if [ -d "$p" ] && [ ! -L "$p" ]; then
+            SANDBOX+=(--tmpfs "$p")
+        elif [ -e "$p" ]; then
+            SANDBOX+=(--ro-bind /dev/null "$p")
+        fi
+    done
+    for p in "$@"; do SANDBOX+=(--bind "$p" "$p"); done # (after: one may be under HIDE)
+}
+
+sandbox_for_run() { # sandbox_for_run CONFINED RUN WT [DIR...]: when CONFINED is 1, set SANDBOX
+    # for a command of the run's workspace (its setup, archive or app; WT and DIRs writable)
+    # and SANDBOX_TMP to its temp dir; status 1 if bubblewrap is missing (never run such a
+    # command unconfined then)
+    SANDBOX=() SANDBOX_TMP=""
+    [ "$1" = 1 ] || return 0
+    command -v bwrap >/dev/null 2>&1 || return 1
+    SANDBOX_TMP="$2/tmp"
+    mkdir -p "$SANDBOX_TMP" || return 1
+    sandbox_argv "$HOME" "${2%/runs/*}/runs" "${@:3}" "$SANDBOX_TMP"
 }

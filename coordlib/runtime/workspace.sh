@@ -101,8 +101,15 @@ ws_copy() { # ws_copy MAIN WT PATH...: copy untracked files from the main checko
 }
 
 ws_run() { # ws_run WHAT SCRIPT WT LOG TIMEOUT: run SCRIPT in WT (bash), output to LOG; its status
-    # (The caller has set the worker's environment up: see worker_env.)
-    (cd "$3" && exec timeout --kill-after=10 "$5" bash -c "$2") </dev/null >>"$4" 2>&1
+    # (The caller has set the worker's environment up: see worker_env.)  Confined, it runs in
+    # the kernel sandbox a branch's commands get (sandbox_argv): the repo's file may be a
+    # worker's (a review's worktree is its branch).
+    sandbox_for_run "${COORD_CONFINE-0}" "${4%/*}" "$3" || {
+        echo "coord: worker.confine is on but bubblewrap is missing: $1 not run" >>"$4"
+        return 29
+    }
+    (cd "$3" && { [ -z "$SANDBOX_TMP" ] || export TMPDIR=$SANDBOX_TMP; } &&
+        exec timeout --kill-after=10 "$5" "${SANDBOX[@]}" bash -c "$2") </dev/null >>"$4" 2>&1
 }
 
 ws_prepare() { # ws_prepare RUN WT: copy files and run setup; set WS_JSON; status 1 if it failed
