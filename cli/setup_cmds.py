@@ -72,10 +72,16 @@ def version(as_json: bool) -> None:
     default=None,
     help="Where issues and pull requests live (default: github when a repo's origin is there).",
 )
+@click.option(
+    "--slash-command",
+    "slash",
+    is_flag=True,
+    help="Only install the /coordinator command for Claude Code in ./.claude/commands/.",
+)
 @pass_state
 def init(
     state: State, yes: bool, target: str | None, force: bool, search: tuple[str, ...],
-    forge: str | None,
+    forge: str | None, slash: bool,
 ) -> None:  # fmt: skip
     """Write a working single-machine coordinator.yml for the git repos found here, check
     that each can take work, and print the commands to a first dispatch.
@@ -90,7 +96,15 @@ def init(
       coord init --yes                       # every repo in . and ~/src, the default forge
       coord init --search ~/code --forge local
       coord init --yes --force --path ~/.coord/coordinator.yml
+      coord init --slash-command             # then, in Claude Code: /coordinator triage
     """
+    if slash:
+        from coordlib.slash import install_slash_command
+
+        where, wrote = install_slash_command(Path.cwd(), force=force)
+        said = "installed" if wrote else "already up to date:"
+        echo(f"{said} {where}; in Claude Code here, type /coordinator (e.g. /coordinator triage)")
+        return
     from coordlib.config_check import check_repo
     from coordlib.config_init import discover_repos, render_init_config
     from coordlib.config_yaml import parse_config
