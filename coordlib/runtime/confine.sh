@@ -31,6 +31,58 @@ SANDBOX_MOUNTS=(.gitconfig .gitmodules .bashrc .bash_profile .zshrc .zprofile .p
     .env.production.local .env.test .env.test.local .npmrc .yarnrc .yarnrc.yml bunfig.toml
     package.json package-lock.json pnpm-lock.yaml yarn.lock node_modules/.bin/)
 
+# The sandbox of CLI 2.1.197 races with itself: for a protected name it finds absent (a
+# dotfile of the home, the repo's config.lock, ...) it mounts /dev/null there, creating the
+# file, and removes it after the command; another session that looked meanwhile asks bubblewrap
+# to bind that file onto itself and fails ("bwrap: Can't find source path").  The shim, first on
+# the worker's PATH, binds /dev/null instead for such a vanished file (the same protection
+# the CLI gives an absent one), removes it afterwards as the CLI would, and runs bubblewrap.
+CONFINE_SHIM='#!/bin/bash
+# coord: bubblewrap for Claude Code'"'"'s sandbox; see coordlib/runtime/confine.sh
+orig=("$@") made=() n=$# try=0 rc=0 first="" err=""
+err=$(mktemp 2>/dev/null) || exec REAL "$@"
+while :; do
+    args=("${orig[@]}") made=() i=0
+    while ((i < n - 2)); do
+        case ${args[i]} in
+            --ro-bind | --bind)
+                if [ "${args[i + 1]}" = "${args[i + 2]}" ] && [ ! -e "${args[i + 1]}" ] && [ ! -L "${args[i + 1]}" ]; then
+                    made+=("${args[i + 2]}")
+                    args[i + 1]=/dev/null
+                fi
+                i=$((i + 3)) ;;
+            *) i=$((i + 1)) ;;
+        esac
+    done
+    { REAL "${args[@]}" 2>&1 1>&57 57>&- | tee "$err" >&2; } 57>&1
+    rc=${PIPESTATUS[0]}
+    for p in "${made[@]}"; do [ -f "$p" ] && [ ! -L "$p" ] && [ ! -s "$p" ] && rm -f -- "$p"; done
+    first=""
+    read -r first <"$err" 2>/dev/null
+    try=$((try + 1))
+    # bubblewrap could not set the sandbox up because a file vanished meanwhile: again.
+    if ((rc == 1 && try < 6)) && [[ $first == "bwrap: Can'"'"'t get type of source "* || $first == "bwrap: Can'"'"'t find source path "* ]]; then
+        sleep 0.0$((RANDOM % 9 + 1))
+        continue
+    fi
+    rm -f -- "$err"
+    exit "$rc"
+done
+'
+
+confine_shim() { # confine_shim WORKDIR: set CONFINE_SHIM_DIR to where the bwrap shim is (made once)
+    local dir="$1/bin/sandbox" real text q
+    CONFINE_SHIM_DIR=""
+    real=$(command -v bwrap) || return 0
+    sq q "$real"
+    text=${CONFINE_SHIM//REAL/$q}
+    if [ ! -x "$dir/bwrap" ] || [ "$(<"$dir/bwrap")" != "${text%$'\n'}" ]; then
+        mkdir -p "$dir" && printf '%s' "$text" >"$dir/bwrap.$$" && chmod 755 "$dir/bwrap.$$" &&
+            mv -f "$dir/bwrap.$$" "$dir/bwrap" || return 0
+    fi
+    CONFINE_SHIM_DIR=$dir
+}
+
 deny_write_under() { # deny_write_under DIR KEEP...: add to DW each entry of DIR holding no KEEP
     local dir=$1 e k hold
     shift
@@ -62,6 +114,7 @@ confine_prepare() { # confine_prepare RUN WT: write RUN/settings.json, exclude t
     local run=$1 wt=$2 home=$HOME tmp=${TMPDIR:-/tmp} kv gcd p n ex have="" workdir
     local -a DW=() deny=() keep=() reads=()
     workdir=${run%/runs/*}
+    confine_shim "$workdir"
     for kv in "${wenv[@]}"; do # the worker's own home and temp dir, if its env sets them
         case $kv in HOME=?*) home=${kv#HOME=} ;; TMPDIR=?*) tmp=${kv#TMPDIR=} ;; esac
     done

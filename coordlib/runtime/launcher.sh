@@ -57,8 +57,12 @@ worker_env() { # worker_env: make this (sub)shell's environment the worker's, an
     if [ -n "$PORT_FIRST" ]; then
         export COORD_PORT=$PORT_FIRST COORD_PORTS="$PORT_FIRST-$PORT_LAST"
     fi
-    # Confined: the API key stays with the CLI, out of every Bash command's environment.
-    [ "${COORD_CONFINE-}" = 1 ] && export CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1
+    # Confined: the API key stays with the CLI, out of every Bash command's environment, and
+    # the CLI finds coordlib's bwrap shim first (see confine_shim).
+    if [ "${COORD_CONFINE-}" = 1 ]; then
+        export CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1
+        [ -n "${CONFINE_SHIM_DIR-}" ] && export PATH="$CONFINE_SHIM_DIR:$PATH"
+    fi
     return 0
 }
 

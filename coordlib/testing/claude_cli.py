@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def claude_env(
     """
     config = home / ".claude"
     tmp = home / "tmp"
+    if len(str(tmp)) > 48:
+        # The sandbox's bridge sockets live in the CLI's temp dir, and a Unix socket's path
+        # has 107 bytes at most: a deep home gets a short temp dir of its own.
+        tmp = Path(tempfile.mkdtemp(prefix="coord-claude-"))
     for d in (home, config, tmp):
         d.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in (os.environ if base is None else base).items() if not _FOREIGN.match(k)}
