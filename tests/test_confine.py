@@ -222,3 +222,26 @@ def test_confined_tools_hold_file_tools_to_the_worktree_and_a_reviewer_gets_none
         "--allowedTools", "Read,Glob,Bash",
         "--disallowedTools", "Edit,MultiEdit,NotebookEdit,Write",
     ]  # fmt: skip
+
+
+def test_a_real_directory_under_a_sandbox_name_is_committed_and_no_stray_file_is(
+    setup: Setup, claude_cli: Path, model_server: Callable[..., ModelServer]
+) -> None:
+    # The names the sandbox takes are excluded from `git add -A`, but a real directory of
+    # such a name (scripts/) is committed as any other.  (A package.json the worker writes
+    # where the repo had none does not survive: the pinned CLI removes, when the command
+    # ends, each protected name that was absent when the session began.  The README says so.)
+    server = model_server(Scenario([
+        Turn([tool("Write", file_path="package.json", content='{"name": "x"}\n')]),
+        Turn([tool("Write", file_path="scripts/run.sh", content="echo run\n")]),
+        Turn([tool("Bash", command="git add -A && git commit -qm 'Add the scripts'",
+                   description="commit")]),
+        Turn([text("STATUS: done\nAdded the scripts.")]),
+    ]))  # fmt: skip
+    env, _ = _machine_env(server, setup)
+    setup.add_local("box", claude_command=str(claude_cli), env=env)
+    setup.worker.update(stall_timeout=60, result_grace=5)
+    a = _run(setup, setup.write())
+    wt = Path(a.worktree)
+    assert git("show", "--name-only", "--format=", "HEAD", cwd=wt).split() == ["scripts/run.sh"]
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=wt) == ""
