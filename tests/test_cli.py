@@ -51,7 +51,8 @@ def ok(config: Path | None, *args: str, input: str | None = None) -> Result:
 
 def status_json(config: Path, *args: str) -> dict[str, object]:
     data = json.loads(ok(config, "status", "--json", *args).stdout)
-    assert set(data) == {"machines", "assignments", "overlaps"}
+    assert set(data) == {"confined", "machines", "assignments", "overlaps"}
+    assert data["confined"] is True  # worker.confine, on by default
     for m in data["machines"]:
         assert set(m) == MACHINE_KEYS, m
     for a in data["assignments"]:

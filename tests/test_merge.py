@@ -130,6 +130,8 @@ def test_a_red_batch_is_bisected_and_the_breaker_bounced(setup: Setup) -> None:
 
 
 def test_a_branch_that_moves_during_the_test_forces_a_retest(setup: Setup) -> None:
+    # (Unconfined: the test command plays someone else pushing, outside its worktree.)
+    setup.worker.update(confine=False)
     machine = pipeline_setup(setup, None, review="[fake:approve]", max_workers=6)
     ready(setup, machine, ["feature-1.txt"])
     # The next test run pushes a commit to origin's main from outside, once.
@@ -332,6 +334,7 @@ def test_a_pr_pushed_to_after_its_review_is_tested_again(setup: Setup) -> None:
 
 def test_a_smoke_rule_tests_on_the_machine_with_the_capability(setup: Setup) -> None:
     seen = setup.root / "smoke-ran.txt"
+    setup.worker.update(confine=False)  # (the smoke command writes where it ran, outside)
     setup.add_local("gpubox", capabilities=["gpu"])
     setup.extra["smoke_tests"] = {
         "default_command": f"pwd >> {seen}; test -f gpu-kernel.txt",

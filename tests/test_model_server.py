@@ -5,8 +5,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -455,8 +457,18 @@ def test_claude_env_is_isolated_and_offline(tmp_path: Path) -> None:
     assert env["ANTHROPIC_API_KEY"].startswith("sk-test-")
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert env["CLAUDE_CODE_MAX_RETRIES"] == "0"
-    for name in ("HOME", "CLAUDE_CONFIG_DIR", "TMPDIR", "CLAUDE_CODE_TMPDIR"):
+    for name in ("HOME", "CLAUDE_CONFIG_DIR"):
         assert Path(env[name]).is_dir() and Path(env[name]).is_relative_to(tmp_path / "home")
+    # The temp dir: in the home, unless the home is too deep for the sandbox's sockets.
+    tmp = Path(env["TMPDIR"])
+    assert tmp.is_dir() and env["CLAUDE_CODE_TMPDIR"] == env["TMPDIR"]
+    assert len(str(tmp)) <= 48 and (tmp.is_relative_to(tmp_path / "home") or
+                                    len(str(tmp_path / "home" / "tmp")) > 48)  # fmt: skip
+    short = Path(tempfile.mkdtemp(prefix="ch-"))
+    try:
+        assert claude_env("http://127.0.0.1:1", short, base=base)["TMPDIR"] == str(short / "tmp")
+    finally:
+        shutil.rmtree(short)
 
 
 # --- installing the CLI ------------------------------------------------------------------------

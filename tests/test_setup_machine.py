@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_shipped_playbook_reads_and_the_folder_links_to_it() -> None:
     pb = load_setup_playbook()
     assert [s.handle for s in pb.steps] == [
-        "git", "tmux", "flock", "claude", "claude-login", "workdir", "clone-{repo}",
+        "git", "tmux", "flock", "sandbox", "claude", "claude-login", "workdir", "clone-{repo}",
         "worker-user",
     ]  # fmt: skip
     assert [s.handle for s in pb.steps if not s.enabled] == ["worker-user"]
@@ -229,8 +229,9 @@ def test_a_fresh_machine_over_ssh_is_set_up_once_and_then_left_alone(
     setup.add_ssh(sshd, "box", claude_command=str(claude_cli), repo_paths={"api": str(clone)},
                   env={"ANTHROPIC_API_KEY": "${NOT_NEEDED_TO_SET_UP}"})  # fmt: skip
     config = setup.write()
-    everything_there = {"git": "ok", "tmux": "ok", "flock": "ok", "claude": "ok",
-                        "claude login": "ok", "worker user": "skipped"}  # fmt: skip
+    everything_there = {"git": "ok", "tmux": "ok", "flock": "ok", "sandbox": "ok",
+                        "claude": "ok", "claude login": "ok",
+                        "worker user": "skipped"}  # fmt: skip
 
     dry = run_coord("setup", "box", "--dry-run", "--json", config=config)
     assert dry.returncode == 0, dry.stderr
@@ -259,7 +260,7 @@ def test_a_fresh_machine_over_ssh_is_set_up_once_and_then_left_alone(
     again = run_coord("setup", "box", config=config)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "changed  " not in again.stdout and "would change" not in again.stdout
-    assert "box: 7 ok, 0 changed, 1 skipped (ready)" in again.stdout
+    assert "box: 8 ok, 0 changed, 1 skipped (ready)" in again.stdout
     assert states(report_of(run_coord("setup", "box", "--json", config=config)), "box") == {
         **everything_there, "workdir": "ok", "clone api": "ok"
     }  # fmt: skip

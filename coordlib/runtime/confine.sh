@@ -61,7 +61,7 @@ while :; do
     read -r first <"$err" 2>/dev/null
     try=$((try + 1))
     # bubblewrap could not set the sandbox up because a file vanished meanwhile: again.
-    if ((rc == 1 && try < 6)) && [[ $first == "bwrap: Can'"'"'t get type of source "* || $first == "bwrap: Can'"'"'t find source path "* ]]; then
+    if ((rc == 1 && try < 10)) && [[ $first == "bwrap: Can'"'"'t get type of source "* || $first == "bwrap: Can'"'"'t find source path "* ]]; then
         sleep 0.0$((RANDOM % 9 + 1))
         continue
     fi
