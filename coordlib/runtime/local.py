@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
@@ -88,7 +89,11 @@ class LocalTransport(Transport):
             finished = True
         finally:
             if not finished and proc.returncode is None:
-                _kill(proc)  # the caller stopped reading early
+                # The caller stopped reading early: kill the command's whole session (its own,
+                # start_new_session), since a followed `tail` it started holds stdout open and
+                # the wait below would last until the run ends.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
         if proc.returncode:
