@@ -514,7 +514,10 @@ class Fleet:
                 self.machine_config(m, **(machine_extra or {}))
                 for m in (machines if machines is not None else self.machines)
             ],
-            "concurrency": {"max_workers": max_workers, "remote_claims": os.environ.get("BENCH_REMOTE_CLAIMS", "1") == "1"},
+            "concurrency": {
+                "max_workers": max_workers,
+                "remote_claims": os.environ.get("BENCH_REMOTE_CLAIMS", "1") == "1",
+            },
             "worker": worker or {"stall_timeout": "2h", "max_runtime": "3h"},
             "board": {"path": str(path.parent / "board.json")},
         }

@@ -124,8 +124,10 @@ def _overlaps(rows: list[Assignment]) -> list[dict[str, Any]]:
 def _print_status(report: StatusReport, rows: list[Assignment], *, show_all: bool) -> None:
     lines = [_machine_line(m) for m in report.machines]
     if not report.confined:
-        said = ("workers run unconfined (worker.confine: false): no sandbox, file tools "
-                "anywhere, the API key in Bash")
+        said = (
+            "workers run unconfined (worker.confine: false): no sandbox, file tools "
+            "anywhere, the API key in Bash"
+        )
         lines.append(styled(said, fg="yellow", bold=True))
     refused = {a.id for a in rows if a.failure_class == "dispatch_failed"}
     shown = rows if show_all else [a for a in rows if a.id not in refused]
