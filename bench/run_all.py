@@ -25,6 +25,7 @@ PLAN: list[tuple[str, list[str]]] = [
     ("startup", []),
     ("board", []),
     ("event_latency", []),
+    ("web_latency", []),
     ("dispatch", []),
     ("merge_queue", []),
     # 10 issues from assign to merged under `coord run`'s loop: 16 runs (--quick: 8), ~2.5 min
@@ -95,6 +96,14 @@ def headline(r: dict[str, Any]) -> tuple[str, str]:
             f"bare `tail -F`: p50 {_v(r.get('baseline_p50_ms'), ' ms')}, "
             f"p99 {_v(r.get('baseline_p99_ms'), ' ms')}, "
             f"attach {_v(r.get('baseline_median_attach_ms'), ' ms')}",
+        )
+    if b == "web_latency":
+        return (
+            f"coordinator → page p50 {_v(r.get('p50_ms'), ' ms')}, "
+            f"p95 {_v(r.get('p95_ms'), ' ms')}; {r.get('viewers')} viewers: "
+            f"p95 {_v(r.get('fanout_p95_ms'), ' ms')}",
+            f"raw `watch_lines`: p50 {_v(r.get('baseline_p50_ms'), ' ms')}, "
+            f"p95 {_v(r.get('baseline_p95_ms'), ' ms')}",
         )
     if b == "dispatch":
         return (

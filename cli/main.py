@@ -100,6 +100,7 @@ _COMMAND_MODULES = {
     "completion": "complete",
     "doctor": "machine_cmds",
     "setup": "machine_cmds",
+    "web": "web_cmd",
 }
 
 

@@ -9,6 +9,8 @@
     ├── ClaimError             the issue already has a live assignment
     ├── UsageError             asked for something that cannot be done as asked (a bad
     │                          argument, or work in the wrong state)  (also ValueError)
+    ├── MissingDependencyError an optional part needs a package that is not installed
+    │                          (names the pip command)  (also ImportError)
     ├── MachineError           something went wrong on or on the way to a machine
     │   ├── UnreachableError   could not connect (refused, timed out, DNS, connection lost)
     │   ├── AuthError          the machine refused our credentials (never retried)
@@ -56,6 +58,7 @@ __all__ = [
     "IssueClosedError",
     "MachineError",
     "MergeConflictError",
+    "MissingDependencyError",
     "NotFoundError",
     "PipelineError",
     "ProtocolError",
@@ -121,6 +124,11 @@ class IssueClosedError(PipelineError):
 
 class UsageError(CoordError, ValueError):
     """A request that cannot be carried out as asked: a bad argument, or the wrong state."""
+
+
+class MissingDependencyError(CoordError, ImportError):
+    """An optional part of coordlib (``coord web``) needs a package that is not installed;
+    the message names the command that installs it."""
 
 
 class MachineError(CoordError):
