@@ -101,6 +101,7 @@ _COMMAND_MODULES = {
     "doctor": "machine_cmds",
     "setup": "machine_cmds",
     "web": "web_cmd",
+    "tui": "tui_cmd",
 }
 
 
