@@ -276,8 +276,6 @@ cmd_run() { # run RUN_DIR
     if ((BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1))); then
         fast_wait=1
     fi
-    local me=$BASHPID
-    trap ':' USR2
     now_ms
     start_ms=$NOW last_change=$NOW
     while kill -0 "$wpid" 2>/dev/null; do
@@ -322,11 +320,8 @@ cmd_run() { # run RUN_DIR
         fi
         if ((fast_wait)); then
             # Sleep, but wake the moment the worker exits, so its end is recorded at once.
-            # The sleeper also signals us when its time is up: `wait -n` can miss a sleeper
-            # that ended before it began to wait, and would then wait for the worker alone,
-            # deaf to a stop and to the watchdog (a trapped signal always ends a wait).
             local sp fin=""
-            (sleep "$COORD_POLL" && kill -USR2 "$me" 2>/dev/null) &
+            sleep "$COORD_POLL" &
             sp=$!
             wait -n -p fin "$wpid" "$sp"
             local st=$?
