@@ -35,20 +35,28 @@ SANDBOX_MOUNTS=(.gitconfig .gitmodules .bashrc .bash_profile .zshrc .zprofile .p
 # dotfile of the home, the repo's config.lock, ...) it mounts /dev/null there, creating the
 # file, and removes it after the command; another session that looked meanwhile asks bubblewrap
 # to bind that file onto itself and fails ("bwrap: Can't find source path").  The shim, first on
-# the worker's PATH, binds /dev/null instead for such a vanished file (the same protection
-# the CLI gives an absent one), removes it afterwards as the CLI would, and runs bubblewrap.
+# the worker's PATH, makes such a vanished file again, empty, before bubblewrap binds it (what
+# the CLI does for an absent one), removes it afterwards as the CLI would, and runs bubblewrap
+# again when it still could not set the sandbox up.
 CONFINE_SHIM='#!/bin/bash
 # coord: bubblewrap for Claude Code'"'"'s sandbox; see coordlib/runtime/confine.sh
-orig=("$@") made=() n=$# try=0 rc=0 first="" err=""
+orig=("$@") made=() n=$# try=0 rc=0 first="" err="" p=""
+again="^bwrap: Can.t (get type of source|find source path|create file at|mkdir) "
 err=$(mktemp 2>/dev/null) || exec REAL "$@"
 while :; do
     args=("${orig[@]}") made=() i=0
     while ((i < n - 2)); do
         case ${args[i]} in
             --ro-bind | --bind)
-                if [ "${args[i + 1]}" = "${args[i + 2]}" ] && [ ! -e "${args[i + 1]}" ] && [ ! -L "${args[i + 1]}" ]; then
-                    made+=("${args[i + 2]}")
-                    args[i + 1]=/dev/null
+                p=${args[i + 1]}
+                if [ "$p" = "${args[i + 2]}" ] && [ ! -e "$p" ] && [ ! -L "$p" ]; then
+                    # As the CLI does for an absent name: an empty file made here first
+                    # (its directory may be read-only inside), else /dev/null bound there.
+                    if (set -o noclobber; : >"$p") 2>/dev/null; then
+                        made+=("$p")
+                    else
+                        args[i + 1]=/dev/null
+                    fi
                 fi
                 i=$((i + 3)) ;;
             *) i=$((i + 1)) ;;
@@ -61,7 +69,7 @@ while :; do
     read -r first <"$err" 2>/dev/null
     try=$((try + 1))
     # bubblewrap could not set the sandbox up because a file vanished meanwhile: again.
-    if ((rc == 1 && try < 10)) && [[ $first == "bwrap: Can'"'"'t get type of source "* || $first == "bwrap: Can'"'"'t find source path "* ]]; then
+    if ((rc == 1 && try < 10)) && [[ $first =~ $again ]]; then
         sleep 0.0$((RANDOM % 9 + 1))
         continue
     fi
