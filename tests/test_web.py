@@ -453,6 +453,19 @@ def test_the_board_shows_the_workers_machines_and_spend(page: Page, work: dict[s
     assert transport.stats["commands"] - commands <= fleet.hub.polls - polls + 1
 
 
+def test_the_cli_works_alongside_it(work: dict[str, str], fleet: Served) -> None:
+    # The same board, not locked: `coord status` and `coord show` answer while it serves.
+    def coord(*args: str) -> Any:
+        argv = [sys.executable, "-m", "coord_cli", "--config", str(fleet.config), *args, "--json"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    ids = {a["id"] for a in coord("status")["assignments"]}
+    assert work["live"] in ids
+    assert coord("show", work["live"])["id"] == work["live"]
+
+
 def test_a_workers_events_appear_live_on_its_page(page: Page, work: dict[str, str],
                                                  fleet: Served, browser: Any) -> None:  # fmt: skip
     aid = work["live"]
