@@ -88,10 +88,12 @@ def test_a_green_batch_lands_in_one_test_run(setup: Setup) -> None:
     report, pipelines = merge(setup)
     assert report.test_runs == 1 and not report.errors, report
     [batch] = report.batches
-    assert [x["issue"] for x in batch["landed"]] == [f"api#{n}" for n in ns]
+    # (in the order the PRs became ready, which need not be the issues')
+    landed = [int(x["issue"].split("#")[1]) for x in batch["landed"]]
+    assert sorted(landed) == sorted(ns)
     log = origin_log(setup)
-    prs = [p.pr for p in sorted(pipelines, key=lambda p: p.issue)]
-    assert [x.split(":")[0] for x in log] == [*(f"Merge PR #{n}" for n in reversed(prs)),
+    pr_of = {p.issue: p.pr for p in pipelines}
+    assert [x.split(":")[0] for x in log] == [*(f"Merge PR #{pr_of[n]}" for n in reversed(landed)),
                                               "initial commit"]  # fmt: skip
     assert all(p.stage == "merged" and p.merged_sha for p in pipelines)
 
@@ -315,7 +317,8 @@ def test_prs_that_conflict_with_each_other_wait_for_the_next_merge(setup: Setup)
     cfg = setup.config_path.read_text()
     breaks = json.dumps("! grep -q mine feature-1.txt")
     setup.config_path.write_text(cfg.replace(json.dumps(_current_test(cfg)), breaks))
-    report, pipelines = merge(setup)
+    # (in this order: the two were ready at nearly the same moment, and either may be first)
+    report, pipelines = merge(setup, order=[f"api#{n}" for n in ns])
     [batch] = report.batches
     assert batch["bounced"] == [f"api#{ns[0]}"] and batch["landed"] == []
     assert batch["deferred"] == [f"api#{ns[1]}"]  # it conflicted with #1 only: not bounced
