@@ -48,21 +48,16 @@ def state_of(a: Assignment) -> str:
     return str(a.status)
 
 
-def _size(kb: int) -> str:
-    """KiB as a person reads a size: 812K, 3.4G."""
-    size, unit = float(kb), "K"
-    for unit in "KMGT":
-        if size < 1024 or unit == "T":
-            break
-        size /= 1024
-    return f"{size:.0f}{unit}" if size >= 10 or unit == "K" else f"{size:.1f}{unit}"
-
-
 def _machine_line(m: MachineStatus) -> str:
+    from coordlib.contacts import format_kib
+
     if m.reachable:
         disk = ""
         if m.disk is not None and m.disk.used_kb >= 0 and m.disk.free_kb >= 0:
-            disk = f"; disk {_size(m.disk.used_kb)} used by coord, {_size(m.disk.free_kb)} free"
+            disk = (
+                f"; disk {format_kib(m.disk.used_kb)} used by coord, "
+                f"{format_kib(m.disk.free_kb)} free"
+            )
         return f"{styled(f'{m.name:<16}')} up      {m.running} running{disk}"
     seen = f"; last contact {_age(m.seen_at)} ago" if m.seen_at else ""
     seen += "; stale: no new work until it answers" if m.stale else ""

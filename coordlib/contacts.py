@@ -1,4 +1,5 @@
-"""When each machine last answered, and how to name why it did not."""
+"""When each machine last answered, how to name why it did not, and how to say its figures
+(ages, sizes) shortly."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from .atomic import write_atomic
 from .errors import AuthError, CommandTimeout, CoordError, HostKeyError, UnreachableError
 
-__all__ = ["Contacts", "format_age", "machine_state"]
+__all__ = ["Contacts", "format_age", "format_kib", "machine_state"]
 
 
 def machine_state(exc: CoordError) -> str:
@@ -35,6 +36,18 @@ def format_age(seconds: float) -> str:
     if s < 7200:
         return f"{s // 60}m"
     return f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"
+
+
+def format_kib(kb: int | None) -> str:
+    """KiB as a person reads a size: 812K, 3.4G ("-" when unknown)."""
+    if kb is None or kb < 0:
+        return "-"
+    value, unit = float(kb), "K"
+    for unit in "KMGT":
+        if value < 1024 or unit == "T":
+            break
+        value /= 1024
+    return f"{value:.0f}{unit}" if value >= 10 or unit == "K" else f"{value:.1f}{unit}"
 
 
 class Contacts:

@@ -10,24 +10,12 @@ from typing import Any
 
 import jinja2
 
-from ..contacts import format_age
+from ..contacts import format_age, format_kib
 from ..pipeline.ledger import usd
 
 __all__ = ["TEMPLATES", "column_slug", "render"]
 
 TEMPLATES = Path(__file__).with_name("templates")
-
-
-def size(kb: int | None) -> str:
-    """KiB as a person reads a size: 812K, 3.4G ("-" when unknown)."""
-    if kb is None or kb < 0:
-        return "-"
-    value, unit = float(kb), "K"
-    for unit in "KMGT":
-        if value < 1024 or unit == "T":
-            break
-        value /= 1024
-    return f"{value:.0f}{unit}" if value >= 10 or unit == "K" else f"{value:.1f}{unit}"
 
 
 def age(seconds: float | None) -> str:
@@ -59,7 +47,7 @@ def _env() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(usd=usd, size=size, age=age, ago=ago, clock=clock, slug=column_slug)
+    env.filters.update(usd=usd, size=format_kib, age=age, ago=ago, clock=clock, slug=column_slug)
     return env
 
 
